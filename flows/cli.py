@@ -1,0 +1,200 @@
+"""The ``daug`` command line: one subcommand per flow, with progress bars.
+
+Every subcommand that runs a flow calls the same Prefect flow a deployment runs; without
+PREFECT_API_URL, Prefect starts a temporary local server for the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+if TYPE_CHECKING:
+    from storage.synthetic import SynthConfig, SynthSummary
+
+app = typer.Typer(
+    help="DAug on chest X-rays: synthesise or ingest MIMIC-CXR, train, precompute heatmaps.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+log = logging.getLogger("daug.cli")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+class _ProgressHandler(logging.Handler):
+    """Draws the ``daug.progress`` log records of a flow as rich progress bars."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        payload = getattr(record, "daug_progress", None)
+        if payload is None:
+            return
+        done, total, description = payload
+        if description not in self.tasks:
+            self.tasks[description] = self.progress.add_task(description, total=total)
+        self.progress.update(self.tasks[description], completed=done, total=total)
+
+
+@contextmanager
+def _flow_progress() -> Iterator[None]:
+    progress_logger = logging.getLogger("daug.progress")
+    with _progress() as progress:
+        handler = _ProgressHandler(progress)
+        progress_logger.addHandler(handler)
+        progress_logger.setLevel(logging.INFO)
+        progress_logger.propagate = False
+        try:
+            yield
+        finally:
+            progress_logger.removeHandler(handler)
+
+
+def _write_synthetic(out: Path, config: SynthConfig, seed: int) -> SynthSummary:
+    from storage.synthetic import write_synthetic_release
+
+    with _progress() as progress:
+        task = progress.add_task("studies written", total=config.studies)
+        return write_synthetic_release(
+            out, config, seed=seed, progress=lambda done, _: progress.update(task, completed=done)
+        )
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="output folder: OUT/release and OUT/ground_truth")],
+    studies: Annotated[int, typer.Option(help="number of studies")] = 200,
+    size: Annotated[int, typer.Option(help="nominal image side in pixels")] = 128,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 0,
+    image_format: Annotated[
+        str, typer.Option("--format", help="dicom (MIMIC-CXR) or jpg (MIMIC-CXR-JPG)")
+    ] = "dicom",
+    gzip_csv: Annotated[bool, typer.Option(help="write the CSVs as .csv.gz")] = False,
+) -> None:
+    """Write a synthetic MIMIC-CXR release with ground-truth lesion masks beside it."""
+    from storage.synthetic import SynthConfig
+
+    if image_format not in ("dicom", "jpg"):
+        raise typer.BadParameter("--format must be dicom or jpg")
+    fmt: Literal["dicom", "jpg"] = "dicom" if image_format == "dicom" else "jpg"
+    config = SynthConfig(studies=studies, size=size, image_format=fmt, gzip_csv=gzip_csv)
+    summary = _write_synthetic(out, config, seed)
+    console.print(f"release: {out / 'release'}\nground truth: {out / 'ground_truth'}")
+    console.print(summary)
+
+
+@app.command()
+def ingest(
+    release: Annotated[Path, typer.Argument(help="release root (files/ + mimic-cxr-2.0.0-*.csv)")],
+    store: Annotated[Path, typer.Option(help="image store directory")],
+    size: Annotated[int, typer.Option(help="stored image side S")] = 256,
+    shard_items: Annotated[int, typer.Option(help="items per shard (unit of work)")] = 64,
+    sharded: Annotated[bool, typer.Option(help="Zarr sharding: one file per shard")] = False,
+    labeler: Annotated[str, typer.Option(help="chexpert or negbio")] = "chexpert",
+    view: Annotated[
+        list[str] | None, typer.Option(help="view to keep (repeat); default PA, AP, AP AXIAL")
+    ] = None,
+    all_views: Annotated[bool, typer.Option(help="keep every view, lateral included")] = False,
+    uncertainty: Annotated[str, typer.Option(help="u-zeros, u-ones or ignore")] = "u-zeros",
+    fit: Annotated[str, typer.Option(help="pad or crop to the square")] = "pad",
+    retry_quarantined: Annotated[bool, typer.Option(help="retry quarantined items")] = False,
+) -> None:
+    """Ingest a MIMIC-CXR (DICOM) or MIMIC-CXR-JPG release into a Zarr image store."""
+    from flows.ingest import ingest_flow
+
+    if labeler not in ("chexpert", "negbio"):
+        raise typer.BadParameter("--labeler must be chexpert or negbio")
+    views = [] if all_views else view
+    with _flow_progress():
+        result = ingest_flow(
+            release=str(release),
+            store=str(store),
+            size=size,
+            shard_items=shard_items,
+            sharded=sharded,
+            labeler="negbio" if labeler == "negbio" else "chexpert",
+            views=views,
+            uncertainty=uncertainty,
+            fit=fit,
+            retry_quarantined=retry_quarantined,
+        )
+    console.print_json(json.dumps(result, default=str))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="folder for everything the demo writes")] = Path(
+        "demo-output"
+    ),
+    studies: Annotated[int, typer.Option(help="synthetic studies")] = 300,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Run the whole pipeline end to end on a synthetic release (tiny preset)."""
+    from flows.ingest import ingest_flow
+    from storage.image_store import ImageStore
+    from storage.ingest import summarise_store
+    from storage.synthetic import SynthConfig
+
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    release = out / "synthetic" / "release"
+    if not (release / "files").is_dir():
+        console.rule("1. synthesise a MIMIC-CXR release")
+        _write_synthetic(out / "synthetic", SynthConfig(studies=studies, size=128), seed)
+    else:
+        console.print(f"synthetic release already at {release}")
+    console.rule("2. ingest it into a 64 px image store")
+    store = out / "store"
+    with _flow_progress():
+        ingest_flow(release=str(release), store=str(store), size=64, shard_items=32)
+    summary = summarise_store(ImageStore.open(store, read_only=True))
+    console.print(summary.to_string(index=False))
+    console.rule("results")
+    console.print(f"release:      {release}")
+    console.print(f"ground truth: {out / 'synthetic' / 'ground_truth'}")
+    console.print(f"image store:  {store}  (items.csv, quarantine.csv, images/)")
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    app()

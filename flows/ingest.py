@@ -1,0 +1,151 @@
+"""Ingest flow: a MIMIC-CXR release into a Zarr image store, one Prefect task per shard."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+
+from flows.monitoring import ProgressReporter, artifact_key, table_artifact
+from storage.geometry import FitMode
+from storage.image_store import ImageStore
+from storage.ingest import (
+    IngestConfig,
+    ShardResult,
+    ShardWork,
+    ingest_shard,
+    plan_ingest,
+    summarise_store,
+)
+from storage.labels import UncertaintyPolicy
+from storage.release import FRONTAL_VIEWS, ReaderConfig, ReleaseReader
+
+
+def _run_name() -> str:
+    params = flow_run.parameters
+    release = Path(str(params.get("release", "release"))).name
+    return f"ingest-{release}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    cache_policy=NO_CACHE,
+    task_run_name="ingest-shard-{work.shard}",
+)
+def ingest_shard_task(
+    store: ImageStore,
+    reader: ReleaseReader,
+    work: ShardWork,
+    image_format: Literal["dicom", "jpg"],
+    fit: FitMode,
+) -> ShardResult:
+    return ingest_shard(store, reader, work, image_format, fit)
+
+
+@flow(name="ingest", flow_run_name=_run_name)
+def ingest_flow(
+    release: str,
+    store: str,
+    size: int = 256,
+    shard_items: int = 64,
+    sharded: bool = False,
+    labeler: Literal["chexpert", "negbio"] = "chexpert",
+    views: list[str] | None = None,
+    uncertainty: str = "u-zeros",
+    image_format: Literal["auto", "dicom", "jpg"] = "auto",
+    fit: str = "pad",
+    retry_quarantined: bool = False,
+) -> dict[str, Any]:
+    """Read RELEASE (MIMIC-CXR or MIMIC-CXR-JPG layout) into the image store STORE.
+
+    Idempotent and resumable: finished items are skipped, a killed run is completed by
+    rerunning it. Bad items go to STORE/quarantine.csv and never stop the run.
+
+    Args:
+        release: release root (holds ``files/`` and the ``mimic-cxr-2.0.0-*.csv[.gz]``).
+        store: image store directory (created when missing).
+        size: side S of the stored S x S images (fixed per store).
+        shard_items: items per shard: the unit of work, of retries and of ``done`` chunks.
+        sharded: use Zarr sharding (one file per shard) instead of one file per image.
+        labeler: which label CSV to use.
+        views: ViewPosition values to keep; default frontal (PA, AP, AP AXIAL); [] for all.
+        uncertainty: u-zeros, u-ones or ignore (uncertain labels masked).
+        image_format: auto-detected from the files unless given.
+        fit: pad (keep the whole image) or crop (fill the square).
+        retry_quarantined: try quarantined items again (after fixing their files).
+    """
+    logger = get_run_logger()
+    config = IngestConfig(
+        size=size,
+        fit=FitMode(fit),
+        shard_items=shard_items,
+        sharded=sharded,
+        reader=ReaderConfig(
+            labeler=labeler,
+            views=FRONTAL_VIEWS if views is None else tuple(views),
+            uncertainty=UncertaintyPolicy(uncertainty),
+            image_format=image_format,
+        ),
+        retry_quarantined=retry_quarantined,
+    )
+    reader = ReleaseReader(release, config.reader)
+    image_store = ImageStore.open_or_create(store, size, shard_items, sharded)
+    plan = plan_ingest(image_store, reader, config)
+    logger.info("plan: %s in %d shards", plan.counts, len(plan.shards))
+
+    key = artifact_key("ingest", Path(store).name)
+    progress = ProgressReporter(f"{key}-progress", plan.pending, "items ingested")
+    futures = [
+        ingest_shard_task.submit(image_store, reader, work, plan.image_format, config.fit)
+        for work in plan.shards
+    ]
+    results: list[ShardResult] = []
+    failed: list[str] = []
+    sizes = {id(f): len(w.items) for f, w in zip(futures, plan.shards, strict=True)}
+    for future in as_completed(futures):
+        try:
+            results.append(future.result())
+        except Exception as exc:  # the shard is retried by Prefect first; then reported
+            failed.append(f"{future.task_run_id}: {exc}")
+            logger.error("shard task %s failed after retries: %s", future.task_run_id, exc)
+        progress.advance(sizes[id(future)])
+
+    image_store.consolidate()
+    summary = summarise_store(image_store)
+    quarantined_now = sum(sum(r.quarantined.values()) for r in results)
+    run = {
+        "release": str(Path(release).resolve()),
+        "reader": config.reader.as_dict(),
+        "fit": config.fit.value,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ingested": sum(r.ok for r in results),
+        "quarantined": quarantined_now,
+        "failed_shards": len(failed),
+    }
+    image_store.record_ingest(run)
+    table_artifact(
+        f"{key}-summary",
+        summary,
+        f"Store {store}: items by split, view and label; quarantined by reason.",
+    )
+    table_artifact(
+        f"{key}-quarantine",
+        image_store.quarantine(),
+        "Items not ingested, with the reason.",
+    )
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} shard(s) failed after retries; rerun to resume: {failed[:5]}"
+        )
+    logger.info("ingest finished: %s", run)
+    return run | {
+        "plan": plan.counts,
+        "store": str(Path(store).resolve()),
+        "image_format": plan.image_format,
+    }

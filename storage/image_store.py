@@ -1,0 +1,347 @@
+"""The image store: a Zarr v3 group of fixed-size images plus CSV tables, one item per chunk.
+
+Layout (readable with plain ``zarr`` and ``pandas``)::
+
+    STORE/zarr.json        group; attrs = provenance (format, size, shard_items, ingests)
+    STORE/images/          float16 (N, S, S) in [0, 1], chunk (1, S, S), NaN where unwritten
+    STORE/done/            bool (N,), chunk (shard_items,), set after the item's pixels
+    STORE/items.csv        one row per item; ``index`` is the row in ``images``
+    STORE/quarantine.csv   dicom_id, source_path, reason for every item not ingested
+    STORE/_parts/          per-shard results not yet folded into items.csv (transient)
+
+Work is owned by shards of ``shard_items`` consecutive indices: one writer per shard
+touches that shard's image chunks (or its Zarr shard when ``sharded``), its ``done`` chunk
+and its part table, so parallel shard writers never share a chunk. The order of writes per
+shard is pixels -> part table -> ``done``; an item counts as finished only when ``done`` is
+set *and* its status says so, so a crash at any point leaves work that a rerun redoes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from storage.errors import StoreFormatError
+from storage.labels import CHEXPERT_LABELS, LABEL_COLUMNS, SUPER_CLASS_COLUMNS
+from storage.provenance import code_version
+from storage.release import INDEX_COLUMNS
+from storage.tables import DirectoryTables, MemoryTables, TableBackend
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "daug-image-store"
+STORE_FORMAT_VERSION = 1
+
+
+class ItemStatus(StrEnum):
+    PENDING = "pending"
+    OK = "ok"
+    QUARANTINED = "quarantined"
+
+
+RESULT_COLUMNS: dict[str, str] = {
+    "status": "str",
+    "reason": "str",
+    "source_sha256": "str",
+    "report_missing": "bool",
+    "report_source": "str",
+    "findings": "str",
+    "impression": "str",
+}
+ITEM_DTYPES: dict[str, str] = (
+    {"index": "int"}
+    | {c: "str" for c in INDEX_COLUMNS}
+    | {c: "float" for c in (*CHEXPERT_LABELS, *LABEL_COLUMNS, *SUPER_CLASS_COLUMNS)}
+    | {"labels_missing": "bool"}
+    | RESULT_COLUMNS
+)
+QUARANTINE_DTYPES: dict[str, str] = {"dicom_id": "str", "source_path": "str", "reason": "str"}
+PART_DTYPES: dict[str, str] = {"index": "int"} | RESULT_COLUMNS
+
+ITEMS_TABLE = "items"
+QUARANTINE_TABLE = "quarantine"
+REJECTS_TABLE = "_tables/index_rejects"
+PARTS_PREFIX = "_parts/shard-"
+
+
+def _empty(dtypes: dict[str, str]) -> pd.DataFrame:
+    kinds = {"str": str, "float": "float64", "int": "int64", "bool": bool}
+    return pd.DataFrame({c: pd.Series(dtype=kinds[t]) for c, t in dtypes.items()})  # type: ignore[call-overload]
+
+
+def _normalise(table: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
+    """Columns in schema order with schema types (CSV round trips lose bool/int types)."""
+    out = table.reindex(columns=list(dtypes))
+    for column, kind in dtypes.items():
+        if kind == "str":
+            out[column] = out[column].astype(object).where(out[column].notna(), "").astype(str)
+        elif kind == "bool":
+            out[column] = (
+                out[column]
+                .map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+                .astype(bool)
+            )
+        elif kind == "int":
+            out[column] = out[column].astype("int64")
+        else:
+            out[column] = out[column].astype("float64")
+    return out
+
+
+class ImageStore:
+    """Images of one size S in a Zarr group, with their item and quarantine tables."""
+
+    def __init__(self, group: zarr.Group, tables: TableBackend, location: str) -> None:
+        attrs = group.attrs.asdict()
+        if attrs.get("format") != STORE_FORMAT:
+            raise StoreFormatError(f"{location} is not a {STORE_FORMAT} (attrs: {attrs})")
+        if attrs.get("format_version") != STORE_FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{location}: format version {attrs.get('format_version')}, "
+                f"this code reads {STORE_FORMAT_VERSION}"
+            )
+        self.group = group
+        self.tables = tables
+        self.location = location
+        self.size = int(str(attrs["size"]))
+        self.shard_items = int(str(attrs["shard_items"]))
+        self.images = self._array(group, "images")
+        self.done = self._array(group, "done")
+        self._items: pd.DataFrame | None = None
+
+    @staticmethod
+    def _array(group: zarr.Group, name: str) -> zarr.Array:
+        node = group[name]
+        if not isinstance(node, zarr.Array):
+            raise StoreFormatError(f"{group.store}: {name} is not an array")
+        return node
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def _initialise(cls, store: Any, size: int, shard_items: int, sharded: bool) -> zarr.Group:
+        if size < 8 or shard_items < 1:
+            raise ValueError(f"size must be >= 8 and shard_items >= 1 (got {size}, {shard_items})")
+        group = zarr.open_group(store, mode="w")
+        group.attrs.update(
+            {
+                "format": STORE_FORMAT,
+                "format_version": STORE_FORMAT_VERSION,
+                "size": size,
+                "shard_items": shard_items,
+                "sharded": sharded,
+                "dtype": "float16",
+                "value_range": [0.0, 1.0],
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "code_version": code_version(),
+                "ingests": [],
+            }
+        )
+        compressor = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle)
+        group.create_array(
+            "images",
+            shape=(0, size, size),
+            chunks=(1, size, size),
+            shards=(shard_items, size, size) if sharded else None,
+            dtype="float16",
+            fill_value=np.nan,
+            compressors=compressor,
+            dimension_names=("item", "y", "x"),
+        )
+        group.create_array(
+            "done",
+            shape=(0,),
+            chunks=(shard_items,),
+            dtype="bool",
+            fill_value=False,
+            dimension_names=("item",),
+        )
+        return group
+
+    @classmethod
+    def create(
+        cls, path: Path | str, size: int, shard_items: int = 64, sharded: bool = False
+    ) -> ImageStore:
+        """A new, empty store at ``path`` (which must not hold a store yet)."""
+        path = Path(path)
+        if (path / "zarr.json").exists():
+            raise StoreFormatError(f"{path} already holds a store; open it instead")
+        path.mkdir(parents=True, exist_ok=True)
+        group = cls._initialise(zarr.storage.LocalStore(path), size, shard_items, sharded)
+        return cls(group, DirectoryTables(path), str(path))
+
+    @classmethod
+    def open(cls, path: Path | str, read_only: bool = False) -> ImageStore:
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise StoreFormatError(f"{path} is not an image store (no zarr.json)")
+        group = zarr.open_group(
+            zarr.storage.LocalStore(path, read_only=read_only), mode="r" if read_only else "r+"
+        )
+        return cls(group, DirectoryTables(path), str(path))
+
+    @classmethod
+    def open_or_create(
+        cls, path: Path | str, size: int, shard_items: int = 64, sharded: bool = False
+    ) -> ImageStore:
+        """Open an existing store (its size must match) or create one."""
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            return cls.create(path, size, shard_items, sharded)
+        store = cls.open(path)
+        if store.size != size:
+            raise StoreFormatError(f"{path} holds {store.size} px images, asked for {size} px")
+        return store
+
+    @classmethod
+    def in_memory(cls, size: int, shard_items: int = 64, sharded: bool = False) -> ImageStore:
+        group = cls._initialise(zarr.storage.MemoryStore(), size, shard_items, sharded)
+        return cls(group, MemoryTables(), "<memory>")
+
+    # ---- provenance ---------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.group.attrs.asdict()
+
+    def record_ingest(self, entry: dict[str, Any]) -> None:
+        """Append one ingest's provenance (release, reader config, counts) to the attrs."""
+        ingests = [*self.attrs.get("ingests", []), entry]
+        self.group.attrs.update({"ingests": ingests})
+
+    # ---- tables -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def items(self) -> pd.DataFrame:
+        """The item table (a copy), one row per index in ``images``."""
+        if self._items is None:
+            table = self.tables.read(ITEMS_TABLE, ITEM_DTYPES)
+            self._items = _normalise(
+                table if table is not None else _empty(ITEM_DTYPES), ITEM_DTYPES
+            )
+        return self._items.copy()
+
+    def _write_items(self, table: pd.DataFrame) -> None:
+        table = _normalise(table, ITEM_DTYPES)
+        self.tables.write(ITEMS_TABLE, table)
+        self._items = table
+
+    def quarantine(self) -> pd.DataFrame:
+        return self._read_table(QUARANTINE_TABLE, QUARANTINE_DTYPES)
+
+    def _read_table(self, name: str, dtypes: dict[str, str]) -> pd.DataFrame:
+        table = self.tables.read(name, dtypes)
+        return _normalise(table if table is not None else _empty(dtypes), dtypes)
+
+    def register(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Give every new dicom_id the next free index; known ones keep theirs.
+
+        Returns ``rows`` with an ``index`` column. Grows ``images`` and ``done`` to fit.
+        Existing rows are not modified (a changed release is the reprocess flow's job).
+        """
+        items = self.items()
+        known = dict(zip(items["dicom_id"], items["index"], strict=True))
+        new = rows[~rows["dicom_id"].isin(known)].drop_duplicates("dicom_id")
+        start = len(items)
+        new = new.assign(index=np.arange(start, start + len(new), dtype=np.int64))
+        new = new.assign(status=ItemStatus.PENDING.value)
+        if len(new):
+            total = start + len(new)
+            self.images.resize((total, self.size, self.size))
+            self.done.resize((total,))
+            self._write_items(pd.concat([items, new], ignore_index=True))
+            log.info("registered %d new items (store now holds %d)", len(new), total)
+        indices = rows["dicom_id"].map(
+            known | dict(zip(new["dicom_id"], new["index"], strict=True))
+        )
+        return rows.assign(index=indices.astype("int64"))
+
+    def add_rejects(self, rejected: pd.DataFrame) -> None:
+        """Record items refused before they got an index (duplicates, escaping paths)."""
+        old = self.tables.read(REJECTS_TABLE, QUARANTINE_DTYPES)
+        merged = pd.concat([old, rejected] if old is not None else [rejected], ignore_index=True)
+        merged = _normalise(merged, QUARANTINE_DTYPES).drop_duplicates()
+        self.tables.write(REJECTS_TABLE, merged)
+
+    # ---- pixels -------------------------------------------------------------------------
+    def write_images(self, indices: Sequence[int], images: np.ndarray) -> None:
+        """Write (k, S, S) images at ``indices``; consecutive runs go in one write."""
+        order = np.argsort(np.asarray(indices))
+        idx = np.asarray(indices)[order]
+        data = np.asarray(images, dtype=np.float16)[order]
+        if data.shape[1:] != (self.size, self.size):
+            raise ValueError(f"images must be (k, {self.size}, {self.size}), got {data.shape}")
+        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+        for run_idx, run_data in zip(np.split(idx, breaks), np.split(data, breaks), strict=True):
+            if len(run_idx):
+                self.images[int(run_idx[0]) : int(run_idx[-1]) + 1] = run_data
+
+    def mark_done(self, indices: Sequence[int]) -> None:
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx):
+            self.done.set_coordinate_selection((idx,), np.ones(len(idx), dtype=bool))
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.done[:], dtype=bool)
+
+    def read_image(self, index: int) -> np.ndarray:
+        return np.asarray(self.images[index], dtype=np.float32)
+
+    def read_images(self, indices: Sequence[int]) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        return np.asarray(self.images.get_orthogonal_selection((idx,)), dtype=np.float32)
+
+    # ---- shard results ------------------------------------------------------------------
+    def shard_of(self, index: int) -> int:
+        return index // self.shard_items
+
+    def write_part(self, shard: int, results: pd.DataFrame) -> None:
+        """Results for items of one shard (``index`` + result columns), atomically."""
+        outside = results["index"] // self.shard_items != shard
+        if outside.any():
+            raise ValueError(f"shard {shard} part holds indices of other shards")
+        self.tables.write(f"{PARTS_PREFIX}{shard:08d}", _normalise(results, PART_DTYPES))
+
+    def consolidate(self) -> int:
+        """Fold part tables into items.csv, rebuild quarantine.csv, delete the parts.
+
+        Idempotent: a crash after writing items.csv but before deleting the parts only
+        means the same results are applied again. Returns the number of parts applied.
+        """
+        names = self.tables.names(PARTS_PREFIX)
+        items = self.items()
+        if names:
+            parts = [self.tables.read(n, PART_DTYPES) for n in names]
+            results = _normalise(pd.concat([p for p in parts if p is not None]), PART_DTYPES)
+            results = results.drop_duplicates("index", keep="last").set_index("index")
+            positions = items.set_index("index").index.get_indexer(results.index)
+            if (positions < 0).any():
+                raise StoreFormatError(f"{self.location}: part rows for unknown indices")
+            for column in RESULT_COLUMNS:
+                items.loc[positions, column] = results[column].to_numpy()
+            self._write_items(items)
+        quarantined = items[items["status"] == ItemStatus.QUARANTINED.value]
+        rejects = self._read_table(REJECTS_TABLE, QUARANTINE_DTYPES)
+        table = pd.concat([rejects, quarantined[list(QUARANTINE_DTYPES)]], ignore_index=True)
+        self.tables.write(QUARANTINE_TABLE, _normalise(table, QUARANTINE_DTYPES))
+        for name in names:
+            self.tables.delete(name)
+        return len(names)
+
+    def finished_mask(self, retry_quarantined: bool = False) -> np.ndarray:
+        """Items that need no more work: ``done`` and ok, or quarantined (unless retried)."""
+        items = self.items()
+        status = items["status"].to_numpy()
+        done = self.done_mask()
+        finished = (status == ItemStatus.OK.value) & done[items["index"].to_numpy()]
+        if not retry_quarantined:
+            finished |= status == ItemStatus.QUARANTINED.value
+        return np.asarray(finished)

@@ -1,0 +1,287 @@
+"""MIMIC-CXR release reader: the four CSVs joined per image, paths, reports, pixels.
+
+Works unchanged on MIMIC-CXR (DICOM) and MIMIC-CXR-JPG, with ``.csv`` or ``.csv.gz``
+tables. Indexing reads only the CSVs (hash joins in pandas, linear in the number of
+rows); pixels and reports are read per item, later, by whoever processes that item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from storage.decode import READERS
+from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
+from storage.labels import (
+    CHEXPERT_LABELS,
+    LABEL_COLUMNS,
+    SUPER_CLASS_COLUMNS,
+    UncertaintyPolicy,
+    binarize,
+    super_class_targets,
+)
+from storage.reports import ReportSections, parse_report
+
+log = logging.getLogger(__name__)
+
+CSV_PREFIX = "mimic-cxr-2.0.0-"
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "metadata": ("dicom_id", "subject_id", "study_id", "ViewPosition"),
+    "split": ("dicom_id", "split"),
+    "chexpert": ("subject_id", "study_id", *CHEXPERT_LABELS),
+    "negbio": ("subject_id", "study_id", *CHEXPERT_LABELS),
+}
+FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP", "AP AXIAL")
+UNASSIGNED_SPLIT = "unassigned"
+INDEX_COLUMNS: tuple[str, ...] = (
+    "dicom_id",
+    "study_id",
+    "subject_id",
+    "split",
+    "view",
+    "source_path",
+    "report_path",
+)
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """How a release becomes training items. Recorded in the store's provenance."""
+
+    labeler: Literal["chexpert", "negbio"] = "chexpert"
+    views: tuple[str, ...] = FRONTAL_VIEWS  # empty: every view, including lateral
+    uncertainty: UncertaintyPolicy = UncertaintyPolicy.U_ZEROS
+    image_format: Literal["auto", "dicom", "jpg"] = "auto"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "labeler": self.labeler,
+            "views": list(self.views),
+            "uncertainty": self.uncertainty.value,
+            "image_format": self.image_format,
+        }
+
+
+@dataclass(frozen=True)
+class ReleaseIndex:
+    """Every image the reader keeps, one row each, plus those it rejected and why."""
+
+    items: pd.DataFrame
+    rejected: pd.DataFrame  # dicom_id, source_path, reason
+    image_format: Literal["dicom", "jpg"]
+    filtered_by_view: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReleaseItem:
+    """One image read from the release: pixels in [0, 1], its report and its hash."""
+
+    dicom_id: str
+    pixels: np.ndarray
+    source_sha256: str
+    report: ReportSections
+    report_missing: bool
+
+
+class ReleaseReader:
+    """Reads one release root laid out as MIMIC-CXR (see ../shared/MIMIC.md)."""
+
+    def __init__(self, root: Path | str, config: ReaderConfig | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.config = config or ReaderConfig()
+        if not self.root.is_dir():
+            raise ReleaseFormatError(f"release root {self.root} is not a directory")
+
+    # ---- tables -------------------------------------------------------------------------
+    def csv_path(self, kind: str) -> Path:
+        """``mimic-cxr-2.0.0-<kind>.csv`` or its ``.csv.gz`` twin, whichever exists."""
+        for suffix in (".csv", ".csv.gz"):
+            path = self.root / f"{CSV_PREFIX}{kind}{suffix}"
+            if path.is_file():
+                return path
+        raise ReleaseFormatError(f"{self.root}: missing {CSV_PREFIX}{kind}.csv (or .csv.gz)")
+
+    def read_table(self, kind: str) -> pd.DataFrame:
+        """Read one of the release CSVs and check it has the columns we need."""
+        path = self.csv_path(kind)
+        table = pd.read_csv(path, dtype={"dicom_id": str, "ViewPosition": str, "split": str})
+        missing = [c for c in REQUIRED_COLUMNS[kind] if c not in table.columns]
+        if missing:
+            raise ReleaseFormatError(f"{path}: missing required columns {missing}")
+        return table
+
+    def detect_format(self, first: pd.Series) -> Literal["dicom", "jpg"]:
+        if self.config.image_format != "auto":
+            return self.config.image_format
+        fmt: Literal["dicom", "jpg"]
+        for fmt in ("dicom", "jpg"):
+            if (self.root / self.relative_image_path(first, fmt)).is_file():
+                return fmt
+        any_dcm = next((self.root / "files").rglob("*.dcm"), None)
+        return "dicom" if any_dcm is not None else "jpg"
+
+    # ---- paths --------------------------------------------------------------------------
+    @staticmethod
+    def relative_image_path(row: pd.Series, fmt: str) -> str:
+        subject = str(row["subject_id"])
+        suffix = READERS[fmt].suffix
+        return f"files/p{subject[:2]}/p{subject}/s{row['study_id']}/{row['dicom_id']}{suffix}"
+
+    @staticmethod
+    def relative_report_path(row: pd.Series) -> str:
+        subject = str(row["subject_id"])
+        return f"files/p{subject[:2]}/p{subject}/s{row['study_id']}.txt"
+
+    def resolve(self, relative: str, item_id: str) -> Path:
+        """Absolute path of a release-relative path; refuses anything outside the root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise ItemError(
+                item_id, QuarantineReason.PATH_ESCAPES_ROOT, f"{relative} resolves to {path}"
+            )
+        return path
+
+    # ---- index --------------------------------------------------------------------------
+    def index(self) -> ReleaseIndex:
+        """Join metadata + split + labels per image, filter views, apply the label policy."""
+        meta = self.read_table("metadata")
+        split = self.read_table("split")
+        labels = self.read_table(self.config.labeler)
+        n_rows = len(meta)
+
+        meta = meta.assign(
+            dicom_id=meta["dicom_id"].astype(str).str.strip(),
+            subject_id=meta["subject_id"].astype(str).str.strip(),
+            study_id=meta["study_id"].astype(str).str.strip(),
+            view=meta["ViewPosition"].fillna("").astype(str).str.strip(),
+        )
+        fmt = self.detect_format(meta.iloc[0]) if n_rows else "dicom"
+        suffix = READERS[fmt].suffix
+        prefix = "files/p" + meta["subject_id"].str[:2] + "/p" + meta["subject_id"]
+        meta["source_path"] = prefix + "/s" + meta["study_id"] + "/" + meta["dicom_id"] + suffix
+        meta["report_path"] = prefix + "/s" + meta["study_id"] + ".txt"
+
+        rejected = [self._escaping_rows(meta), self._duplicate_rows(meta)]
+        bad = pd.concat(rejected, ignore_index=True)
+        meta = meta[~meta.index.isin(bad["row"])]
+
+        if self.config.views:
+            keep = meta["view"].isin(self.config.views)
+            filtered = int((~keep).sum())
+            meta = meta[keep]
+        else:
+            filtered = 0
+
+        split = split.assign(dicom_id=split["dicom_id"].astype(str).str.strip())
+        split = split.drop_duplicates("dicom_id")[["dicom_id", "split"]]
+        items = meta.merge(split, on="dicom_id", how="left", validate="one_to_one")
+        items["split"] = items["split"].fillna(UNASSIGNED_SPLIT)
+
+        labels = labels.assign(study_id=labels["study_id"].astype(str).str.strip())
+        labels = labels.drop_duplicates("study_id")[["study_id", *CHEXPERT_LABELS]]
+        items = items.merge(labels, on="study_id", how="left", validate="many_to_one")
+        items["labels_missing"] = items[list(CHEXPERT_LABELS)].isna().all(axis=1) & ~items[
+            "study_id"
+        ].isin(labels["study_id"])
+
+        raw = items[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64)
+        binary = binarize(raw, self.config.uncertainty)
+        items[list(LABEL_COLUMNS)] = binary
+        items[list(SUPER_CLASS_COLUMNS)] = super_class_targets(binary)
+
+        items = items[
+            [
+                *INDEX_COLUMNS,
+                *CHEXPERT_LABELS,
+                *LABEL_COLUMNS,
+                *SUPER_CLASS_COLUMNS,
+                "labels_missing",
+            ]
+        ].reset_index(drop=True)
+        rejected_table = bad.drop(columns="row").reset_index(drop=True)
+        counts = {
+            "metadata_rows": n_rows,
+            "kept": len(items),
+            "rejected": len(rejected_table),
+            "filtered_by_view": filtered,
+            "unassigned_split": int((items["split"] == UNASSIGNED_SPLIT).sum()),
+            "labels_missing": int(items["labels_missing"].sum()),
+        }
+        log.info("indexed %s: %s", self.root, counts)
+        return ReleaseIndex(items, rejected_table, fmt, filtered, counts)
+
+    def _escaping_rows(self, meta: pd.DataFrame) -> pd.DataFrame:
+        """Rows whose ids would make a path outside the release (e.g. ``../``)."""
+
+        def escapes(path: str) -> bool:
+            norm = PurePosixPath(os.path.normpath(path))
+            return norm.is_absolute() or norm.parts[:1] != ("files",) or ".." in norm.parts
+
+        mask = meta["source_path"].map(escapes) | meta["report_path"].map(escapes)
+        bad = meta[mask]
+        return pd.DataFrame(
+            {
+                "row": bad.index,
+                "dicom_id": bad["dicom_id"],
+                "source_path": bad["source_path"],
+                "reason": QuarantineReason.PATH_ESCAPES_ROOT.value
+                + ": ids make a path outside the release root",
+            }
+        )
+
+    @staticmethod
+    def _duplicate_rows(meta: pd.DataFrame) -> pd.DataFrame:
+        """Second and later rows of a dicom_id: the first one is kept."""
+        bad = meta[meta["dicom_id"].duplicated(keep="first")]
+        return pd.DataFrame(
+            {
+                "row": bad.index,
+                "dicom_id": bad["dicom_id"],
+                "source_path": bad["source_path"],
+                "reason": QuarantineReason.DUPLICATE_DICOM_ID.value
+                + ": dicom_id already listed earlier in the metadata",
+            }
+        )
+
+    # ---- items --------------------------------------------------------------------------
+    def read_item(
+        self,
+        dicom_id: str,
+        source_path: str,
+        report_path: str,
+        image_format: Literal["dicom", "jpg"],
+    ) -> ReleaseItem:
+        """Read, hash and decode one image and parse its report.
+
+        The file is read once: its bytes are hashed (``source_sha256``, used to detect
+        changed pixels in a new release) and decoded from memory. A missing report keeps
+        the item (text empty, ``report_missing``); a missing image is an :class:`ItemError`.
+        """
+        path = self.resolve(source_path, dicom_id)
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ItemError(
+                dicom_id, QuarantineReason.MISSING_FILE, f"{source_path} is not a file"
+            ) from exc
+        pixels = READERS[image_format].decode(data, dicom_id)
+        try:
+            text = self.resolve(report_path, dicom_id).read_text(encoding="utf-8", errors="replace")
+            missing = False
+        except (FileNotFoundError, IsADirectoryError):
+            text, missing = "", True
+        return ReleaseItem(
+            dicom_id=dicom_id,
+            pixels=pixels,
+            source_sha256=hashlib.sha256(data).hexdigest(),
+            report=parse_report(text),
+            report_missing=missing,
+        )

@@ -1,0 +1,143 @@
+"""Hand-made DICOM files and tiny MIMIC-layout releases for tests with exact expectations."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from storage.labels import CHEXPERT_LABELS
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def dicom_bytes(
+    stored: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    pixel_data: bytes | None = None,
+    with_pixels: bool = True,
+) -> bytes:
+    """A valid DICOM file holding ``stored`` (uint16) with the given grey-scale tags."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[stored.tobytes().hex()])
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CR_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "SECRET-123"
+    ds.PatientBirthDate = "19700101"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if with_pixels:
+        ds.PixelData = pixel_data if pixel_data is not None else stored.astype("<u2").tobytes()
+        if transfer_syntax != ExplicitVRLittleEndian:
+            ds["PixelData"].is_undefined_length = True
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def gradient(rows: int = 40, cols: int = 32, top: int = 4000) -> np.ndarray:
+    """A non-constant 12-bit test pattern: a ramp plus a bright square."""
+    image = np.linspace(0, top * 0.6, rows * cols).reshape(rows, cols)
+    image[rows // 4 : rows // 2, cols // 4 : cols // 2] = top
+    return image.astype(np.uint16)
+
+
+@dataclass(frozen=True)
+class MiniItem:
+    dicom_id: str
+    subject_id: str = "10000032"
+    study_id: str = "50414267"
+    view: str = "PA"
+    split: str | None = "train"
+    labels: dict[str, float] | None = None
+    content: bytes | None = None  # file bytes; None: no file written
+    report: str | None = "FINDINGS: Normal heart.\nIMPRESSION: No acute process.\n"
+
+
+def write_mini_release(root: Path, items: Sequence[MiniItem], gzip: bool = False) -> Path:
+    """A MIMIC-CXR layout with exactly these items (metadata, split, labels, reports)."""
+    suffix = ".csv.gz" if gzip else ".csv"
+    meta, split, labels = [], [], {}
+    for item in items:
+        meta.append(
+            {
+                "dicom_id": item.dicom_id,
+                "subject_id": item.subject_id,
+                "study_id": item.study_id,
+                "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+                "ViewPosition": item.view,
+                "Rows": 40,
+                "Columns": 32,
+                "StudyDate": 21800506,
+                "StudyTime": 213014.531,
+                "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
+                "ViewCodeSequence_CodeMeaning": "postero-anterior",
+                "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+            }
+        )
+        if item.split is not None:
+            split.append(
+                {
+                    "dicom_id": item.dicom_id,
+                    "study_id": item.study_id,
+                    "subject_id": item.subject_id,
+                    "split": item.split,
+                }
+            )
+        if item.labels is not None:
+            row: dict[str, object] = {"subject_id": item.subject_id, "study_id": item.study_id}
+            row |= {name: item.labels.get(name, np.nan) for name in CHEXPERT_LABELS}
+            labels[item.study_id] = row
+        folder = root / "files" / f"p{item.subject_id[:2]}" / f"p{item.subject_id}"
+        if item.content is not None:
+            path = folder / f"s{item.study_id}" / f"{item.dicom_id}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(item.content)
+        if item.report is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"s{item.study_id}.txt").write_text(item.report)
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(meta).to_csv(root / f"mimic-cxr-2.0.0-metadata{suffix}", index=False)
+    pd.DataFrame(split, columns=["dicom_id", "study_id", "subject_id", "split"]).to_csv(
+        root / f"mimic-cxr-2.0.0-split{suffix}", index=False
+    )
+    label_table = pd.DataFrame(
+        list(labels.values()), columns=["subject_id", "study_id", *CHEXPERT_LABELS]
+    )
+    for kind in ("chexpert", "negbio"):
+        label_table.to_csv(root / f"mimic-cxr-2.0.0-{kind}{suffix}", index=False)
+    return root
+
+
+def dicom_id(n: int) -> str:
+    """A MIMIC-shaped dicom_id that sorts by ``n``."""
+    return "-".join(f"{n:08x}" for _ in range(5))
+
+
+__all__ = ["MiniItem", "dicom_bytes", "dicom_id", "gradient", "write_mini_release"]

@@ -1,0 +1,129 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
+from storage.labels import UncertaintyPolicy
+from storage.release import ReaderConfig, ReleaseReader
+from tests.factories import MiniItem, dicom_bytes, dicom_id, gradient, write_mini_release
+
+GOOD = dicom_bytes(gradient())
+
+
+def mini(tmp_path: Path, gzip: bool = False) -> Path:
+    items = [
+        MiniItem(dicom_id(1), labels={"Cardiomegaly": 1.0, "Edema": -1.0}, content=GOOD),
+        MiniItem(dicom_id(2), view="LATERAL", content=GOOD),
+        MiniItem(
+            dicom_id(3),
+            subject_id="11000001",
+            study_id="51000001",
+            view="AP",
+            split=None,
+            labels={"No Finding": 1.0},
+            content=GOOD,
+        ),
+        MiniItem(
+            dicom_id(4),
+            subject_id="12000001",
+            study_id="52000001",
+            view="AP AXIAL",
+            split="test",
+            labels=None,
+            content=GOOD,
+            report=None,
+        ),
+        MiniItem(dicom_id(1), study_id="50414268", content=GOOD),  # duplicate dicom_id
+        MiniItem("../../../../etc", subject_id="13000001", study_id="53000001", content=None),
+        MiniItem(dicom_id(5), subject_id="14000001", study_id="54000001", view="", content=GOOD),
+    ]
+    return write_mini_release(tmp_path / "release", items, gzip=gzip)
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["csv", "csv.gz"])
+def test_index_joins_filters_and_rejects(tmp_path, gzip):
+    index = ReleaseReader(mini(tmp_path, gzip)).index()
+    items = index.items.set_index("dicom_id")
+    assert index.image_format == "dicom"
+    # Frontal by default: PA, AP, AP AXIAL; lateral and empty views filtered.
+    assert list(items.index) == [dicom_id(1), dicom_id(3), dicom_id(4)]
+    assert index.filtered_by_view == 2
+    assert items.loc[dicom_id(1), "source_path"] == (
+        f"files/p10/p10000032/s50414267/{dicom_id(1)}.dcm"
+    )
+    assert items.loc[dicom_id(1), "report_path"] == "files/p10/p10000032/s50414267.txt"
+    assert items.loc[dicom_id(3), "split"] == "unassigned"
+    assert items.loc[dicom_id(4), "split"] == "test"
+    assert items.loc[dicom_id(4), "labels_missing"]
+    assert not items.loc[dicom_id(1), "labels_missing"]
+    # Raw labels kept as in the CSV; policy labels and super-classes beside them.
+    assert items.loc[dicom_id(1), "Edema"] == -1.0
+    assert np.isnan(items.loc[dicom_id(1), "Pneumonia"])
+    assert items.loc[dicom_id(1), "y_cardiomegaly"] == 1.0
+    assert items.loc[dicom_id(1), "y_edema"] == 0.0  # u-zeros
+    assert items.loc[dicom_id(1), "super_cardiomediastinal"] == 1.0
+    assert items.loc[dicom_id(3), "super_no_finding"] == 1.0
+    reasons = dict(zip(index.rejected["dicom_id"], index.rejected["reason"], strict=True))
+    assert reasons[dicom_id(1)].startswith("duplicate_dicom_id")
+    assert reasons["../../../../etc"].startswith("path_escapes_root")
+
+
+def test_all_views_and_u_ones(tmp_path):
+    config = ReaderConfig(views=(), uncertainty=UncertaintyPolicy.U_ONES, labeler="negbio")
+    items = ReleaseReader(mini(tmp_path), config).index().items.set_index("dicom_id")
+    assert len(items) == 5
+    assert items.loc[dicom_id(1), "y_edema"] == 1.0
+    assert items.loc[dicom_id(1), "super_parenchymal"] == 1.0
+
+
+def test_missing_columns_fail_fast_naming_file_and_columns(tmp_path):
+    root = mini(tmp_path)
+    meta = pd.read_csv(root / "mimic-cxr-2.0.0-metadata.csv").drop(columns=["ViewPosition"])
+    meta.to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    with pytest.raises(ReleaseFormatError, match=r"metadata\.csv: missing required .*ViewPos"):
+        ReleaseReader(root).index()
+
+
+def test_missing_csv_fails_fast(tmp_path):
+    root = mini(tmp_path)
+    (root / "mimic-cxr-2.0.0-split.csv").unlink()
+    with pytest.raises(ReleaseFormatError, match=r"split\.csv \(or \.csv\.gz\)"):
+        ReleaseReader(root).index()
+
+
+def test_read_item_hashes_decodes_and_parses(tmp_path):
+    reader = ReleaseReader(mini(tmp_path))
+    row = reader.index().items.iloc[0]
+    item = reader.read_item(row["dicom_id"], row["source_path"], row["report_path"], "dicom")
+    assert item.pixels.shape == (40, 32)
+    assert len(item.source_sha256) == 64
+    assert item.report.findings == "Normal heart."
+    assert not item.report_missing
+
+
+def test_missing_report_keeps_the_item(tmp_path):
+    reader = ReleaseReader(mini(tmp_path))
+    row = reader.index().items.set_index("dicom_id").loc[dicom_id(4)]
+    item = reader.read_item(dicom_id(4), row["source_path"], row["report_path"], "dicom")
+    assert item.report_missing and item.report.text == ""
+
+
+def test_missing_file_and_symlink_escape(tmp_path):
+    reader = ReleaseReader(mini(tmp_path))
+    with pytest.raises(ItemError) as info:
+        reader.read_item("x", "files/p10/p10000032/s1/nothing.dcm", "files/none.txt", "dicom")
+    assert info.value.reason is QuarantineReason.MISSING_FILE
+    outside = tmp_path / "outside.dcm"
+    outside.write_bytes(GOOD)
+    link = reader.root / "files" / "p10" / "link.dcm"
+    link.symlink_to(outside)
+    with pytest.raises(ItemError) as info:
+        reader.read_item("y", "files/p10/link.dcm", "files/none.txt", "dicom")
+    assert info.value.reason is QuarantineReason.PATH_ESCAPES_ROOT
+
+
+def test_not_a_release(tmp_path):
+    with pytest.raises(ReleaseFormatError, match="not a directory"):
+        ReleaseReader(tmp_path / "nowhere")
