@@ -43,7 +43,7 @@ BAD = {
 
 def bad_release(root: Path) -> Path:
     items = [good(n) for n in range(6)]
-    for k, (reason, content) in enumerate(BAD.items()):
+    for k, content in enumerate(BAD.values()):
         items.append(MiniItem(dicom_id(100 + k), **subject(100 + k), content=content))
     items.append(MiniItem(dicom_id(200), **subject(200), content=None))  # missing file
     items.append(MiniItem(dicom_id(201), **subject(201), content=good(1).content, report=None))

@@ -1,0 +1,25 @@
+"""Session-wide test settings: offline, quiet, one Prefect test server for the session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS", "2")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+# Heartbeats cost ~1 s per flow run; tests do not need them.
+os.environ.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One ephemeral Prefect server for every flow test (starting one costs 6-8 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

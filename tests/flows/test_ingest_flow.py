@@ -1,0 +1,52 @@
+"""The ingest flow end to end under the session's Prefect test server."""
+
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.ingest import ingest_flow
+from storage.image_store import ImageStore
+from tests.storage.test_ingest import BAD, bad_release
+
+
+@pytest.fixture(scope="module")
+def flow_store(tmp_path_factory, prefect_server) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("flow")
+    release = bad_release(root / "release")
+    result = ingest_flow(release=str(release), store=str(root / "store"), size=16,
+                         shard_items=4)
+    return root / "store", result
+
+
+def test_flow_ingests_and_quarantines(flow_store):
+    store_path, result = flow_store
+    store = ImageStore.open(store_path, read_only=True)
+    items = store.items()
+    assert (items["status"] == "ok").sum() == 7 == result["ingested"]
+    assert len(store.quarantine()) == len(BAD) + 3
+    assert result["failed_shards"] == 0
+    assert store.attrs["ingests"][-1]["ingested"] == 7
+
+
+def test_flow_publishes_progress_summary_and_quarantine_artifacts(flow_store):
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="ingest-store"))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert {"ingest-store-progress", "ingest-store-summary", "ingest-store-quarantine"} <= set(
+        by_key
+    )
+    assert by_key["ingest-store-progress"].type == "progress"
+    assert float(by_key["ingest-store-progress"].data) == 100.0
+    assert "truncated" in str(by_key["ingest-store-quarantine"].data)
+    assert "train" in str(by_key["ingest-store-summary"].data)
+
+
+def test_rerun_of_the_flow_does_nothing_new(flow_store, prefect_server):
+    store_path, _ = flow_store
+    release = store_path.parent / "release"
+    again = ingest_flow(release=str(release), store=str(store_path), size=16, shard_items=4)
+    assert again["ingested"] == 0 and again["plan"]["to_ingest"] == 0
