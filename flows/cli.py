@@ -98,6 +98,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    # Prefect's client logs every HTTP request at INFO: noise for a CLI user.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()

@@ -23,3 +23,16 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_pair(tmp_path_factory):
+    """The same synthetic cohort written twice: DICOM with .csv, JPG with .csv.gz."""
+    from storage.synthetic import SynthConfig, write_synthetic_release
+
+    root = tmp_path_factory.mktemp("synthetic_pair")
+    dicom = write_synthetic_release(root / "dicom", SynthConfig(studies=24, size=64), seed=3)
+    jpg = write_synthetic_release(
+        root / "jpg", SynthConfig(studies=24, size=64, image_format="jpg", gzip_csv=True), seed=3
+    )
+    return dicom.release_dir, jpg.release_dir

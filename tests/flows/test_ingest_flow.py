@@ -15,8 +15,7 @@ from tests.storage.test_ingest import BAD, bad_release
 def flow_store(tmp_path_factory, prefect_server) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("flow")
     release = bad_release(root / "release")
-    result = ingest_flow(release=str(release), store=str(root / "store"), size=16,
-                         shard_items=4)
+    result = ingest_flow(release=str(release), store=str(root / "store"), size=16, shard_items=4)
     return root / "store", result
 
 
