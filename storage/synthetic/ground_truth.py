@@ -1,0 +1,78 @@
+"""Ground truth written BESIDE the release: true labels per image and lesion masks.
+
+- ``labels.csv``: ``dicom_id,study_id,subject_id,ViewPosition`` then one 0/1 column per
+  CheXpert label (:data:`storage.labels.CHEXPERT_LABELS` order): the TRUE study findings.
+- ``masks.zarr``: Zarr v3 group; one uint8 array per image named by dicom_id, shape
+  (14, Rows, Columns), channel order = CHEXPERT_LABELS, 1 where that finding changed the
+  image. One chunk per image, zstd-compressed; all-zero masks are not stored as chunks
+  (reading gives zeros).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from storage.labels import CHEXPERT_LABELS
+from storage.synthetic.release_tables import Row, write_table
+
+GROUND_TRUTH_COLUMNS: tuple[str, ...] = (
+    "dicom_id",
+    "study_id",
+    "subject_id",
+    "ViewPosition",
+    *CHEXPERT_LABELS,
+)
+
+MASKS_FORMAT = "daug-synthetic-masks"
+MASKS_FORMAT_VERSION = 1
+
+
+class MaskStore:
+    """Writes one (14, H, W) uint8 mask array per image into a Zarr v3 group."""
+
+    def __init__(self, path: Path, seed: int) -> None:
+        self._group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        self._group.attrs.update(
+            {
+                "format": MASKS_FORMAT,
+                "format_version": MASKS_FORMAT_VERSION,
+                "label_order": list(CHEXPERT_LABELS),
+                "axes": ["label", "y", "x"],
+                "values": "1 where the finding changed the image pixels, else 0",
+                "notes": [
+                    "'No Finding' channel is always 0.",
+                    "'Lung Opacity' channel = its own nonspecific opacity OR the masks of "
+                    "Atelectasis, Consolidation, Edema, Lung Lesion, Pneumonia.",
+                    "Lateral views do not render Pneumothorax, Enlarged Cardiomediastinum, "
+                    "Fracture or Pleural Other: those channels are 0 on laterals even when "
+                    "the study label is 1.",
+                    "Arrays are at the image's native pixel size (Rows, Columns).",
+                ],
+                "seed": seed,
+            }
+        )
+
+    def write(self, dicom_id: str, masks: np.ndarray, study_id: int, view_position: str) -> None:
+        if masks.dtype != np.uint8 or masks.ndim != 3 or masks.shape[0] != len(CHEXPERT_LABELS):
+            raise ValueError(f"{dicom_id}: masks must be uint8 (14, H, W), got {masks.shape}")
+        array = self._group.create_array(
+            name=dicom_id,
+            shape=masks.shape,
+            dtype="uint8",
+            chunks=masks.shape,
+            compressors=[ZstdCodec(level=3)],
+            fill_value=0,
+            attributes={"study_id": study_id, "ViewPosition": view_position},
+            dimension_names=("label", "y", "x"),
+        )
+        if masks.any():
+            array[...] = masks
+
+
+def write_labels(path: Path, rows: Iterable[Row]) -> None:
+    write_table(path, GROUND_TRUTH_COLUMNS, sorted(rows, key=lambda r: (r[2], r[1], r[0])))
