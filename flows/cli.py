@@ -98,8 +98,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    # Prefect's client logs every HTTP request at INFO: noise for a CLI user.
-    for noisy in ("httpx", "httpcore"):
+    # Prefect's client logs every HTTP request, and each task run its final state, at INFO.
+    for noisy in ("httpx", "httpcore", "prefect.task_runs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
