@@ -164,6 +164,34 @@ def ingest(
     console.print_json(json.dumps(result, default=str))
 
 
+@app.command("train-generator")
+def train_generator(
+    store: Annotated[Path, typer.Option(help="image store to train on (train split)")],
+    out: Annotated[Path, typer.Option(help="checkpoint folder (resumed when it exists)")],
+    preset: Annotated[str, typer.Option(help="tiny (64 px, CPU) or paper (512 px, GPU)")] = "tiny",
+    seed: Annotated[int, typer.Option(help="seed for weights, noise and batches")] = 0,
+    generator_steps: Annotated[
+        int | None, typer.Option(help="total generator steps (default: the preset's)")
+    ] = None,
+    classifier_steps: Annotated[
+        int | None, typer.Option(help="total classifier steps (default: the preset's)")
+    ] = None,
+) -> None:
+    """Train the DDPM generator and the noise-aware classifier (resumable)."""
+    from flows.train_generator import train_generator_flow
+
+    with _flow_progress():
+        result = train_generator_flow(
+            store=str(store),
+            out=str(out),
+            preset_name=preset,
+            seed=seed,
+            generator_steps=generator_steps,
+            classifier_steps=classifier_steps,
+        )
+    console.print_json(json.dumps(result, default=str))
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="folder for everything the demo writes")] = Path(

@@ -38,6 +38,7 @@ from storage.tables import DirectoryTables, MemoryTables, TableBackend
 
 log = logging.getLogger(__name__)
 
+Indices = Sequence[int] | np.ndarray
 STORE_FORMAT = "daug-image-store"
 STORE_FORMAT_VERSION = 1
 
@@ -272,7 +273,7 @@ class ImageStore:
         self.tables.write(REJECTS_TABLE, merged)
 
     # ---- pixels -------------------------------------------------------------------------
-    def write_images(self, indices: Sequence[int], images: np.ndarray) -> None:
+    def write_images(self, indices: Indices, images: np.ndarray) -> None:
         """Write (k, S, S) images at ``indices``; consecutive runs go in one write."""
         order = np.argsort(np.asarray(indices))
         idx = np.asarray(indices)[order]
@@ -284,7 +285,7 @@ class ImageStore:
             if len(run_idx):
                 self.images[int(run_idx[0]) : int(run_idx[-1]) + 1] = run_data
 
-    def mark_done(self, indices: Sequence[int]) -> None:
+    def mark_done(self, indices: Indices) -> None:
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx):
             self.done.set_coordinate_selection((idx,), np.ones(len(idx), dtype=bool))
@@ -295,7 +296,7 @@ class ImageStore:
     def read_image(self, index: int) -> np.ndarray:
         return np.asarray(self.images[index], dtype=np.float32)
 
-    def read_images(self, indices: Sequence[int]) -> np.ndarray:
+    def read_images(self, indices: Indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
         return np.asarray(self.images.get_orthogonal_selection((idx,)), dtype=np.float32)
 

@@ -1,0 +1,319 @@
+"""Train-generator flow: the DDPM generator and the noise-aware classifier from an image store.
+
+Both models train on the store's train split, resume from their last checkpoint, and report
+progress, loss curves and the classifier's AUC per noise level as Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from daug_core.checkpoints import (
+    checkpoint_sha256,
+    load_classifier_checkpoint,
+    load_generator_checkpoint,
+    save_classifier_checkpoint,
+    save_generator_checkpoint,
+)
+from daug_core.classifier_eval import evaluate_classifier
+from daug_core.classifier_loss import pos_weight_from_labels
+from daug_core.classifier_training import init_classifier_state, train_classifier
+from daug_core.config import DiffusionConfig, preset
+from daug_core.generator import init_generator_state, train_generator
+from daug_core.training import StepReport
+from flows.monitoring import ProgressReporter, artifact_key, table_artifact
+from storage.batches import Batch, Selection, random_batches, select, sequential_batches
+from storage.image_store import ImageStore
+from storage.labels import SUPER_CLASS_COLUMNS
+from storage.tables import DirectoryTables
+
+log = logging.getLogger(__name__)
+GENERATOR_DIR, CLASSIFIER_DIR = "generator", "classifier"
+
+
+def _run_name() -> str:
+    store = Path(str(flow_run.parameters.get("store", "store"))).name
+    return f"train-generator-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+def to_model_input(batch: Batch, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Store pixels in [0, 1] -> (B, 1, S, S) in [-1, 1] at the model's size; labels as float."""
+    x = torch.from_numpy(batch.images).unsqueeze(1)
+    if x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="area")
+    return x * 2.0 - 1.0, torch.from_numpy(batch.labels).float()
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    name: str
+    steps_before: int
+    steps_after: int
+    seconds: float
+    final_loss: float
+    sha256: str
+
+
+class LossLog:
+    """Loss per step in ``<out>/<name>_losses.csv``, kept consistent with the checkpoint."""
+
+    def __init__(self, out: Path, name: str, checkpoint_step: int) -> None:
+        self.tables = DirectoryTables(out)
+        self.name = f"{name}_losses"
+        old = self.tables.read(self.name, {"step": "float", "loss": "float"})
+        rows = [] if old is None else old[old["step"] <= checkpoint_step].to_dict("records")
+        self.rows: list[dict[str, float]] = [
+            {"step": float(r["step"]), "loss": float(r["loss"])} for r in rows
+        ]
+
+    def add(self, report: StepReport) -> None:
+        self.rows.append({"step": float(report.step), "loss": report.loss})
+
+    def flush(self) -> None:
+        self.tables.write(self.name, pd.DataFrame(self.rows, columns=["step", "loss"]))
+
+
+def _checkpointing(
+    every: int, save: Callable[[], object], losses: LossLog, progress: ProgressReporter
+) -> Callable[[StepReport], bool]:
+    def on_step(report: StepReport) -> bool:
+        losses.add(report)
+        progress.advance(1)
+        if report.step % every == 0:
+            save()
+            losses.flush()
+        return False
+
+    return on_step
+
+
+def _batches(
+    store: ImageStore,
+    selection: Selection,
+    config: DiffusionConfig,
+    batch_size: int,
+    seed: int,
+    start: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in random_batches(store, selection, batch_size, seed, start):
+        yield to_model_input(batch, config.image_size)
+
+
+@task(cache_policy=NO_CACHE, retries=1, task_run_name="train-generator-unet")
+def train_generator_task(
+    store: ImageStore,
+    selection: Selection,
+    config: DiffusionConfig,
+    out: Path,
+    seed: int,
+    steps: int,
+) -> ModelRun:
+    path = out / GENERATOR_DIR
+    if (path / "trainer_state.json").is_file():
+        state = load_generator_checkpoint(path)
+        logger_msg = f"resuming generator at step {state.step}"
+    else:
+        state = init_generator_state(config, generator=torch.Generator().manual_seed(seed))
+        logger_msg = "generator from scratch"
+    get_run_logger().info(logger_msg)
+    before = state.step
+    losses = LossLog(out, GENERATOR_DIR, before)
+    progress = ProgressReporter(
+        artifact_key("train-generator", out.name, "unet"), steps - before, "generator steps"
+    )
+    result = train_generator(
+        state,
+        _batches(store, selection, config, config.generator_training.batch_size, seed, before),
+        until_step=steps,
+        on_step=_checkpointing(
+            config.generator_training.checkpoint_every,
+            lambda: save_generator_checkpoint(state, path),
+            losses,
+            progress,
+        ),
+    )
+    save_generator_checkpoint(state, path)
+    losses.flush()
+    last = result.losses[-1] if result.losses else float("nan")
+    return ModelRun("generator", before, state.step, result.seconds, last, checkpoint_sha256(path))
+
+
+@task(cache_policy=NO_CACHE, retries=1, task_run_name="train-noise-aware-classifier")
+def train_classifier_task(
+    store: ImageStore,
+    selection: Selection,
+    config: DiffusionConfig,
+    out: Path,
+    seed: int,
+    steps: int,
+) -> ModelRun:
+    path = out / CLASSIFIER_DIR
+    if (path / "trainer_state.json").is_file():
+        state = load_classifier_checkpoint(path)
+    else:
+        # BCE pos_weight = negatives / positives per class over the training labels.
+        state = init_classifier_state(
+            config,
+            pos_weight=pos_weight_from_labels(selection.labels.copy()),
+            generator=torch.Generator().manual_seed(seed + 1),
+        )
+    before = state.step
+    losses = LossLog(out, CLASSIFIER_DIR, before)
+    progress = ProgressReporter(
+        artifact_key("train-generator", out.name, "classifier"),
+        steps - before,
+        "classifier steps",
+    )
+    result = train_classifier(
+        state,
+        _batches(store, selection, config, config.classifier_training.batch_size, seed + 1, before),
+        until_step=steps,
+        on_step=_checkpointing(
+            config.classifier_training.checkpoint_every,
+            lambda: save_classifier_checkpoint(state, path),
+            losses,
+            progress,
+        ),
+    )
+    save_classifier_checkpoint(state, path)
+    losses.flush()
+    last = result.losses[-1] if result.losses else float("nan")
+    return ModelRun("classifier", before, state.step, result.seconds, last, checkpoint_sha256(path))
+
+
+def plot_losses(out: Path) -> Path:
+    """Both loss curves (raw and a 50-step moving average) in one PNG."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, name in zip(axes, (GENERATOR_DIR, CLASSIFIER_DIR), strict=True):
+        table = pd.read_csv(out / f"{name}_losses.csv")
+        ax.plot(table["step"], table["loss"], alpha=0.3, label="loss")
+        ax.plot(table["step"], table["loss"].rolling(50, min_periods=1).mean(), label="mean of 50")
+        ax.set_title(f"{name} ({'DDPM eps MSE' if name == GENERATOR_DIR else 'masked BCE'})")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend()
+    figure.tight_layout()
+    path = out / "loss_curves.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+@flow(name="train-generator", flow_run_name=_run_name)
+def train_generator_flow(
+    store: str,
+    out: str,
+    preset_name: str = "tiny",
+    seed: int = 0,
+    generator_steps: int | None = None,
+    classifier_steps: int | None = None,
+    eval_split: str = "validate",
+) -> dict[str, Any]:
+    """Train the DDPM generator and the noise-aware classifier on STORE's train split.
+
+    Args:
+        store: image store (its images are resized to the preset's size when they differ).
+        out: checkpoint folder: ``generator/``, ``classifier/``, loss CSVs and plots.
+        preset_name: ``tiny`` (64 px, CPU minutes) or ``paper`` (512 px, GPU).
+        seed: seeds weights, noise and batch sampling (a resumed run continues identically).
+        generator_steps / classifier_steps: total steps to train to (default: the preset's).
+        eval_split: split on which the classifier's AUC per noise level is measured.
+    """
+    logger = get_run_logger()
+    config = preset(preset_name)
+    image_store = ImageStore.open(store, read_only=True)
+    if image_store.size < config.image_size:
+        raise ValueError(
+            f"store {store} holds {image_store.size} px images; the "
+            f"{preset_name} preset needs at least {config.image_size} px"
+        )
+    out_path = Path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    train = select(image_store, ["train"], SUPER_CLASS_COLUMNS)
+    logger.info("training on %d images of %s", len(train.indices), store)
+    gen_steps = generator_steps or config.generator_training.num_steps
+    cls_steps = classifier_steps or config.classifier_training.num_steps
+    runs = [
+        train_generator_task(image_store, train, config, out_path, seed, gen_steps),
+        train_classifier_task(image_store, train, config, out_path, seed, cls_steps),
+    ]
+
+    held_out = select(image_store, [eval_split], SUPER_CLASS_COLUMNS)
+    classifier = load_classifier_checkpoint(out_path / CLASSIFIER_DIR).classifier.eval()
+    evaluation = evaluate_classifier(
+        classifier,
+        (
+            to_model_input(b, config.image_size)
+            for b in sequential_batches(image_store, held_out, 64)
+        ),
+        schedule=config.schedule,
+        generator=torch.Generator().manual_seed(seed + 2),
+    )
+    metrics = pd.DataFrame(evaluation.rows())
+    metrics.to_csv(out_path / "classifier_noise_levels.csv", index=False)
+    by_level = metrics.groupby("timestep")[["auc", "accuracy"]].mean().reset_index()
+    plot = plot_losses(out_path)
+    key = artifact_key("train-generator", out_path.name)
+    table_artifact(
+        f"{key}-classifier-auc",
+        metrics,
+        f"Noise-aware classifier on {eval_split}: AUC and accuracy per class and t.",
+    )
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown="\n".join(
+            [
+                f"## train-generator: {store} -> {out}",
+                "",
+                "| model | steps | seconds | last loss | sha256 |",
+                "|---|---|---|---|---|",
+                *[
+                    f"| {r.name} | {r.steps_before} → {r.steps_after} | {r.seconds:.0f} | "
+                    f"{r.final_loss:.4f} | `{r.sha256[:16]}` |"
+                    for r in runs
+                ],
+                "",
+                "Classifier mean AUC by noise level t:",
+                "",
+                "```",
+                by_level.to_string(index=False, float_format="%.3f"),
+                "```",
+                "",
+                f"Loss curves: `{plot}`",
+            ]
+        ),
+    )
+    summary = {
+        "out": str(out_path.resolve()),
+        "preset": preset_name,
+        "runs": [r.__dict__ for r in runs],
+        "classifier_mean_auc_by_t": dict(
+            zip(
+                by_level["timestep"].astype(int).tolist(),
+                by_level["auc"].astype(float).tolist(),
+                strict=True,
+            )
+        ),
+        "loss_curves": str(plot),
+    }
+    (out_path / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info("classifier mean AUC by t: %s", summary["classifier_mean_auc_by_t"])
+    return summary

@@ -1,0 +1,76 @@
+"""Random training batches streamed from an image store (numpy; no framework).
+
+Batch ``k`` is drawn from its own generator seeded by ``(seed, k)``, so a run resumed at
+step ``k`` sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage.image_store import ImageStore, ItemStatus
+
+
+class EmptySelectionError(ValueError):
+    """No usable item matches the requested split."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Usable items of some splits: store indices and their label rows (NaN = masked)."""
+
+    indices: np.ndarray  # (N,) int64, sorted
+    labels: np.ndarray  # (N, C) float64
+    label_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Batch:
+    step: int
+    indices: np.ndarray  # (B,)
+    images: np.ndarray  # (B, S, S) float32 in [0, 1]
+    labels: np.ndarray  # (B, C) float64
+
+
+def select(store: ImageStore, splits: Sequence[str], label_columns: Sequence[str]) -> Selection:
+    """Items that are ingested (``done`` and ok) and belong to ``splits``."""
+    items = store.items()
+    done = store.done_mask()
+    usable = (
+        (items["status"] == ItemStatus.OK.value)
+        & items["split"].isin(list(splits))
+        & done[items["index"].to_numpy()]
+    )
+    chosen = items[usable].sort_values("index")
+    if chosen.empty:
+        raise EmptySelectionError(f"{store.location}: no ingested items in splits {list(splits)}")
+    return Selection(
+        indices=chosen["index"].to_numpy(dtype=np.int64),
+        labels=chosen[list(label_columns)].to_numpy(dtype=np.float64),
+        label_columns=tuple(label_columns),
+    )
+
+
+def random_batches(
+    store: ImageStore, selection: Selection, batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[Batch]:
+    """An endless stream of batches sampled with replacement across epochs boundaries."""
+    step = start_step
+    n = len(selection.indices)
+    while True:
+        rng = np.random.default_rng([seed, step])
+        rows = np.sort(rng.choice(n, size=batch_size, replace=n < batch_size))
+        indices = selection.indices[rows]
+        yield Batch(step, indices, store.read_images(indices), selection.labels[rows])
+        step += 1
+
+
+def sequential_batches(store: ImageStore, selection: Selection, batch_size: int) -> Iterator[Batch]:
+    """Every selected item once, in index order (evaluation)."""
+    for k, start in enumerate(range(0, len(selection.indices), batch_size)):
+        indices = selection.indices[start : start + batch_size]
+        labels = selection.labels[start : start + batch_size]
+        yield Batch(k, indices, store.read_images(indices), labels)
