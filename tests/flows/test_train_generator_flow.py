@@ -14,11 +14,11 @@ pytestmark = pytest.mark.slow
 
 def test_trains_checkpoints_and_resumes(tmp_path, synthetic_pair, prefect_server):
     store = tmp_path / "store"
-    ingest_flow(release=str(synthetic_pair[0]), store=str(store), size=64, shard_items=16,
-                views=[])
+    ingest_flow(release=str(synthetic_pair[0]), store=str(store), size=64, shard_items=16, views=[])
     out = tmp_path / "ckpt"
-    first = train_generator_flow(store=str(store), out=str(out), generator_steps=2,
-                                 classifier_steps=3, eval_split="test")
+    first = train_generator_flow(
+        store=str(store), out=str(out), generator_steps=2, classifier_steps=3, eval_split="test"
+    )
     gen, cls = first["runs"]
     assert (gen["steps_before"], gen["steps_after"]) == (0, 2)
     assert (cls["steps_before"], cls["steps_after"]) == (0, 3)
@@ -30,8 +30,9 @@ def test_trains_checkpoints_and_resumes(tmp_path, synthetic_pair, prefect_server
     assert len(levels) == 5 * 7
     assert json.loads((out / "train_summary.json").read_text())["preset"] == "tiny"
 
-    second = train_generator_flow(store=str(store), out=str(out), generator_steps=4,
-                                  classifier_steps=3, eval_split="test")
+    second = train_generator_flow(
+        store=str(store), out=str(out), generator_steps=4, classifier_steps=3, eval_split="test"
+    )
     gen2, cls2 = second["runs"]
     assert (gen2["steps_before"], gen2["steps_after"]) == (2, 4)
     assert (cls2["steps_before"], cls2["steps_after"]) == (3, 3)  # already trained: no work
