@@ -32,6 +32,7 @@ class ProgressReporter:
     def __init__(self, key: str, total: int, description: str) -> None:
         self.total = max(total, 0)
         self.done = 0
+        self._published = 0.0
         self.description = description
         self.artifact_id = cast(
             UUID,
@@ -42,9 +43,12 @@ class ProgressReporter:
         self._emit()
 
     def advance(self, units: int) -> None:
+        """Count ``units`` more; the artifact is updated per whole percent (an API call)."""
         self.done += units
         percent = 100.0 if self.total == 0 else min(100.0, 100.0 * self.done / self.total)
-        update_progress_artifact(self.artifact_id, percent)
+        if percent - self._published >= 1.0 or (percent == 100.0 and self._published < 100.0):
+            update_progress_artifact(self.artifact_id, percent)
+            self._published = percent
         self._emit()
 
     def _emit(self) -> None:
