@@ -1,0 +1,319 @@
+"""Checkpoints: weights as safetensors, configs as JSON, written atomically; sha256 for provenance.
+
+Generator checkpoint directory::
+
+    unet/                 UNet2DModel.save_pretrained (config.json + safetensors)
+    unet_ema/             the same UNet carrying the EMA weights (what heatmaps should use)
+    trainer_state.safetensors + trainer_state.json
+                          AdamW tensors, torch.Generator state, step, EMA counters, DiffusionConfig
+
+Classifier checkpoint directory::
+
+    classifier.safetensors + classifier.json   weights; ClassifierConfig and pos_weight
+    trainer_state.safetensors + trainer_state.json
+
+The trainer state exists to resume training bit-for-bit; inference loaders ignore it. No pickle
+is written or read. Loading is local-only (works with HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.models.unets.unet_2d import UNet2DModel
+from safetensors.torch import load_file, save_file
+
+from daug_core.classifier import NoiseAwareClassifier
+from daug_core.classifier_training import ClassifierState
+from daug_core.config import classifier_config_from_dict, config_from_dict, config_to_dict
+from daug_core.generator import GeneratorState, make_ema
+from daug_core.training import make_optimizer
+
+FORMAT_VERSION = 1
+TRAINER_STATE = "trainer_state"
+UNET_DIR = "unet"
+UNET_EMA_DIR = "unet_ema"
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CLASSIFIER_JSON = "classifier.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing files or holds something else than expected."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"checkpoint {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+# --- provenance -------------------------------------------------------------------------------
+
+
+def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 over the model weights under ``path`` (a file, or a directory tree).
+
+    For a directory: every ``*.safetensors`` file except the trainer state, in sorted relative
+    path order, each contributing its relative POSIX path, a NUL byte, its size and its bytes. JSON
+    configs, timestamps and optimizer state do not change the hash; any weight does.
+    """
+    root = Path(path)
+    digest = hashlib.sha256()
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted(
+            (p for p in root.rglob("*.safetensors") if p.name != f"{TRAINER_STATE}.safetensors"),
+            key=lambda p: p.relative_to(root).as_posix(),
+        )
+    else:
+        raise CheckpointError(root, "does not exist")
+    if not files:
+        raise CheckpointError(root, "holds no *.safetensors weight file")
+    for file in files:
+        rel = file.name if file == root else file.relative_to(root).as_posix()
+        digest.update(rel.encode() + b"\0" + file.stat().st_size.to_bytes(8, "little"))
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# --- atomic directory writes -------------------------------------------------------------------
+
+
+@contextmanager
+def _atomic_directory(target: Path) -> Iterator[Path]:
+    """Write into a hidden sibling directory, then swap it into place (never a half checkpoint)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.with_name(f".{target.name}.tmp-{tag}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{tag}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(path.parent, f"missing {path.name}")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+# --- trainer state (optimizer + RNG), shared by both models ------------------------------------
+
+
+def _save_trainer_state(
+    directory: Path,
+    *,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    step: int,
+    extra: dict[str, Any],
+) -> None:
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {"generator_state": generator.get_state().contiguous()}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in opt["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    save_file(tensors, str(directory / f"{TRAINER_STATE}.safetensors"))
+    _write_json(
+        directory / f"{TRAINER_STATE}.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "generator_device": generator.device.type,
+            "optimizer_param_groups": opt["param_groups"],
+            "optimizer_scalars": scalars,
+            **extra,
+        },
+    )
+
+
+def _load_trainer_state(
+    directory: Path, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[dict[str, Any], torch.Generator]:
+    meta = _read_json(directory / f"{TRAINER_STATE}.json")
+    tensor_path = directory / f"{TRAINER_STATE}.safetensors"
+    if not tensor_path.is_file():
+        raise CheckpointError(directory, f"missing {tensor_path.name}")
+    tensors = load_file(str(tensor_path))
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for index, entry in meta["optimizer_scalars"].items():
+        state.setdefault(int(index), {}).update(entry)
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in meta["optimizer_param_groups"]
+    ]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    saved_on = meta["generator_device"]
+    if saved_on == "cpu":
+        generator = torch.Generator(device="cpu")
+    elif saved_on == device.type:
+        generator = torch.Generator(device=device)
+    else:
+        raise CheckpointError(directory, f"RNG state was saved on {saved_on}; load on {saved_on}")
+    generator.set_state(tensors["generator_state"])
+    return meta, generator
+
+
+def _device(device: str | torch.device) -> torch.device:
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return d
+
+
+# --- generator ---------------------------------------------------------------------------------
+
+
+def save_generator_checkpoint(state: GeneratorState, directory: str | os.PathLike[str]) -> Path:
+    """Write ``state`` to ``directory`` (replacing it atomically); returns the path."""
+    target = Path(directory)
+    with _atomic_directory(target) as tmp:
+        state.unet.save_pretrained(tmp / UNET_DIR, safe_serialization=True)
+        ema_model = copy.deepcopy(state.unet)
+        state.ema.copy_to(ema_model.parameters())
+        ema_model.save_pretrained(tmp / UNET_EMA_DIR, safe_serialization=True)
+        ema_state = {k: v for k, v in state.ema.state_dict().items() if k != "shadow_params"}
+        _save_trainer_state(
+            tmp,
+            optimizer=state.optimizer,
+            generator=state.generator,
+            step=state.step,
+            extra={"ema": ema_state, "config": config_to_dict(state.config)},
+        )
+    return target
+
+
+def load_unet(
+    directory: str | os.PathLike[str],
+    *,
+    use_ema: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> UNet2DModel:
+    """The UNet for inference (EMA weights by default), in eval mode, on ``device``/``dtype``."""
+    path = Path(directory) / (UNET_EMA_DIR if use_ema else UNET_DIR)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(Path(directory), f"missing {path.name}/config.json")
+    unet = UNet2DModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+    return unet.to(device=device).eval()
+
+
+def load_generator_checkpoint(
+    directory: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> GeneratorState:
+    """The full training state, to resume :func:`daug_core.generator.train_generator`."""
+    root = Path(directory)
+    dev = _device(device)
+    meta = _read_json(root / f"{TRAINER_STATE}.json")
+    config = config_from_dict(meta["config"])
+    unet = load_unet(root, use_ema=False, device=dev)
+    ema_weights = load_unet(root, use_ema=True, device=dev)
+    ema = make_ema(ema_weights, config.generator_training)
+    ema.load_state_dict(meta["ema"])
+    optimizer = make_optimizer(unet, config.generator_training)
+    meta, generator = _load_trainer_state(root, optimizer, dev)
+    return GeneratorState(config, unet, ema, optimizer, generator, step=int(meta["step"]))
+
+
+# --- classifier --------------------------------------------------------------------------------
+
+
+def _save_classifier_files(
+    directory: Path, classifier: NoiseAwareClassifier, pos_weight: torch.Tensor
+) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
+    save_file(weights, str(directory / CLASSIFIER_WEIGHTS), metadata={"format": "pt"})
+    _write_json(
+        directory / CLASSIFIER_JSON,
+        {
+            "format_version": FORMAT_VERSION,
+            "classifier": dataclasses.asdict(classifier.config),
+            "pos_weight": [float(w) for w in pos_weight.detach().cpu()],
+        },
+    )
+
+
+def save_classifier_checkpoint(state: ClassifierState, directory: str | os.PathLike[str]) -> Path:
+    """Write ``state`` to ``directory`` (replacing it atomically); returns the path."""
+    target = Path(directory)
+    with _atomic_directory(target) as tmp:
+        _save_classifier_files(tmp, state.classifier, state.pos_weight)
+        _save_trainer_state(
+            tmp,
+            optimizer=state.optimizer,
+            generator=state.generator,
+            step=state.step,
+            extra={"config": config_to_dict(state.config)},
+        )
+    return target
+
+
+def load_classifier(
+    directory: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> NoiseAwareClassifier:
+    """The classifier for inference, in eval mode, on ``device``/``dtype``."""
+    root = Path(directory)
+    meta = _read_json(root / CLASSIFIER_JSON)
+    cfg = classifier_config_from_dict(meta["classifier"])
+    weights_path = root / CLASSIFIER_WEIGHTS
+    if not weights_path.is_file():
+        raise CheckpointError(root, f"missing {CLASSIFIER_WEIGHTS}")
+    with torch.device("meta"):
+        classifier = NoiseAwareClassifier(cfg)
+    classifier.load_state_dict(load_file(str(weights_path)), strict=True, assign=True)
+    if any(t.is_meta for t in [*classifier.parameters(), *classifier.buffers()]):
+        raise CheckpointError(root, f"{CLASSIFIER_WEIGHTS} does not cover every tensor")
+    return classifier.to(device=device, dtype=dtype).eval()
+
+
+def load_classifier_checkpoint(
+    directory: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> ClassifierState:
+    """The full training state, to resume :func:`daug_core.classifier_training.train_classifier`."""
+    root = Path(directory)
+    dev = _device(device)
+    meta = _read_json(root / f"{TRAINER_STATE}.json")
+    config = config_from_dict(meta["config"])
+    classifier = load_classifier(root, device=dev)
+    pos_weight = torch.tensor(_read_json(root / CLASSIFIER_JSON)["pos_weight"], device=dev)
+    optimizer = make_optimizer(classifier, config.classifier_training)
+    meta, generator = _load_trainer_state(root, optimizer, dev)
+    return ClassifierState(config, classifier, optimizer, generator, pos_weight, int(meta["step"]))

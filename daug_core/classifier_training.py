@@ -1,0 +1,123 @@
+"""Training the noise-aware classifier on images noised at random timesteps.
+
+As in guided-diffusion's ``classifier_train.py``: x_t = q_sample(x_0, t) with t uniform on
+[0, max_noise_timestep], loss on classifier(x_t, t). Here the loss is DAug's multi-label BCE with
+pos_weight = negatives / positives and NaN labels masked (:mod:`daug_core.classifier_loss`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from daug_core.classifier import NoiseAwareClassifier, build_classifier
+from daug_core.classifier_loss import masked_bce_with_logits
+from daug_core.config import DiffusionConfig
+from daug_core.schedule import make_noise_scheduler, q_sample
+from daug_core.training import (
+    OnStep,
+    StepReport,
+    StopReason,
+    TrainingResult,
+    check_images,
+    check_labels,
+    make_optimizer,
+)
+
+
+@dataclass
+class ClassifierState:
+    """Everything needed to continue classifier training (mutated in place by training)."""
+
+    config: DiffusionConfig
+    classifier: NoiseAwareClassifier
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # timesteps and noise
+    pos_weight: torch.Tensor  # (C,) float32, on the classifier's device
+    step: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.classifier.parameters()).device
+
+
+def init_classifier_state(
+    config: DiffusionConfig,
+    *,
+    pos_weight: torch.Tensor | None,
+    generator: torch.Generator,
+    device: str | torch.device = "cpu",
+) -> ClassifierState:
+    """Step-0 state. ``pos_weight`` (C,) usually comes from
+    :func:`daug_core.classifier_loss.pos_weight_from_labels` over the training labels; None means
+    all ones."""
+    classifier = build_classifier(config.classifier, generator=generator).to(device)
+    c = config.classifier.num_classes
+    weight = torch.ones(c) if pos_weight is None else torch.as_tensor(pos_weight).float()
+    if weight.shape != (c,):
+        raise ValueError(f"pos_weight must have shape ({c},), got {tuple(weight.shape)}")
+    optimizer = make_optimizer(classifier, config.classifier_training)
+    return ClassifierState(config, classifier, optimizer, generator, weight.to(device))
+
+
+def train_classifier(
+    state: ClassifierState,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    until_step: int | None = None,
+    on_step: OnStep | None = None,
+) -> TrainingResult:
+    """Train ``state`` in place until ``state.step == until_step`` (default: the config's
+    ``num_steps``), the iterator ends, or ``on_step`` returns True.
+
+    ``batches`` yields (images (B, 1, S, S) in [-1, 1], labels (B, C) in {0, 1, NaN}).
+    """
+    cfg = state.config
+    train_cfg = cfg.classifier_training
+    target = train_cfg.num_steps if until_step is None else until_step
+    scheduler = make_noise_scheduler(cfg.schedule)
+    t_max = (
+        cfg.schedule.num_train_timesteps - 1
+        if train_cfg.max_noise_timestep is None
+        else train_cfg.max_noise_timestep
+    )
+    num_classes = cfg.classifier.num_classes
+    device, gen = state.device, state.generator
+    start_step, losses = state.step, []
+    started = time.perf_counter()
+    stop: StopReason = "reached_num_steps"
+    state.classifier.train()
+    iterator = iter(batches)
+    while state.step < target:
+        try:
+            images, labels = next(iterator)
+        except StopIteration:
+            stop = "data_exhausted"
+            break
+        step = state.step + 1
+        x0 = check_images(images, image_size=cfg.image_size, step=step)
+        y = check_labels(labels, batch=x0.shape[0], num_classes=num_classes, step=step)
+        x0 = x0.to(device=device, dtype=torch.float32)
+        y = y.to(device=device, dtype=torch.float32)
+        b = x0.shape[0]
+        t = torch.randint(0, t_max + 1, (b,), generator=gen, device=gen.device).to(device)
+        noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(device)
+        x_t = q_sample(scheduler, x0, noise, t)  # Ho et al. 2020 eq. 4
+        loss = masked_bce_with_logits(state.classifier(x_t, t), y, state.pos_weight)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(state.classifier.parameters(), train_cfg.grad_clip_norm)
+        state.optimizer.step()
+        state.step += 1
+        losses.append(float(loss.detach()))
+        report = StepReport(state.step, losses[-1], time.perf_counter() - started)
+        if on_step is not None and on_step(report) and state.step < target:
+            stop = "callback"
+            break
+    state.classifier.eval()
+    return TrainingResult(
+        tuple(losses), start_step, state.step, time.perf_counter() - started, stop
+    )

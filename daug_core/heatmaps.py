@@ -1,0 +1,193 @@
+"""DAug heatmaps: where an image would have to change to move toward each target class.
+
+For image x0 and target k: x_L = DDIM-invert(x0) to noise level L, x_cf = guided DDIM decoding of
+x_L toward k, and (the official definition) heatmap = |minmax(x0) - minmax(x_cf)|, where
+minmax rescales each image by its own minimum and maximum. ``signed`` keeps the sign:
+minmax(x_cf) - minmax(x0) (> 0 where the counterfactual is brighter).
+
+Two public paths, equal up to float rounding:
+
+* :func:`compute_heatmaps` (fast): inverts each image once and decodes all K targets as one
+  batch of B*K rows, cut into chunks of at most ``max_batch`` rows so memory stays bounded.
+* :func:`compute_heatmaps_reference`: re-inverts per (image, target) pair at batch 1, as the
+  official code does; kept for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from daug_core.config import DiffusionConfig
+from daug_core.ddim import EpsModel, invert_to_level
+from daug_core.guidance import (
+    Target,
+    classifier_logits,
+    guided_decode,
+    target_probabilities,
+    target_probability,
+)
+from daug_core.schedule import alphas_cumprod
+
+_FLAT = 1e-12  # an image whose max - min is below this has no contrast: minmax gives zeros
+
+
+@dataclass(frozen=True)
+class HeatmapResult:
+    """Heatmaps for B images and K targets (all float32, on x0's device)."""
+
+    targets: tuple[Target, ...]  # (K,)
+    heatmaps: torch.Tensor  # (B, K, S, S) |minmax(x0) - minmax(x_cf)| in [0, 1]
+    signed: torch.Tensor  # (B, K, S, S) minmax(x_cf) - minmax(x0) in [-1, 1]
+    counterfactuals: torch.Tensor  # (B, K, S, S) x_cf in model space (about [-1, 1])
+    prob_before: torch.Tensor  # (B, K) p(target | x0) at t = 0
+    prob_after: torch.Tensor  # (B, K) p(target | x_cf) at t = 0
+
+
+def minmax(images: torch.Tensor) -> torch.Tensor:
+    """Rescale each image (last two dims) to [0, 1] by its own min and max."""
+    flat = images.flatten(-2)
+    lo = flat.min(dim=-1, keepdim=True).values.unsqueeze(-1)
+    hi = flat.max(dim=-1, keepdim=True).values.unsqueeze(-1)
+    span = hi - lo
+    return torch.where(
+        span > _FLAT, (images - lo) / span.clamp_min(_FLAT), torch.zeros_like(images)
+    )
+
+
+def signed_difference(x0: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
+    """minmax(x_cf) - minmax(x0), broadcasting x0 over x_cf's leading dims."""
+    return minmax(x_cf) - minmax(x0)
+
+
+def heatmap(x0: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
+    """|minmax(x0) - minmax(x_cf)| (the official DAug definition)."""
+    return signed_difference(x0, x_cf).abs()
+
+
+def _check_inputs(x0: torch.Tensor, targets: Sequence[Target], cfg: DiffusionConfig) -> None:
+    s = cfg.image_size
+    if x0.ndim != 4 or x0.shape[1] != 1 or tuple(x0.shape[2:]) != (s, s):
+        raise ValueError(f"x0 must be (B, 1, {s}, {s}), got {tuple(x0.shape)}")
+    if not targets:
+        raise ValueError("need at least one target")
+    k = cfg.classifier.num_classes
+    bad = [str(t) for t in targets if not 0 <= t.class_index < k]
+    if bad:
+        raise ValueError(f"targets {bad} are outside the classifier's {k} classes")
+
+
+def _result(
+    x0: torch.Tensor,
+    cf: torch.Tensor,
+    targets: Sequence[Target],
+    before: torch.Tensor,
+    after: torch.Tensor,
+) -> HeatmapResult:
+    # x0: (B, 1, S, S) broadcasts over cf: (B, K, S, S).
+    signed = signed_difference(x0.float(), cf)
+    return HeatmapResult(tuple(targets), signed.abs(), signed, cf, before, after)
+
+
+def compute_heatmaps(
+    unet: EpsModel,
+    classifier: torch.nn.Module,
+    x0: torch.Tensor,
+    targets: Sequence[Target],
+    cfg: DiffusionConfig,
+) -> HeatmapResult:
+    """Fast path: one inversion per image, all K targets decoded together in bounded chunks.
+
+    Models stay where they are; x0 (B, 1, S, S) in [-1, 1] must be on their device.
+    """
+    _check_inputs(x0, targets, cfg)
+    tr = cfg.translation
+    ab = alphas_cumprod(cfg.schedule)
+    b, k, s, chunk = x0.shape[0], len(targets), cfg.image_size, tr.max_batch
+    x_level = torch.cat(
+        [
+            invert_to_level(
+                unet,
+                x0[i : i + chunk],
+                alphas_cumprod=ab,
+                level=tr.level,
+                steps=tr.steps,
+                refinements=tr.inversion_refinements,
+                clip_denoised=tr.clip_denoised,
+            )
+            for i in range(0, b, chunk)
+        ]
+    )
+    logits_x0 = torch.cat(
+        [classifier_logits(classifier, x0[i : i + chunk]) for i in range(0, b, chunk)]
+    )
+    before = target_probabilities(logits_x0, targets, mode=tr.mode)
+    # Row r of the B*K batch is image r // K with target r % K; a chunk gathers only its rows.
+    rows_t = list(targets) * b
+    cf_parts, after_parts = [], []
+    for i in range(0, b * k, chunk):
+        part_targets = rows_t[i : i + chunk]
+        image_of_row = torch.arange(i, i + len(part_targets), device=x_level.device) // k
+        cf = guided_decode(
+            unet,
+            classifier,
+            x_level[image_of_row],
+            part_targets,
+            mode=tr.mode,
+            scale=tr.scale,
+            alphas_cumprod=ab,
+            level=tr.level,
+            steps=tr.steps,
+            clip_denoised=tr.clip_denoised,
+        )
+        cf_parts.append(cf)
+        after_parts.append(target_probability(classifier, cf, part_targets, mode=tr.mode))
+    cf_all = torch.cat(cf_parts).view(b, k, s, s)
+    after = torch.cat(after_parts).view(b, k)
+    return _result(x0, cf_all, targets, before, after)
+
+
+def compute_heatmaps_reference(
+    unet: EpsModel,
+    classifier: torch.nn.Module,
+    x0: torch.Tensor,
+    targets: Sequence[Target],
+    cfg: DiffusionConfig,
+) -> HeatmapResult:
+    """Reference path: for every (image, target) pair, invert and decode at batch 1."""
+    _check_inputs(x0, targets, cfg)
+    tr = cfg.translation
+    ab = alphas_cumprod(cfg.schedule)
+    cfs, befores, afters = [], [], []
+    for i in range(x0.shape[0]):
+        image = x0[i : i + 1]
+        for target in targets:
+            x_level = invert_to_level(
+                unet,
+                image,
+                alphas_cumprod=ab,
+                level=tr.level,
+                steps=tr.steps,
+                refinements=tr.inversion_refinements,
+                clip_denoised=tr.clip_denoised,
+            )
+            cf = guided_decode(
+                unet,
+                classifier,
+                x_level,
+                target,
+                mode=tr.mode,
+                scale=tr.scale,
+                alphas_cumprod=ab,
+                level=tr.level,
+                steps=tr.steps,
+                clip_denoised=tr.clip_denoised,
+            )
+            cfs.append(cf)
+            befores.append(target_probability(classifier, image, target, mode=tr.mode))
+            afters.append(target_probability(classifier, cf, target, mode=tr.mode))
+    b, k, s = x0.shape[0], len(targets), cfg.image_size
+    cf_all = torch.cat(cfs).view(b, k, s, s)
+    return _result(x0, cf_all, targets, torch.cat(befores).view(b, k), torch.cat(afters).view(b, k))

@@ -1,0 +1,92 @@
+"""Contracts shared by the training loops: per-step reports, results, callbacks, batch checks.
+
+Training functions take a data iterator and a state to continue from; they never read files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from daug_core.config import TrainingConfig
+
+StopReason = Literal["reached_num_steps", "data_exhausted", "callback"]
+
+
+class BatchError(ValueError):
+    """A training batch has the wrong shape, range or values; names the step and the reason."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"batch for step {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What a training loop tells its callback after each optimiser step."""
+
+    step: int  # steps completed so far (1-based after the first step)
+    loss: float
+    elapsed_seconds: float  # since this call started
+
+
+# Returning True from the callback stops training after the current step (e.g. a time budget).
+OnStep = Callable[[StepReport], bool | None]
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """Outcome of one call to a training function (possibly a resumed one)."""
+
+    losses: tuple[float, ...]  # one per step run in this call
+    start_step: int
+    end_step: int
+    seconds: float
+    stop_reason: StopReason
+
+    @property
+    def steps(self) -> int:
+        return self.end_step - self.start_step
+
+
+def check_images(images: object, *, image_size: int, step: int) -> torch.Tensor:
+    """Validate a (B, 1, S, S) float batch in [-1, 1]; return it."""
+    if not isinstance(images, torch.Tensor):
+        raise BatchError(step, f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[2:] != (image_size, image_size):
+        raise BatchError(
+            step, f"images must be (B, 1, {image_size}, {image_size}), got {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise BatchError(step, f"images must be floating point, got {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise BatchError(step, "images contain NaN or inf")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1.0 - 1e-3 or hi > 1.0 + 1e-3:
+        raise BatchError(step, f"images must be in [-1, 1], got [{lo:.3f}, {hi:.3f}]")
+    return images
+
+
+def check_labels(labels: object, *, batch: int, num_classes: int, step: int) -> torch.Tensor:
+    """Validate (B, C) labels in {0, 1} or NaN (masked); return them."""
+    if not isinstance(labels, torch.Tensor):
+        raise BatchError(step, f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.shape != (batch, num_classes):
+        raise BatchError(
+            step, f"labels must be ({batch}, {num_classes}), got {tuple(labels.shape)}"
+        )
+    known = labels[~torch.isnan(labels)]
+    if not bool(((known == 0) | (known == 1)).all()):
+        raise BatchError(step, "labels must be 0, 1 or NaN (masked)")
+    return labels
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW over all of ``model``'s parameters with the config's learning rate and decay."""
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )

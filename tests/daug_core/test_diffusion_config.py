@@ -1,0 +1,50 @@
+"""Presets and their JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from daug_core.config import (
+    DEFAULT_CLASS_NAMES,
+    PRESET_NAMES,
+    ConfigError,
+    TranslationConfig,
+    config_from_dict,
+    config_to_dict,
+    preset,
+)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_presets_round_trip_through_json(name):
+    cfg = preset(name)
+    assert cfg.name == name and cfg.class_names == DEFAULT_CLASS_NAMES
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+def test_paper_numbers():
+    cfg = preset("paper")
+    assert cfg.image_size == 512
+    assert cfg.schedule.num_train_timesteps == 1000
+    assert (cfg.translation.level, cfg.translation.steps, cfg.translation.scale) == (500, 500, 100)
+    tiny = preset("tiny")
+    assert tiny.image_size == 64 and tiny.translation.steps == 50
+
+
+def test_invalid_values_raise_config_error():
+    with pytest.raises(ConfigError):
+        preset("huge")
+    with pytest.raises(ConfigError):
+        TranslationConfig(level=10, steps=20)
+    with pytest.raises(ConfigError):
+        TranslationConfig(mode="argmax")  # type: ignore[arg-type]
+    cfg = preset("tiny")
+    with pytest.raises(ConfigError):
+        dataclasses.replace(cfg, translation=TranslationConfig(level=1000, steps=10))
+    data = config_to_dict(cfg)
+    data["translation"]["unknown"] = 1
+    with pytest.raises(ConfigError, match="unknown"):
+        config_from_dict(data)
