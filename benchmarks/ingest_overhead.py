@@ -21,13 +21,13 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.ingest import ingest_flow  # noqa: E402
-from storage.image_store import ImageStore  # noqa: E402
-from storage.ingest import IngestConfig, ingest_shard, plan_ingest  # noqa: E402
-from storage.release import ReaderConfig, ReleaseReader  # noqa: E402
-from storage.synthetic import SynthConfig, write_synthetic_release  # noqa: E402
+from flows.ingest import ingest_flow
+from storage.image_store import ImageStore
+from storage.ingest import IngestConfig, ingest_shard, plan_ingest
+from storage.release import ReaderConfig, ReleaseReader
+from storage.synthetic import SynthConfig, write_synthetic_release
 
 SIZE, SHARD = 64, 64
 
