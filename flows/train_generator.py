@@ -172,7 +172,7 @@ def train_classifier_task(
         # BCE pos_weight = negatives / positives per class over the training labels.
         state = init_classifier_state(
             config,
-            pos_weight=pos_weight_from_labels(selection.labels.copy()),
+            pos_weight=pos_weight_from_labels(selection.labels),
             generator=torch.Generator().manual_seed(seed + 1),
         )
     before = state.step

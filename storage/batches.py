@@ -49,7 +49,7 @@ def select(store: ImageStore, splits: Sequence[str], label_columns: Sequence[str
         raise EmptySelectionError(f"{store.location}: no ingested items in splits {list(splits)}")
     return Selection(
         indices=chosen["index"].to_numpy(dtype=np.int64),
-        labels=chosen[list(label_columns)].to_numpy(dtype=np.float64),
+        labels=chosen[list(label_columns)].to_numpy(dtype=np.float64, copy=True),
         label_columns=tuple(label_columns),
     )
 
