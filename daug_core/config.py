@@ -243,7 +243,10 @@ def _tiny() -> DiffusionConfig:
         classifier_training=TrainingConfig(
             batch_size=16,
             num_steps=1200,
-            learning_rate=1e-3,
+            # Measured on the 300-study demo store (271 train images, 600 steps, AUC at t = 0
+            # on 42 held-out images): lr 1e-3 underfits (train 0.66, held-out 0.60); 3e-4 gives
+            # 0.79 / 0.75 and, with 1,200 steps, 0.89 / 0.76; 1e-4 gives 0.82 / 0.75.
+            learning_rate=3e-4,
             weight_decay=0.05,
             grad_clip_norm=1.0,
             checkpoint_every=200,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import cast
 from uuid import UUID
 
@@ -33,6 +34,7 @@ class ProgressReporter:
         self.total = max(total, 0)
         self.done = 0
         self._published = 0.0
+        self._published_at = time.monotonic()
         self.description = description
         self.artifact_id = cast(
             UUID,
@@ -43,12 +45,15 @@ class ProgressReporter:
         self._emit()
 
     def advance(self, units: int) -> None:
-        """Count ``units`` more; the artifact is updated per whole percent (an API call)."""
+        """Count ``units`` more. The artifact (an API call) is updated at most once a second
+        and by at least a whole percent, and always when the work is complete."""
         self.done += units
         percent = 100.0 if self.total == 0 else min(100.0, 100.0 * self.done / self.total)
-        if percent - self._published >= 1.0 or (percent == 100.0 and self._published < 100.0):
+        now = time.monotonic()
+        due = percent - self._published >= 1.0 and now - self._published_at >= 1.0
+        if due or (percent == 100.0 and self._published < 100.0):
             update_progress_artifact(self.artifact_id, percent)
-            self._published = percent
+            self._published, self._published_at = percent, now
         self._emit()
 
     def _emit(self) -> None:
