@@ -7,7 +7,6 @@ progress, loss curves and the classifier's AUC per noise level as Prefect artifa
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,17 +34,20 @@ from daug_core.checkpoints import (
 )
 from daug_core.classifier_eval import evaluate_classifier
 from daug_core.classifier_loss import pos_weight_from_labels
-from daug_core.classifier_training import init_classifier_state, train_classifier
-from daug_core.config import DiffusionConfig, preset
-from daug_core.generator import init_generator_state, train_generator
-from daug_core.training import StepReport
+from daug_core.classifier_training import (
+    ClassifierState,
+    init_classifier_state,
+    train_classifier,
+)
+from daug_core.config import DiffusionConfig, TrainingConfig, preset
+from daug_core.generator import GeneratorState, init_generator_state, train_generator
+from daug_core.training import StepReport, TrainingResult
 from flows.monitoring import ProgressReporter, artifact_key, table_artifact
 from storage.batches import Batch, Selection, random_batches, select, sequential_batches
 from storage.image_store import ImageStore
 from storage.labels import SUPER_CLASS_COLUMNS
 from storage.tables import DirectoryTables
 
-log = logging.getLogger(__name__)
 GENERATOR_DIR, CLASSIFIER_DIR = "generator", "classifier"
 
 
@@ -117,6 +119,37 @@ def _batches(
         yield to_model_input(batch, config.image_size)
 
 
+def _train(
+    name: str,
+    state: GeneratorState | ClassifierState,
+    train: Callable[..., TrainingResult],
+    save: Callable[[Any, Path], Path],
+    train_cfg: TrainingConfig,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    out: Path,
+    steps: int,
+) -> ModelRun:
+    """Train ``state`` up to ``steps``, checkpointing, logging losses and progress."""
+    path = out / name
+    before = state.step
+    losses = LossLog(out, name, before)
+    progress = ProgressReporter(
+        artifact_key("train-generator", out.name, name), steps - before, f"{name} steps"
+    )
+    result = train(
+        state,
+        batches,
+        until_step=steps,
+        on_step=_checkpointing(
+            train_cfg.checkpoint_every, lambda: save(state, path), losses, progress
+        ),
+    )
+    save(state, path)
+    losses.flush()
+    last = result.losses[-1] if result.losses else float("nan")
+    return ModelRun(name, before, state.step, result.seconds, last, checkpoint_sha256(path))
+
+
 @task(cache_policy=NO_CACHE, retries=1, task_run_name="train-generator-unet")
 def train_generator_task(
     store: ImageStore,
@@ -129,31 +162,14 @@ def train_generator_task(
     path = out / GENERATOR_DIR
     if (path / "trainer_state.json").is_file():
         state = load_generator_checkpoint(path)
-        logger_msg = f"resuming generator at step {state.step}"
+        get_run_logger().info("resuming the generator at step %d", state.step)
     else:
         state = init_generator_state(config, generator=torch.Generator().manual_seed(seed))
-        logger_msg = "generator from scratch"
-    get_run_logger().info(logger_msg)
-    before = state.step
-    losses = LossLog(out, GENERATOR_DIR, before)
-    progress = ProgressReporter(
-        artifact_key("train-generator", out.name, "unet"), steps - before, "generator steps"
+    cfg = config.generator_training
+    batches = _batches(store, selection, config, cfg.batch_size, seed, state.step)
+    return _train(
+        GENERATOR_DIR, state, train_generator, save_generator_checkpoint, cfg, batches, out, steps
     )
-    result = train_generator(
-        state,
-        _batches(store, selection, config, config.generator_training.batch_size, seed, before),
-        until_step=steps,
-        on_step=_checkpointing(
-            config.generator_training.checkpoint_every,
-            lambda: save_generator_checkpoint(state, path),
-            losses,
-            progress,
-        ),
-    )
-    save_generator_checkpoint(state, path)
-    losses.flush()
-    last = result.losses[-1] if result.losses else float("nan")
-    return ModelRun("generator", before, state.step, result.seconds, last, checkpoint_sha256(path))
 
 
 @task(cache_policy=NO_CACHE, retries=1, task_run_name="train-noise-aware-classifier")
@@ -168,6 +184,7 @@ def train_classifier_task(
     path = out / CLASSIFIER_DIR
     if (path / "trainer_state.json").is_file():
         state = load_classifier_checkpoint(path)
+        get_run_logger().info("resuming the classifier at step %d", state.step)
     else:
         # BCE pos_weight = negatives / positives per class over the training labels.
         state = init_classifier_state(
@@ -175,28 +192,18 @@ def train_classifier_task(
             pos_weight=pos_weight_from_labels(selection.labels),
             generator=torch.Generator().manual_seed(seed + 1),
         )
-    before = state.step
-    losses = LossLog(out, CLASSIFIER_DIR, before)
-    progress = ProgressReporter(
-        artifact_key("train-generator", out.name, "classifier"),
-        steps - before,
-        "classifier steps",
-    )
-    result = train_classifier(
+    cfg = config.classifier_training
+    batches = _batches(store, selection, config, cfg.batch_size, seed + 1, state.step)
+    return _train(
+        CLASSIFIER_DIR,
         state,
-        _batches(store, selection, config, config.classifier_training.batch_size, seed + 1, before),
-        until_step=steps,
-        on_step=_checkpointing(
-            config.classifier_training.checkpoint_every,
-            lambda: save_classifier_checkpoint(state, path),
-            losses,
-            progress,
-        ),
+        train_classifier,
+        save_classifier_checkpoint,
+        cfg,
+        batches,
+        out,
+        steps,
     )
-    save_classifier_checkpoint(state, path)
-    losses.flush()
-    last = result.losses[-1] if result.losses else float("nan")
-    return ModelRun("classifier", before, state.step, result.seconds, last, checkpoint_sha256(path))
 
 
 def plot_losses(out: Path) -> Path:

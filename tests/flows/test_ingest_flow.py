@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.ingest import ingest_flow
 from storage.image_store import ImageStore
@@ -15,8 +15,11 @@ from tests.storage.test_ingest import BAD, bad_release
 def flow_store(tmp_path_factory, prefect_server) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("flow")
     release = bad_release(root / "release")
-    result = ingest_flow(release=str(release), store=str(root / "store"), size=16, shard_items=4)
-    return root / "store", result
+    state = ingest_flow(
+        release=str(release), store=str(root / "store"), size=16, shard_items=4, return_state=True
+    )
+    # Artifact keys repeat across runs on one server: tests look up this run's by its id.
+    return root / "store", state.result() | {"flow_run_id": state.state_details.flow_run_id}
 
 
 def test_flow_ingests_and_quarantines(flow_store):
@@ -32,7 +35,9 @@ def test_flow_ingests_and_quarantines(flow_store):
 def test_flow_publishes_progress_summary_and_quarantine_artifacts(flow_store):
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="ingest-store"))
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_store[1]["flow_run_id"]])
+            )
         )
     by_key = {a.key: a for a in artifacts}
     assert {"ingest-store-progress", "ingest-store-summary", "ingest-store-quarantine"} <= set(
