@@ -81,13 +81,19 @@ def _flow_progress() -> Iterator[None]:
             progress_logger.removeHandler(handler)
 
 
-def _write_synthetic(out: Path, config: SynthConfig, seed: int) -> SynthSummary:
+def _write_synthetic(
+    out: Path, config: SynthConfig, seed: int, overwrite: bool = False
+) -> SynthSummary:
     from storage.synthetic import write_synthetic_release
 
     with _progress() as progress:
         task = progress.add_task("studies written", total=config.studies)
         return write_synthetic_release(
-            out, config, seed=seed, progress=lambda done, _: progress.update(task, completed=done)
+            out,
+            config,
+            seed=seed,
+            progress=lambda done, _: progress.update(task, completed=done),
+            overwrite=overwrite,
         )
 
 
@@ -113,6 +119,7 @@ def synth(
         str, typer.Option("--format", help="dicom (MIMIC-CXR) or jpg (MIMIC-CXR-JPG)")
     ] = "dicom",
     gzip_csv: Annotated[bool, typer.Option(help="write the CSVs as .csv.gz")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing OUT/release")] = False,
 ) -> None:
     """Write a synthetic MIMIC-CXR release with ground-truth lesion masks beside it."""
     from storage.synthetic import SynthConfig
@@ -121,7 +128,7 @@ def synth(
         raise typer.BadParameter("--format must be dicom or jpg")
     fmt: Literal["dicom", "jpg"] = "dicom" if image_format == "dicom" else "jpg"
     config = SynthConfig(studies=studies, size=size, image_format=fmt, gzip_csv=gzip_csv)
-    summary = _write_synthetic(out, config, seed)
+    summary = _write_synthetic(out, config, seed, overwrite)
     console.print(f"release: {out / 'release'}\nground truth: {out / 'ground_truth'}")
     console.print(summary)
 
@@ -144,10 +151,15 @@ def ingest(
 ) -> None:
     """Ingest a MIMIC-CXR (DICOM) or MIMIC-CXR-JPG release into a Zarr image store."""
     from flows.ingest import ingest_flow
+    from storage.release import ReleaseReader
 
     if labeler not in ("chexpert", "negbio"):
         raise typer.BadParameter("--labeler must be chexpert or negbio")
     views = [] if all_views else view
+    # Fail before starting a Prefect server when the release is plainly not there.
+    reader = ReleaseReader(release)
+    for kind in ("metadata", "split", labeler):
+        reader.csv_path(kind)
     with _flow_progress():
         result = ingest_flow(
             release=str(release),
@@ -249,5 +261,18 @@ def demo(
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
+def run() -> None:
+    """Console entry point: known input errors print one clear line instead of a traceback."""
+    from daug_core.config import ConfigError
+    from storage.errors import ReleaseFormatError, StoreFormatError
+    from storage.synthetic import ReleaseExistsError
+
+    try:
+        app()
+    except (ReleaseFormatError, StoreFormatError, ReleaseExistsError, ConfigError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -1,0 +1,39 @@
+"""The `daug` command line: real subprocesses, exit codes and messages."""
+
+import subprocess
+import sys
+
+import pandas as pd
+
+
+def daug(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_synth_writes_a_release_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "synth"
+    first = daug("synth", str(out), "--studies", "3", "--size", "48", "--format", "jpg")
+    assert first.returncode == 0, first.stderr[-2000:]
+    metadata = pd.read_csv(out / "release" / "mimic-cxr-2.0.0-metadata.csv")
+    assert len(metadata) >= 3 and (out / "ground_truth" / "labels.csv").is_file()
+
+    again = daug("synth", str(out), "--studies", "3", "--size", "48")
+    assert again.returncode == 2
+    assert "error:" in again.stderr and "exists" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    replaced = daug("synth", str(out), "--studies", "2", "--size", "48", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+
+
+def test_ingest_of_a_missing_release_is_one_clear_error(tmp_path):
+    result = daug("ingest", str(tmp_path / "nowhere"), "--store", str(tmp_path / "store"))
+    assert result.returncode == 2
+    assert "is not a directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_format_option(tmp_path):
+    result = daug("synth", str(tmp_path / "x"), "--format", "png")
+    assert result.returncode == 2 and "dicom or jpg" in result.stderr
