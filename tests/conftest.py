@@ -36,3 +36,23 @@ def synthetic_pair(tmp_path_factory):
         root / "jpg", SynthConfig(studies=24, size=64, image_format="jpg", gzip_csv=True), seed=3
     )
     return dicom.release_dir, jpg.release_dir
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the session (starting one costs 3-5 s and ~800 MB).
+
+    The proxy variables stop Ray probing a cloud metadata address at start-up; no_proxy
+    (above) keeps the Prefect test server reachable.
+    """
+    import ray
+
+    os.environ.setdefault("http_proxy", "http://127.0.0.1:9")
+    os.environ.setdefault("HTTP_PROXY", "http://127.0.0.1:9")
+    os.environ.setdefault("NO_PROXY", os.environ["no_proxy"])
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
+    yield
+    if started:
+        ray.shutdown()
