@@ -205,6 +205,91 @@ def train_generator(
 
 
 @app.command()
+def precompute(
+    store: Annotated[
+        Path, typer.Option(help="image store (heatmaps go to STORE/heatmaps/VERSION)")
+    ],
+    checkpoints: Annotated[
+        Path, typer.Option(help="train-generator output: generator/ and classifier/")
+    ],
+    target: Annotated[
+        list[str] | None,
+        typer.Option(help='"+Class" or "-Class" (repeat; channel order); default +c for all 7'),
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="softmax or sigmoid guidance")] = None,
+    scale: Annotated[float | None, typer.Option(help="classifier guidance scale")] = None,
+    level: Annotated[int | None, typer.Option(help="noise level L (timestep)")] = None,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps over [0, L]")] = None,
+    inversion_refinements: Annotated[
+        int | None, typer.Option(help="fixed-point refinements per inversion step")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="tiny (64 px) or paper (512 px)")] = "tiny",
+    batch_size: Annotated[int, typer.Option(help="images per actor call")] = 8,
+    actors: Annotated[int, typer.Option(help="Ray actors holding the models")] = 1,
+    cpus_per_actor: Annotated[float, typer.Option(help="CPUs (= torch threads) per actor")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor (0: CPU)")] = 0.0,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster (default: RAY_ADDRESS, else local)")
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="only items of this split (repeat); default all")
+    ] = None,
+    version: Annotated[str, typer.Option(help="heatmap version (new settings: new name)")] = "v1",
+    retry_failed: Annotated[bool, typer.Option(help="retry items that failed before")] = False,
+) -> None:
+    """Precompute DAug heatmaps for the ingested images of a store (resumable)."""
+    from daug_core.guidance import Target, TargetError
+    from flows.precompute import (
+        CLASSIFIER_DIR,
+        GENERATOR_DIR,
+        TranslationOverrides,
+        heatmap_config,
+        precompute_flow,
+    )
+    from storage.image_store import ImageStore
+
+    if mode is not None and mode not in ("softmax", "sigmoid"):
+        raise typer.BadParameter("--mode must be softmax or sigmoid")
+    # Fail before starting a Prefect server on a missing store or checkpoint, bad numbers
+    # (ConfigError) or unknown targets.
+    ImageStore.open(store, read_only=True)
+    for name in (GENERATOR_DIR, CLASSIFIER_DIR):
+        if not (checkpoints / name).is_dir():
+            raise typer.BadParameter(
+                f"{checkpoints / name} does not exist", param_hint="--checkpoints"
+            )
+    config = heatmap_config(
+        preset, TranslationOverrides(mode, scale, level, steps, inversion_refinements)
+    )
+    try:
+        for text in target or []:
+            Target.parse(text, config.class_names)
+    except TargetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--target") from None
+    with _flow_progress():
+        result = precompute_flow(
+            store=str(store),
+            checkpoints=str(checkpoints),
+            targets=target,
+            mode=mode,
+            scale=scale,
+            level=level,
+            steps=steps,
+            inversion_refinements=inversion_refinements,
+            preset_name=preset,
+            batch_size=batch_size,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            ray_address=ray_address,
+            splits=split,
+            version=version,
+            retry_failed=retry_failed,
+        )
+    console.print_json(json.dumps(result, default=str))
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="folder for everything the demo writes")] = Path(
         "demo-output"

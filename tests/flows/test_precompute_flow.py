@@ -1,0 +1,202 @@
+"""The precompute flow end to end: tiny random models, Ray actors, a 64 px synthetic store.
+
+Heatmaps are deterministic (DDIM with eta = 0, the same batches, one torch thread per actor),
+so a resumed run must equal an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from daug_core.checkpoints import (
+    checkpoint_sha256,
+    save_classifier_checkpoint,
+    save_generator_checkpoint,
+)
+from daug_core.classifier_training import init_classifier_state
+from daug_core.config import preset
+from daug_core.generator import init_generator_state
+from flows.heatmap_actors import LocalHeatmapComputer, RayHeatmapPool, WorkerSpec
+from flows.ingest import ingest_flow
+from flows.precompute import (
+    TranslationOverrides,
+    default_targets,
+    heatmap_config,
+    heatmap_provenance,
+    precompute_flow,
+)
+from storage.heatmap_store import HeatmapStore, ProvenanceMismatchError
+from storage.image_store import ImageStore
+from storage.precompute import ImageBatch, plan_heatmaps, precompute_shard
+
+pytestmark = pytest.mark.slow
+
+TARGETS = ["+No Finding", "+Pleural", "+Lung Lesion"]
+FAST = {"level": 50, "steps": 3, "inversion_refinements": 0}
+RUN: dict[str, Any] = {"targets": TARGETS, **FAST, "batch_size": 4, "actors": 1, "examples": 3}
+NAN_ITEM = 2
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, synthetic_pair, prefect_server, ray_session) -> dict[str, Path]:
+    """An ingested 64 px store (one item's pixels replaced by NaN), a copy of it for the
+    resume test, and checkpoints of untrained tiny models."""
+    root = tmp_path_factory.mktemp("precompute")
+    store = root / "store"
+    ingest_flow(release=str(synthetic_pair[0]), store=str(store), size=64, shard_items=8)
+    images = ImageStore.open(store)
+    assert images.done_mask()[NAN_ITEM]
+    images.write_images([NAN_ITEM], np.full((1, 64, 64), np.nan))  # a corrupted item
+    shutil.copytree(store, root / "store_resume")
+    config = preset("tiny")
+    ckpt = root / "ckpt"
+    generator = init_generator_state(config, generator=torch.Generator().manual_seed(0))
+    save_generator_checkpoint(generator, ckpt / "generator")
+    classifier = init_classifier_state(
+        config, pos_weight=None, generator=torch.Generator().manual_seed(1)
+    )
+    save_classifier_checkpoint(classifier, ckpt / "classifier")
+    return {"store": store, "resume": root / "store_resume", "ckpt": ckpt}
+
+
+@pytest.fixture(scope="module")
+def first_run(setup) -> dict[str, Any]:
+    return precompute_flow(store=str(setup["store"]), checkpoints=str(setup["ckpt"]), **RUN)
+
+
+def test_end_to_end_writes_finite_heatmaps_flags_and_provenance(setup, first_run):
+    images = ImageStore.open(setup["store"], read_only=True)
+    heat = HeatmapStore(images)
+    ok = np.flatnonzero(images.done_mask())
+    done = heat.done_mask()
+    assert first_run["done"] == len(ok) - 1 == done.sum()
+    assert not done[NAN_ITEM] and done[np.setdiff1d(ok, [NAN_ITEM])].all()
+    maps = heat.read_heatmaps(np.flatnonzero(done))
+    assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0
+    assert maps.max() > 0.0
+    assert np.isnan(heat.read_heatmaps([NAN_ITEM])).all()
+    failures = heat.failures()
+    assert failures["index"].tolist() == [NAN_ITEM]
+    assert failures["reason"].iloc[0].startswith("non_finite_pixels")
+    assert failures["dicom_id"].iloc[0] == images.items()["dicom_id"].iloc[NAN_ITEM]
+
+    group = zarr.open_group(setup["store"], mode="r")["heatmaps/v1"]
+    provenance = group.attrs["provenance"]
+    assert provenance["targets"] == TARGETS and provenance["steps"] == 3
+    assert provenance["generator_sha256"] == checkpoint_sha256(setup["ckpt"] / "generator")
+    assert group["heatmaps"].shape == (len(images), 3, 64, 64)
+    assert group.attrs["runs"][-1]["done"] == first_run["done"]
+    assert Path(first_run["examples"]).stat().st_size > 1000
+    assert (Path(first_run["run_dir"]) / "summary.csv").is_file()
+    assert first_run["image_class_per_second"] > 0
+
+
+def test_rerun_computes_nothing_new(setup, first_run):
+    again = precompute_flow(store=str(setup["store"]), checkpoints=str(setup["ckpt"]), **RUN)
+    assert again["done"] == 0
+    assert again["already_done"] == first_run["done"] and again["skipped_failed"] == 1
+
+
+def test_other_provenance_refuses_and_a_new_version_works(setup, first_run):
+    args = {"store": str(setup["store"]), "checkpoints": str(setup["ckpt"])}
+    with pytest.raises(ProvenanceMismatchError, match=r"scale: 100\.0 -> 10\.0"):
+        precompute_flow(**args, **(RUN | {"scale": 10.0}))
+    v2 = precompute_flow(**args, **(RUN | {"scale": 10.0}), version="v2", splits=["test"])
+    images = ImageStore.open(setup["store"], read_only=True)
+    assert HeatmapStore.versions(images) == ["v1", "v2"]
+    assert HeatmapStore(images, "v2").provenance.scale == 10.0
+    assert HeatmapStore(images, "v1").done_mask().sum() == first_run["done"]
+    items = images.items()
+    tested = items[(items["split"] == "test") & images.done_mask()[items["index"]]]
+    assert v2["selected"] == len(tested)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, first_run):
+    """Only the first shard is computed (as if the run died), then the flow does the rest."""
+    images = ImageStore.open(setup["resume"])
+    config = heatmap_config("tiny", TranslationOverrides(**FAST))
+    provenance = heatmap_provenance(config, tuple(TARGETS), setup["ckpt"])
+    heat = HeatmapStore.open_or_create(images, provenance)
+    spec = WorkerSpec(
+        str(setup["ckpt"] / "generator"),
+        str(setup["ckpt"] / "classifier"),
+        config,
+        provenance.targets,
+    )
+    pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
+    first = plan_heatmaps(heat, images).shards[0]
+    try:
+        precompute_shard(heat, images, first, pool, batch_size=RUN["batch_size"])
+    finally:
+        pool.shutdown()
+    resumed = precompute_flow(store=str(setup["resume"]), checkpoints=str(setup["ckpt"]), **RUN)
+    assert resumed["already_done"] == len(first.indices) - int(NAN_ITEM in first.indices)
+    assert resumed["done"] + resumed["already_done"] == first_run["done"]
+    reference = HeatmapStore(ImageStore.open(setup["store"], read_only=True))
+    np.testing.assert_array_equal(heat.done_mask(), reference.done_mask())
+    everything = np.arange(len(images))
+    np.testing.assert_array_equal(
+        heat.read_heatmaps(everything), reference.read_heatmaps(everything)
+    )
+
+
+def test_worker_reports_bad_items_without_failing_the_batch(setup, monkeypatch):
+    config = heatmap_config("tiny", TranslationOverrides(**FAST))
+    spec = WorkerSpec(
+        str(setup["ckpt"] / "generator"), str(setup["ckpt"] / "classifier"), config, ("+Pleural",)
+    )
+    threads = torch.get_num_threads()
+    computer = LocalHeatmapComputer(spec)  # sets this process's torch threads to 1
+    torch.set_num_threads(threads)
+    assert default_targets(config)[0] == "+No Finding" and len(default_targets(config)) == 7
+    compute = computer.worker._compute
+
+    def fails_on_dark_images(images: np.ndarray) -> np.ndarray:
+        if (images.reshape(len(images), -1).max(axis=1) < 0.01).any():
+            raise RuntimeError("dark image")
+        return compute(images)
+
+    monkeypatch.setattr(computer.worker, "_compute", fails_on_dark_images)
+    images = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    images[1] = 0.0
+    (outcome,) = computer.map_batches([ImageBatch(np.array([10, 11, 12]), images)])
+    assert outcome.indices.tolist() == [10, 12] and outcome.heatmaps.shape == (2, 1, 64, 64)
+    assert [(f.index, f.reason.split(":")[0]) for f in outcome.failures] == [(11, "compute_error")]
+    assert "dark image" in outcome.failures[0].reason
+
+
+def test_pool_survives_an_actor_that_dies(setup):
+    """Ray restarts a killed actor (models reloaded in __init__) and the pool goes on."""
+    import ray
+
+    config = heatmap_config("tiny", TranslationOverrides(**FAST))
+    spec = WorkerSpec(
+        str(setup["ckpt"] / "generator"), str(setup["ckpt"] / "classifier"), config, ("+Pleural",)
+    )
+    pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
+    batch = ImageBatch(np.array([0, 1]), np.random.default_rng(0).random((2, 64, 64)))
+    try:
+        (before,) = pool.map_batches([batch])
+        ray.kill(pool.actors[0], no_restart=False)
+        (after,) = pool.map_batches([batch])
+    finally:
+        pool.shutdown()
+    assert after.indices.tolist() == [0, 1]
+    np.testing.assert_array_equal(after.heatmaps, before.heatmaps)
+
+
+def test_worker_input_matches_the_training_input():
+    from flows.heatmap_actors import to_model_space
+    from flows.train_generator import to_model_input
+    from storage.batches import Batch
+
+    pixels = np.random.default_rng(0).random((2, 96, 96)).astype(np.float32)
+    batch = Batch(0, np.array([0, 1]), pixels, np.zeros((2, 7)))
+    torch.testing.assert_close(to_model_space(pixels, 64), to_model_input(batch, 64)[0])
