@@ -32,8 +32,10 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
+# http_proxy to a closed port stops Ray probing cloud metadata at start-up (no network here);
+# loopback traffic bypasses it through no_proxy. Only for running, never for pip.
 demo: install
-	$(BIN)/daug demo $(DEMO_OUT)
+	http_proxy=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 $(BIN)/daug demo $(DEMO_OUT)
 
 bench: install
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python "$$script"; done

@@ -298,9 +298,11 @@ def demo(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     generator_steps: Annotated[int, typer.Option(help="generator training steps")] = 300,
     classifier_steps: Annotated[int, typer.Option(help="classifier training steps")] = 600,
+    heatmap_steps: Annotated[int, typer.Option(help="DDIM steps per direction")] = 10,
 ) -> None:
     """Run the whole pipeline end to end on a synthetic release (tiny preset)."""
     from flows.ingest import ingest_flow
+    from flows.precompute import precompute_flow
     from flows.train_generator import train_generator_flow
     from storage.image_store import ImageStore
     from storage.ingest import summarise_store
@@ -338,11 +340,26 @@ def demo(
         )
     auc = ", ".join(f"t={t}: {a:.3f}" for t, a in trained["classifier_mean_auc_by_t"].items())
     console.print(f"classifier mean AUC on validate by noise level: {auc}")
+    console.rule("4. precompute heatmaps for the test split on Ray actors (K = 7)")
+    with _flow_progress():
+        heat = precompute_flow(
+            store=str(store),
+            checkpoints=str(checkpoints),
+            preset_name="tiny",
+            steps=heatmap_steps,
+            inversion_refinements=0,
+            splits=["test"],
+            actors=2,
+            cpus_per_actor=1.0,
+        )
+    console.print_json(json.dumps(heat, default=str))
     console.rule("results")
     console.print(f"release:      {release}")
     console.print(f"ground truth: {out / 'synthetic' / 'ground_truth'}")
     console.print(f"image store:  {store}  (items.csv, quarantine.csv, images/)")
     console.print(f"checkpoints:  {checkpoints}  (generator/, classifier/, loss_curves.png)")
+    console.print(f"heatmaps:     {store}/heatmaps/v1  (heatmaps, heatmaps_done, failures.csv)")
+    console.print(f"examples:     {heat['examples']}")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
