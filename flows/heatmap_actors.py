@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from daug_core.checkpoints import load_classifier, load_unet
 from daug_core.config import DiffusionConfig
 from daug_core.guidance import Target
 from daug_core.heatmaps import compute_heatmaps
+from flows.model_input import to_model_space
 from storage.precompute import BatchOutcome, HeatmapFailure, ImageBatch, ItemFailure
 
 log = logging.getLogger(__name__)
@@ -39,15 +39,6 @@ class WorkerSpec:
     targets: tuple[str, ...]
     torch_threads: int = 1
     device: str = "cpu"
-
-
-def to_model_space(images: np.ndarray, image_size: int) -> torch.Tensor:
-    """Store pixels (B, S, S) in [0, 1] -> (B, 1, s, s) in [-1, 1] at the model's size (the same
-    mapping as flows.train_generator.to_model_input, without its label handling)."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
-    if x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="area")
-    return x * 2.0 - 1.0
 
 
 class HeatmapWorker:

@@ -19,7 +19,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -42,6 +41,7 @@ from daug_core.classifier_training import (
 from daug_core.config import DiffusionConfig, TrainingConfig, preset
 from daug_core.generator import GeneratorState, init_generator_state, train_generator
 from daug_core.training import StepReport, TrainingResult
+from flows.model_input import to_model_space
 from flows.monitoring import ProgressReporter, artifact_key, table_artifact
 from storage.batches import Batch, Selection, random_batches, select, sequential_batches
 from storage.image_store import ImageStore
@@ -57,11 +57,8 @@ def _run_name() -> str:
 
 
 def to_model_input(batch: Batch, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Store pixels in [0, 1] -> (B, 1, S, S) in [-1, 1] at the model's size; labels as float."""
-    x = torch.from_numpy(batch.images).unsqueeze(1)
-    if x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="area")
-    return x * 2.0 - 1.0, torch.from_numpy(batch.labels).float()
+    """A store batch as model input: images in [-1, 1] at the model's size, labels as float."""
+    return to_model_space(batch.images, image_size), torch.from_numpy(batch.labels).float()
 
 
 @dataclass(frozen=True)

@@ -192,11 +192,16 @@ def test_pool_survives_an_actor_that_dies(setup):
     np.testing.assert_array_equal(after.heatmaps, before.heatmaps)
 
 
-def test_worker_input_matches_the_training_input():
-    from flows.heatmap_actors import to_model_space
-    from flows.train_generator import to_model_input
-    from storage.batches import Batch
+def test_model_input_maps_unit_pixels_to_minus_one_one_and_area_downscales():
+    from flows.model_input import to_model_space
 
-    pixels = np.random.default_rng(0).random((2, 96, 96)).astype(np.float32)
-    batch = Batch(0, np.array([0, 1]), pixels, np.zeros((2, 7)))
-    torch.testing.assert_close(to_model_space(pixels, 64), to_model_input(batch, 64)[0])
+    pixels = np.zeros((1, 128, 128), np.float32)
+    pixels[0, :, 64:] = 1.0
+    pixels[0, :2, :2] = 1.0  # exactly the 2x2 source block of output pixel (0, 0)
+    x = to_model_space(pixels, 64)
+    assert x.shape == (1, 1, 64, 64)
+    assert x[0, 0, 10, 10].item() == -1.0 and x[0, 0, 10, 40].item() == 1.0
+    assert x[0, 0, 0, 0].item() == 1.0  # the 2x2 block averages into one output pixel
+    half = np.zeros((1, 64, 64), np.float32)
+    half[0, 0, 0] = 1.0  # one of four source pixels of output (0, 0) at 32 px
+    assert to_model_space(half, 32)[0, 0, 0, 0].item() == -0.5
