@@ -229,7 +229,10 @@ def load_unet(
     path = Path(directory) / (UNET_EMA_DIR if use_ema else UNET_DIR)
     if not (path / "config.json").is_file():
         raise CheckpointError(Path(directory), f"missing {path.name}/config.json")
-    unet = UNet2DModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+    # low_cpu_mem_usage needs `accelerate` (not a dependency); without it diffusers warns.
+    unet = UNet2DModel.from_pretrained(
+        path, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False
+    )
     return unet.to(device=device).eval()
 
 
