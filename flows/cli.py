@@ -225,7 +225,9 @@ def precompute(
     ] = None,
     preset: Annotated[str, typer.Option(help="tiny (64 px) or paper (512 px)")] = "tiny",
     batch_size: Annotated[int, typer.Option(help="images per actor call")] = 8,
-    actors: Annotated[int, typer.Option(help="Ray actors holding the models")] = 1,
+    actors: Annotated[
+        int, typer.Option(help="Ray actors holding the models (0: one per CPU, or per GPU)")
+    ] = 0,
     cpus_per_actor: Annotated[float, typer.Option(help="CPUs (= torch threads) per actor")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor (0: CPU)")] = 0.0,
     ray_address: Annotated[

@@ -119,6 +119,19 @@ def connect_ray(address: str | None) -> bool:
     return True
 
 
+def actor_count(requested: int, cpus_per_actor: float, gpus_per_actor: float) -> int:
+    """``requested`` actors, or with 0 as many as the Ray cluster fits: one single-threaded
+    actor per core measured best here (benchmarks/RESULTS.md), one per GPU on GPU nodes."""
+    if requested > 0:
+        return requested
+    import ray
+
+    resources = ray.cluster_resources()
+    if gpus_per_actor > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
+    return max(1, int(resources.get("CPU", 1) // max(cpus_per_actor, 1e-9)))
+
+
 @task(
     retries=2,
     retry_delay_seconds=[2, 10],
@@ -214,7 +227,7 @@ def precompute_flow(
     inversion_refinements: int | None = None,
     preset_name: str = "tiny",
     batch_size: int = 8,
-    actors: int = 1,
+    actors: int = 0,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
     ray_address: str | None = None,
@@ -239,7 +252,8 @@ def precompute_flow(
             translation (softmax|sigmoid guidance, classifier scale, noise level L, DDIM steps).
         preset_name: tiny (64 px) or paper (512 px): model size and default translation.
         batch_size: images per actor call.
-        actors / cpus_per_actor / gpus_per_actor: Ray actor pool (torch threads = CPUs).
+        actors / cpus_per_actor / gpus_per_actor: Ray actor pool (torch threads = CPUs);
+            actors=0 fits as many as the cluster has CPUs (or GPUs) for.
         ray_address: Ray cluster to use (default: RAY_ADDRESS, else a local 2-CPU Ray).
         splits: only items of these splits (default: all).
         version: heatmap version name (a sub-group of STORE/heatmaps).
@@ -283,6 +297,7 @@ def precompute_flow(
             device="cuda" if gpus_per_actor > 0 else "cpu",
         )
         started_ray = connect_ray(ray_address)
+        actors = actor_count(actors, cpus_per_actor, gpus_per_actor)
         pool = RayHeatmapPool(spec, actors, cpus_per_actor, gpus_per_actor)
         logger.info("%d heatmap actor(s) ready after %.1f s", actors, time.perf_counter() - started)
         compute_started = time.perf_counter()

@@ -205,3 +205,12 @@ def test_model_input_maps_unit_pixels_to_minus_one_one_and_area_downscales():
     half = np.zeros((1, 64, 64), np.float32)
     half[0, 0, 0] = 1.0  # one of four source pixels of output (0, 0) at 32 px
     assert to_model_space(half, 32)[0, 0, 0, 0].item() == -0.5
+
+
+def test_actor_count_fits_the_cluster(ray_session):
+    from flows.precompute import actor_count
+
+    assert actor_count(3, 1.0, 0.0) == 3  # an explicit count is kept
+    assert actor_count(0, 1.0, 0.0) == 2  # the session's local Ray has 2 CPUs
+    assert actor_count(0, 2.0, 0.0) == 1
+    assert actor_count(0, 1.0, 1.0) == 1  # no GPU: still one actor, never zero
