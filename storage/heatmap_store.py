@@ -36,7 +36,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from storage.errors import StoreFormatError
-from storage.image_store import ImageStore, Indices
+from storage.image_store import ImageStore, Indices, read_items, set_flags, write_item_runs
 from storage.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -283,25 +283,17 @@ class HeatmapStore:
         data = np.asarray(heatmaps, dtype=np.float16)
         if data.ndim != 4 or data.shape[1:] != (k, s, s) or len(data) != len(indices):
             raise ValueError(f"heatmaps must be ({len(indices)}, {k}, {s}, {s}), got {data.shape}")
-        order = np.argsort(np.asarray(indices))
-        idx, data = np.asarray(indices, dtype=np.int64)[order], data[order]
-        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-        for run_idx, run_data in zip(np.split(idx, breaks), np.split(data, breaks), strict=True):
-            if len(run_idx):
-                self.heatmaps[int(run_idx[0]) : int(run_idx[-1]) + 1] = run_data
+        write_item_runs(self.heatmaps, indices, data)
 
     def mark_done(self, indices: Indices) -> None:
-        idx = np.asarray(indices, dtype=np.int64)
-        if len(idx):
-            self.done.set_coordinate_selection((idx,), np.ones(len(idx), dtype=bool))
+        set_flags(self.done, indices)
 
     def done_mask(self) -> np.ndarray:
         return np.asarray(self.done[:], dtype=bool)
 
     def read_heatmaps(self, indices: Indices) -> np.ndarray:
         """(k, K, S, S) float32; NaN for items never computed."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return np.asarray(self.heatmaps.get_orthogonal_selection((idx,)), dtype=np.float32)
+        return read_items(self.heatmaps, indices)
 
     # ---- failures -----------------------------------------------------------------------
     def _part_name(self, shard: int) -> str:

@@ -98,6 +98,30 @@ def _normalise(table: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
     return out
 
 
+def write_item_runs(array: zarr.Array, indices: Indices, data: np.ndarray) -> None:
+    """Write ``data[i]`` at item ``indices[i]``; consecutive indices go in one slice write."""
+    order = np.argsort(np.asarray(indices))
+    idx = np.asarray(indices, dtype=np.int64)[order]
+    ordered = np.asarray(data)[order]
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    for run_idx, run_data in zip(np.split(idx, breaks), np.split(ordered, breaks), strict=True):
+        if len(run_idx):
+            array[int(run_idx[0]) : int(run_idx[-1]) + 1] = run_data
+
+
+def set_flags(array: zarr.Array, indices: Indices) -> None:
+    """Set a (N,) bool array to True at ``indices``."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if len(idx):
+        array.set_coordinate_selection((idx,), np.ones(len(idx), dtype=bool))
+
+
+def read_items(array: zarr.Array, indices: Indices) -> np.ndarray:
+    """Items at ``indices`` (any order) as float32."""
+    idx = np.asarray(indices, dtype=np.int64)
+    return np.asarray(array.get_orthogonal_selection((idx,)), dtype=np.float32)
+
+
 class ImageStore:
     """Images of one size S in a Zarr group, with their item and quarantine tables."""
 
@@ -275,20 +299,13 @@ class ImageStore:
     # ---- pixels -------------------------------------------------------------------------
     def write_images(self, indices: Indices, images: np.ndarray) -> None:
         """Write (k, S, S) images at ``indices``; consecutive runs go in one write."""
-        order = np.argsort(np.asarray(indices))
-        idx = np.asarray(indices)[order]
-        data = np.asarray(images, dtype=np.float16)[order]
+        data = np.asarray(images, dtype=np.float16)
         if data.shape[1:] != (self.size, self.size):
             raise ValueError(f"images must be (k, {self.size}, {self.size}), got {data.shape}")
-        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-        for run_idx, run_data in zip(np.split(idx, breaks), np.split(data, breaks), strict=True):
-            if len(run_idx):
-                self.images[int(run_idx[0]) : int(run_idx[-1]) + 1] = run_data
+        write_item_runs(self.images, indices, data)
 
     def mark_done(self, indices: Indices) -> None:
-        idx = np.asarray(indices, dtype=np.int64)
-        if len(idx):
-            self.done.set_coordinate_selection((idx,), np.ones(len(idx), dtype=bool))
+        set_flags(self.done, indices)
 
     def done_mask(self) -> np.ndarray:
         return np.asarray(self.done[:], dtype=bool)
@@ -297,8 +314,7 @@ class ImageStore:
         return np.asarray(self.images[index], dtype=np.float32)
 
     def read_images(self, indices: Indices) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64)
-        return np.asarray(self.images.get_orthogonal_selection((idx,)), dtype=np.float32)
+        return read_items(self.images, indices)
 
     # ---- shard results ------------------------------------------------------------------
     def shard_of(self, index: int) -> int:
