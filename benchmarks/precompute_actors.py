@@ -12,26 +12,18 @@ job hits all of them alike.
 
 from __future__ import annotations
 
+from _precompute_setup import save_random_checkpoints  # sets the environment first
+
+# isort: split
 import argparse
 import os
 import tempfile
 import time
 from pathlib import Path
 
-os.environ["http_proxy"] = os.environ["HTTP_PROXY"] = "http://127.0.0.1:9"
-os.environ["no_proxy"] = "127.0.0.1,localhost"
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-os.environ["PREFECT_HOME"] = str(Path(__file__).resolve().parents[1] / ".prefect")
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import numpy as np
 import ray
-import torch
 
-from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
-from daug_core.classifier_training import init_classifier_state
-from daug_core.config import preset
-from daug_core.generator import init_generator_state
 from flows.heatmap_actors import RayHeatmapPool, WorkerSpec
 from flows.precompute import (
     CLASSIFIER_DIR,
@@ -43,16 +35,6 @@ from flows.precompute import (
 from storage.precompute import ImageBatch
 
 CONFIGS = [(2, 1), (1, 2), (1, 1)]  # (actors, CPUs per actor = torch threads)
-
-
-def save_random_checkpoints(ckpt: Path) -> None:
-    config = preset("tiny")
-    generator = init_generator_state(config, generator=torch.Generator().manual_seed(0))
-    save_generator_checkpoint(generator, ckpt / GENERATOR_DIR)
-    classifier = init_classifier_state(
-        config, pos_weight=None, generator=torch.Generator().manual_seed(1)
-    )
-    save_classifier_checkpoint(classifier, ckpt / CLASSIFIER_DIR)
 
 
 def measure(

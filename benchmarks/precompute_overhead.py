@@ -22,29 +22,19 @@ Target: compute share >= 90 %.
 
 from __future__ import annotations
 
+from _precompute_setup import build_store, save_random_checkpoints  # sets the environment first
+
+# isort: split
 import argparse
 import os
 import tempfile
 import time
 from pathlib import Path
 
-os.environ["http_proxy"] = os.environ["HTTP_PROXY"] = "http://127.0.0.1:9"
-os.environ["no_proxy"] = "127.0.0.1,localhost"
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-os.environ["PREFECT_HOME"] = str(Path(__file__).resolve().parents[1] / ".prefect")
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import ray
-import torch
 
 import flows.precompute as precompute_module
-from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
-from daug_core.classifier_training import init_classifier_state
-from daug_core.config import preset
-from daug_core.generator import init_generator_state
 from flows.heatmap_actors import HeatmapWorker, WorkerSpec
-from flows.ingest import ingest_flow
 from flows.precompute import (
     CLASSIFIER_DIR,
     GENERATOR_DIR,
@@ -57,28 +47,6 @@ from flows.precompute import (
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.precompute import HeatmapShardResult, plan_heatmaps, shard_batches
-from storage.synthetic import SynthConfig, write_synthetic_release
-
-
-def save_random_checkpoints(ckpt: Path) -> None:
-    config = preset("tiny")
-    generator = init_generator_state(config, generator=torch.Generator().manual_seed(0))
-    save_generator_checkpoint(generator, ckpt / GENERATOR_DIR)
-    classifier = init_classifier_state(
-        config, pos_weight=None, generator=torch.Generator().manual_seed(1)
-    )
-    save_classifier_checkpoint(classifier, ckpt / CLASSIFIER_DIR)
-
-
-def build_store(root: Path, studies: int, images: int) -> Path:
-    """Ingest a synthetic release (every view) into a 64 px store."""
-    release = write_synthetic_release(root / "release", SynthConfig(studies=studies, size=64), 7)
-    store = root / "store"
-    ingest_flow(release=str(release.release_dir), store=str(store), size=64, views=[])
-    n = int(ImageStore.open(store).done_mask().sum())
-    if n < images:
-        raise SystemExit(f"only {n} images ingested, need {images}: raise --studies")
-    return store
 
 
 def load() -> float:

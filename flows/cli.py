@@ -291,6 +291,30 @@ def precompute(
     console.print_json(json.dumps(result, default=str))
 
 
+@app.command("delete-heatmaps")
+def delete_heatmaps(
+    store: Annotated[Path, typer.Argument(help="image store holding STORE/heatmaps/VERSION")],
+    version: Annotated[str, typer.Argument(help="heatmap version to delete, e.g. v1")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete one heatmap version (its arrays and tables); nothing else deletes heatmaps."""
+    from storage.errors import StoreFormatError
+    from storage.heatmap_store import HeatmapStore
+    from storage.image_store import ImageStore
+
+    images = ImageStore.open(store)
+    if version not in HeatmapStore.versions(images):
+        raise StoreFormatError(
+            f"{store} has no heatmap version {version!r} "
+            f"(it has: {', '.join(HeatmapStore.versions(images)) or 'none'})"
+        )
+    done = int(HeatmapStore(images, version).done_mask().sum())
+    if not yes:
+        typer.confirm(f"delete heatmaps {version} of {store} ({done} items done)?", abort=True)
+    HeatmapStore.delete_version(images, version)
+    console.print(f"deleted heatmaps {version} ({done} items) from {store}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="folder for everything the demo writes")] = Path(

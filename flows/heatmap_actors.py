@@ -130,8 +130,10 @@ class RayHeatmapPool:
     """``actors`` Ray actors each holding a :class:`HeatmapWorker`; batches go round-robin.
 
     Thread-safe (the flow's shard tasks share one pool). Ray restarts an actor that dies
-    (``max_restarts``) and resubmits its pending call once; if a call still fails, the
-    exception reaches the shard task, whose Prefect retries redo the shard.
+    (``max_restarts``) and resubmits its pending call once. An actor that is dead for good
+    (restarts used up, or its node gone) is replaced by a new one and its batch is sent
+    again, once; if that fails too, the exception reaches the shard task, whose Prefect
+    retries redo the shard on the (replaced) actors.
     """
 
     def __init__(
@@ -141,27 +143,51 @@ class RayHeatmapPool:
 
         if actors < 1:
             raise ValueError(f"need at least one actor, got {actors}")
-        remote_cls: Any = ray.remote(
+        self._remote_cls: Any = ray.remote(
             num_cpus=cpus_per_actor,
             num_gpus=gpus_per_actor,
             max_restarts=2,
             max_task_retries=1,
         )(HeatmapWorker)
-        self.actors = [remote_cls.remote(spec) for _ in range(actors)]
+        self.spec = spec
+        self.actors = [self._remote_cls.remote(spec) for _ in range(actors)]
         ray.get([a.ready.remote() for a in self.actors])
+        self.replaced = 0
         self._next = itertools.cycle(range(actors))
         self._lock = threading.Lock()
 
-    def _actor(self) -> Any:
+    def _slot(self) -> int:
         with self._lock:
-            return self.actors[next(self._next)]
+            return next(self._next)
+
+    def _replace(self, slot: int, dead: Any) -> Any:
+        """A new actor in ``slot`` unless another thread already replaced ``dead``."""
+        import ray
+
+        with self._lock:
+            if self.actors[slot] is dead:
+                log.warning("heatmap actor %d is dead; starting a replacement", slot)
+                self.actors[slot] = self._remote_cls.remote(self.spec)
+                self.replaced += 1
+            actor = self.actors[slot]
+        ray.get(actor.ready.remote())
+        return actor
 
     def map_batches(self, batches: Sequence[ImageBatch]) -> Iterator[BatchOutcome]:
         import ray
+        from ray.exceptions import RayActorError
 
-        refs = [self._actor().__call__.remote(batch) for batch in batches]
-        for ref in refs:
-            outcome: BatchOutcome = ray.get(ref)
+        calls = []
+        for batch in batches:
+            slot = self._slot()
+            actor = self.actors[slot]
+            calls.append((slot, actor, actor.__call__.remote(batch)))
+        for (slot, actor, ref), batch in zip(calls, batches, strict=True):
+            try:
+                outcome: BatchOutcome = ray.get(ref)
+            except RayActorError as exc:
+                log.warning("batch lost with its actor (%s); resubmitting once", exc)
+                outcome = ray.get(self._replace(slot, actor).__call__.remote(batch))
             yield outcome
 
     def shutdown(self) -> None:

@@ -37,3 +37,35 @@ def test_ingest_of_a_missing_release_is_one_clear_error(tmp_path):
 def test_bad_format_option(tmp_path):
     result = daug("synth", str(tmp_path / "x"), "--format", "png")
     assert result.returncode == 2 and "dicom or jpg" in result.stderr
+
+
+def test_delete_heatmaps_asks_then_deletes_only_that_version(tmp_path):
+    import dataclasses
+
+    from storage.heatmap_store import HeatmapStore
+    from storage.image_store import ImageStore
+    from tests.storage.test_heatmap_store import PROVENANCE
+
+    images = ImageStore.create(tmp_path / "store", 16, shard_items=4)
+    images.register(pd.DataFrame({"dicom_id": ["a", "b"], "split": ["train", "test"]}))
+    HeatmapStore.create(images, PROVENANCE).mark_done([1])
+    HeatmapStore.create(images, dataclasses.replace(PROVENANCE, scale=10.0), version="v2")
+    store = str(tmp_path / "store")
+
+    unknown = daug("delete-heatmaps", store, "v9", "--yes")
+    assert unknown.returncode == 2 and "no heatmap version 'v9'" in unknown.stderr
+    assert "v1, v2" in unknown.stderr
+
+    declined = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "delete-heatmaps", store, "v1"],
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert declined.returncode == 1 and "1 items done" in declined.stdout
+    assert HeatmapStore.versions(ImageStore.open(store)) == ["v1", "v2"]
+
+    deleted = daug("delete-heatmaps", store, "v1", "--yes")
+    assert deleted.returncode == 0, deleted.stderr[-2000:]
+    assert HeatmapStore.versions(ImageStore.open(store)) == ["v2"]

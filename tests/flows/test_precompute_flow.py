@@ -192,6 +192,28 @@ def test_pool_survives_an_actor_that_dies(setup):
     np.testing.assert_array_equal(after.heatmaps, before.heatmaps)
 
 
+def test_pool_replaces_an_actor_that_is_dead_for_good(setup):
+    """With its restarts used up (no_restart), the actor is replaced and its batch redone."""
+    import ray
+
+    config = heatmap_config("tiny", TranslationOverrides(**FAST))
+    spec = WorkerSpec(
+        str(setup["ckpt"] / "generator"), str(setup["ckpt"] / "classifier"), config, ("+Pleural",)
+    )
+    pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
+    batch = ImageBatch(np.array([0, 1]), np.random.default_rng(0).random((2, 64, 64)))
+    try:
+        (before,) = pool.map_batches([batch])
+        ray.kill(pool.actors[0], no_restart=True)
+        after = list(pool.map_batches([batch, batch]))
+    finally:
+        pool.shutdown()
+    assert pool.replaced == 1
+    assert [a.indices.tolist() for a in after] == [[0, 1], [0, 1]]
+    for outcome in after:
+        np.testing.assert_array_equal(outcome.heatmaps, before.heatmaps)
+
+
 def test_model_input_maps_unit_pixels_to_minus_one_one_and_area_downscales():
     from flows.model_input import to_model_space
 
