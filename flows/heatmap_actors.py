@@ -150,7 +150,7 @@ class RayHeatmapPool:
             max_task_retries=1,
         )(HeatmapWorker)
         self.spec = spec
-        self.actors = [self._remote_cls.remote(spec) for _ in range(actors)]
+        self.actors: list[Any] = [self._remote_cls.remote(spec) for _ in range(actors)]
         ray.get([a.ready.remote() for a in self.actors])
         self.replaced = 0
         self._next = itertools.cycle(range(actors))
