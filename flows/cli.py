@@ -6,13 +6,14 @@ PREFECT_API_URL, Prefect starts a temporary local server for the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, cast, get_args
 
 import typer
 from rich.console import Console
@@ -291,6 +292,125 @@ def precompute(
     console.print_json(json.dumps(result, default=str))
 
 
+@app.command()
+def train(
+    store: Annotated[Path, typer.Option(help="image store with heatmaps")],
+    out: Annotated[Path, typer.Option(help="output folder (rerun to resume)")],
+    mode: Annotated[str, typer.Option(help="none | channel | add | append")] = "channel",
+    preset: Annotated[str, typer.Option(help="tiny (64 px, CPU) or paper (ViT-B/32)")] = "tiny",
+    heatmap_version: Annotated[str, typer.Option(help="heatmap version to read")] = "v1",
+    weight: Annotated[
+        float | None, typer.Option(help="hybrid loss w (1 = CLIP loss only); default 0.7")
+    ] = None,
+    class_loss: Annotated[str | None, typer.Option(help="bce | paired")] = None,
+    epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="override the batch size")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="override the lr")] = None,
+    seed: Annotated[int | None, typer.Option(help="training seed")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="local open_clip checkpoint (.pt / .safetensors)")
+    ] = None,
+    torch_threads: Annotated[int, typer.Option(help="torch threads (0: torch's default)")] = 0,
+) -> None:
+    """Train the heatmap-augmented CLIP model with the hybrid loss (resumable)."""
+    import torch
+
+    from daug_core.clip_config import ClassLoss, HeatmapMode
+    from flows.train import TrainOverrides, contrastive_config, train_flow
+    from storage.image_store import ImageStore
+
+    if mode not in get_args(HeatmapMode):
+        raise typer.BadParameter(f"--mode must be one of {get_args(HeatmapMode)}")
+    if class_loss is not None and class_loss not in get_args(ClassLoss):
+        raise typer.BadParameter(f"--class-loss must be one of {get_args(ClassLoss)}")
+    ImageStore.open(store, read_only=True)
+    overrides = TrainOverrides(
+        cast(HeatmapMode, mode),
+        weight,
+        cast(ClassLoss | None, class_loss),
+        epochs,
+        batch_size,
+        learning_rate,
+        seed,
+        pretrained,
+    )
+    contrastive_config(preset, overrides)  # bad numbers: one clear line, before Prefect starts
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    with _flow_progress():
+        result = train_flow(
+            store=str(store),
+            out=str(out),
+            preset_name=preset,
+            heatmap_version=heatmap_version,
+            **dataclasses.asdict(overrides),
+        )
+    console.print_json(json.dumps(result, default=str))
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="a train output's best/ (or last/) folder")],
+    store: Annotated[Path, typer.Option(help="image store (test = queries)")],
+    out: Annotated[Path | None, typer.Option(help="default: the checkpoint's parent")] = None,
+    heatmap_version: Annotated[
+        str | None, typer.Option(help="default: the version the model trained on")
+    ] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="synthetic ground truth folder, for the example grid")
+    ] = None,
+) -> None:
+    """Classification AUC, class-based retrieval mAP@k and pair Recall@k (EVALUATION.md)."""
+    from flows.evaluate import evaluate_flow, headline_markdown
+
+    if not (checkpoint / "clip.json").is_file():
+        raise typer.BadParameter(f"{checkpoint} holds no clip.json", param_hint="--checkpoint")
+    with _flow_progress():
+        metrics = evaluate_flow(
+            checkpoint=str(checkpoint),
+            store=str(store),
+            out=str(out) if out else None,
+            heatmap_version=heatmap_version,
+            truth=str(truth) if truth else None,
+        )
+    console.print(headline_markdown(metrics["headline"]))
+
+
+@app.command()
+def ablate(
+    store: Annotated[Path, typer.Option(help="image store with heatmaps")],
+    out: Annotated[Path, typer.Option(help="output folder (rerun skips finished runs)")],
+    seed: Annotated[list[int] | None, typer.Option(help="seeds (repeat); default 0 1 2")] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="baseline | daug | hybrid | daug+hybrid (repeat); default all"),
+    ] = None,
+    preset: Annotated[str, typer.Option(help="tiny or paper")] = "tiny",
+    heatmap_version: Annotated[str, typer.Option(help="heatmap version to read")] = "v1",
+    weight: Annotated[float, typer.Option(help="w of the hybrid variants")] = 0.7,
+    epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
+    torch_threads: Annotated[int, typer.Option(help="torch threads (0: default)")] = 1,
+) -> None:
+    """The paper's ablation grid (baseline, +DAug, +hybrid loss, both) over seeds."""
+    from flows.ablate import ablate_flow
+    from storage.image_store import ImageStore
+
+    ImageStore.open(store, read_only=True)
+    with _flow_progress():
+        result = ablate_flow(
+            store=str(store),
+            out=str(out),
+            seeds=seed,
+            variants=variant,
+            preset_name=preset,
+            heatmap_version=heatmap_version,
+            weight=weight,
+            epochs=epochs,
+            torch_threads=torch_threads,
+        )
+    console.print(result["markdown"])
+
+
 @app.command("delete-heatmaps")
 def delete_heatmaps(
     store: Annotated[Path, typer.Argument(help="image store holding STORE/heatmaps/VERSION")],
@@ -325,8 +445,11 @@ def demo(
     generator_steps: Annotated[int, typer.Option(help="generator training steps")] = 300,
     classifier_steps: Annotated[int, typer.Option(help="classifier training steps")] = 600,
     heatmap_steps: Annotated[int, typer.Option(help="DDIM steps per direction")] = 10,
+    ablation_seeds: Annotated[int, typer.Option(help="seeds of the ablation grid")] = 3,
 ) -> None:
     """Run the whole pipeline end to end on a synthetic release (tiny preset)."""
+    from flows.ablate import ablate_flow
+    from flows.evaluate import evaluate_flow
     from flows.ingest import ingest_flow
     from flows.precompute import precompute_flow
     from flows.train_generator import train_generator_flow
@@ -366,19 +489,33 @@ def demo(
         )
     auc = ", ".join(f"t={t}: {a:.3f}" for t, a in trained["classifier_mean_auc_by_t"].items())
     console.print(f"classifier mean AUC on validate by noise level: {auc}")
-    console.rule("4. precompute heatmaps for the test split on Ray actors (K = 7)")
+    console.rule("4. precompute +No Finding heatmaps for every image on Ray actors")
     with _flow_progress():
         heat = precompute_flow(
             store=str(store),
             checkpoints=str(checkpoints),
+            targets=["+No Finding"],
             preset_name="tiny",
             steps=heatmap_steps,
             inversion_refinements=0,
-            splits=["test"],
             actors=2,
             cpus_per_actor=1.0,
         )
-    console.print_json(json.dumps(heat, default=str))
+    console.print(
+        f"heatmaps: {heat['done']} computed, {heat['already_done']} already done, "
+        f"{heat['failures']} failed, {heat['image_class_per_second']:.2f} image·class/s"
+    )
+    console.rule("5. train and evaluate the ablation grid (tiny CLIP, hybrid loss)")
+    ablation = out / "ablation"
+    with _flow_progress():
+        grid = ablate_flow(store=str(store), out=str(ablation), seeds=list(range(ablation_seeds)))
+    best = ablation / "daug+hybrid" / "seed-0"
+    with _flow_progress():
+        evaluate_flow(
+            checkpoint=str(best / "best"),
+            store=str(store),
+            truth=str(out / "synthetic" / "ground_truth"),
+        )
     console.rule("results")
     console.print(f"release:      {release}")
     console.print(f"ground truth: {out / 'synthetic' / 'ground_truth'}")
@@ -386,6 +523,10 @@ def demo(
     console.print(f"checkpoints:  {checkpoints}  (generator/, classifier/, loss_curves.png)")
     console.print(f"heatmaps:     {store}/heatmaps/v1  (heatmaps, heatmaps_done, failures.csv)")
     console.print(f"examples:     {heat['examples']}")
+    console.print(f"ablation:     {ablation}  (RESULTS.md, ablation.png, <variant>/seed-<s>/)")
+    console.print(f"evaluation:   {best}  (metrics.json, roc_curves.png, examples.png)")
+    console.print()
+    console.print(grid["markdown"])
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 

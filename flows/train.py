@@ -1,0 +1,413 @@
+"""Train flow: the open_clip image-text model with DAug heatmap channels and the hybrid loss.
+
+Trains on the store's train split, validates every epoch on the validate split (model
+selection by validation macro AUC of the class prompts; validation loss when no class has an
+AUC), checkpoints every epoch and resumes from the last one. Output folder ``OUT``::
+
+    last/            the last epoch: weights, config, trainer state (resume point)
+    best/            the selected epoch: weights and config (what evaluation loads)
+    metrics.csv      one row per epoch: train and validation losses, validation AUC, lr
+    loss_curves.png  train / validation loss and validation AUC per epoch
+    train.json       summary: config, data counts, best epoch, seconds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from daug_core.checkpoints import checkpoint_sha256
+from daug_core.clip_config import (
+    ClassLoss,
+    ContrastiveConfig,
+    HeatmapMode,
+    contrastive_config_to_dict,
+    contrastive_preset,
+)
+from daug_core.clip_model import build_tokenizer
+from daug_core.clip_training import (
+    ClipBatch,
+    EpochStats,
+    PromptTokens,
+    build_model,
+    embed,
+    load_clip_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    restore_trainer_state,
+    save_clip_checkpoint,
+    steps_per_epoch,
+    train_epoch,
+)
+from daug_core.losses import HybridContrastiveLoss
+from daug_core.metrics import classification_auc
+from flows.monitoring import ProgressReporter, artifact_key, table_artifact
+from storage.contrastive_dataset import AugmentConfig, ContrastiveDataset, make_loader
+from storage.labels import CHEXPERT_LABELS
+from storage.tables import DirectoryTables
+
+log = logging.getLogger(__name__)
+LAST, BEST = "last", "best"
+METRIC_COLUMNS = {
+    "epoch": "int64",
+    "train_loss": "float64",
+    "train_clip": "float64",
+    "train_cls": "float64",
+    "val_loss": "float64",
+    "val_clip": "float64",
+    "val_cls": "float64",
+    "val_macro_auc": "float64",
+    "lr": "float64",
+    "seconds": "float64",
+}
+
+
+def _run_name() -> str:
+    params = flow_run.parameters
+    store = Path(str(params.get("store", "store"))).name
+    return f"train-{store}-{params.get('mode', 'channel')}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+@dataclass(frozen=True)
+class TrainOverrides:
+    """Command-line overrides of the preset (None keeps the preset's value)."""
+
+    mode: HeatmapMode | None = None
+    weight: float | None = None
+    class_loss: ClassLoss | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    seed: int | None = None
+    pretrained: str | None = None
+
+
+def contrastive_config(preset_name: str, overrides: TrainOverrides) -> ContrastiveConfig:
+    """The preset with the given overrides (validated by the configs' own checks)."""
+    config = contrastive_preset(preset_name)
+    model = config.model
+    if overrides.mode is not None:
+        model = dataclasses.replace(model, heatmap_mode=overrides.mode)
+    if overrides.pretrained is not None:
+        model = dataclasses.replace(model, pretrained=overrides.pretrained)
+    loss = config.loss
+    for name in ("weight", "class_loss"):
+        if getattr(overrides, name) is not None:
+            loss = dataclasses.replace(loss, **{name: getattr(overrides, name)})
+    training = config.training
+    for name in ("epochs", "batch_size", "learning_rate", "seed"):
+        if getattr(overrides, name) is not None:
+            training = dataclasses.replace(training, **{name: getattr(overrides, name)})
+    return dataclasses.replace(config, model=model, loss=loss, training=training)
+
+
+def heatmap_channels(config: ContrastiveConfig) -> tuple[str, ...] | None:
+    """Stored heatmap channels the mode reads: none, the channel target, or all (append)."""
+    mode = config.model.heatmap_mode
+    if mode == "none":
+        return None
+    if mode in ("channel", "add"):
+        return (config.model.channel_target,)
+    return ()  # append: every stored channel, in stored order
+
+
+def open_datasets(
+    store: str | Path, config: ContrastiveConfig, heatmap_version: str | None, splits: list[str]
+) -> dict[str, ContrastiveDataset]:
+    """One dataset per split; training augmentation only on ``train``."""
+    channels = heatmap_channels(config)
+    version = heatmap_version if channels is not None else None
+    targets = None if not channels else list(channels)
+    tokenizer = build_tokenizer(config.model)
+    training = config.training
+    augment = None
+    if training.crop_scale_min < 1.0 or training.rotation_degrees > 0.0:
+        augment = AugmentConfig(
+            scale=(training.crop_scale_min, 1.0), degrees=training.rotation_degrees
+        )
+    return {
+        split: ContrastiveDataset(
+            store,
+            split,
+            heatmap_version=version,
+            heatmap_targets=targets,
+            missing_heatmaps="exclude",
+            augment=augment if split == "train" else None,
+            seed=training.seed,
+            text_transform=tokenizer,
+        )
+        for split in splits
+    }
+
+
+def prompt_tokens(config: ContrastiveConfig) -> PromptTokens:
+    tokenizer = build_tokenizer(config.model)
+    loss = config.loss
+    negative = tokenizer(list(loss.negative_prompts)) if loss.class_loss == "paired" else None
+    return PromptTokens(tokenizer(list(loss.class_prompts)), negative)
+
+
+def clip_batches(loader: Iterator[dict[str, Any]] | Any) -> Iterator[ClipBatch]:
+    """Collated dataset items as model batches."""
+    for items in loader:
+        yield ClipBatch(items["image"], items["heatmaps"], items["tokens"], items["labels"])
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    epochs_run: int
+    best_epoch: int
+    best_metric: float
+    history: pd.DataFrame
+    train_items: int
+    validate_items: int
+    excluded: dict[str, dict[str, int]]
+    seconds: float
+
+
+def _selection_value(row: dict[str, float]) -> float:
+    """Higher is better: validation macro AUC, or minus the validation loss without one."""
+    auc = row["val_macro_auc"]
+    return auc if not math.isnan(auc) else -row["val_loss"]
+
+
+def train_contrastive(
+    store: str | Path,
+    out: str | Path,
+    config: ContrastiveConfig,
+    heatmap_version: str | None = "v1",
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) into ``out``; see the module docstring for what is written."""
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = open_datasets(store, config, heatmap_version, ["train", "validate"])
+    train_set, val_set = data["train"], data["validate"]
+    training = config.training
+    batch_size = min(training.batch_size, len(train_set))
+    if batch_size < 2:
+        raise ValueError(f"{store}: {len(train_set)} training item(s); need at least 2")
+    total_steps = steps_per_epoch(len(train_set), batch_size) * training.epochs
+    prompts = prompt_tokens(config)
+    loss_fn = HybridContrastiveLoss(config.loss)
+
+    targets = train_set.heatmap_targets
+    model = build_model(config, targets, seed=training.seed)
+    optimizer = make_optimizer(model, training)
+    scheduler = make_scheduler(optimizer, training, total_steps)
+    history: list[dict[str, float]] = []
+    first_epoch = 1
+    if (out / LAST / "clip.json").is_file():
+        saved = load_clip_checkpoint(out / LAST)
+        if contrastive_config_to_dict(saved.config) != contrastive_config_to_dict(config):
+            raise ValueError(
+                f"{out / LAST} was trained with another config; use a new output folder"
+            )
+        model.load_state_dict(saved.model.state_dict())
+        restore_trainer_state(out / LAST, optimizer, scheduler)
+        history = list(saved.info["history"])
+        first_epoch = int(saved.info["epoch"]) + 1
+        log.info("resuming %s after epoch %d", out, first_epoch - 1)
+
+    best = max(history, key=_selection_value) if history else None
+    for epoch in range(first_epoch, training.epochs + 1):
+        epoch_start = time.perf_counter()
+        train_set.set_epoch(epoch)
+        loader = make_loader(
+            train_set, batch_size, True, training.seed, training.num_workers, drop_last=True
+        )
+        trained = train_epoch(model, loss_fn, clip_batches(loader), prompts, optimizer, scheduler)
+        val_loader = make_loader(val_set, batch_size, False, training.seed, training.num_workers)
+        validated = embed(model, loss_fn, clip_batches(val_loader), prompts)
+        auc = classification_auc(validated.probabilities, validated.labels, CHEXPERT_LABELS)
+        row = _metrics_row(epoch, trained, validated.stats, auc.macro, scheduler, epoch_start)
+        history.append(row)
+        info: dict[str, Any] = {
+            "epoch": epoch,
+            "step": epoch * total_steps // training.epochs,
+            "history": history,
+            "heatmap_version": heatmap_version,
+            "store": str(store),
+        }
+        save_clip_checkpoint(out / LAST, model, config, info, optimizer, scheduler)
+        if best is None or _selection_value(row) > _selection_value(best):
+            best = row
+            save_clip_checkpoint(out / BEST, model, config, info | {"selected_by": _rule(row)})
+        _write_history(out, history)
+        log.info("epoch %d: %s", epoch, row)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    assert best is not None
+    frame = pd.DataFrame(history, columns=list(METRIC_COLUMNS))
+    plot_curves(frame, out / "loss_curves.png")
+    result = TrainResult(
+        out=out,
+        epochs_run=training.epochs - first_epoch + 1,
+        best_epoch=int(best["epoch"]),
+        best_metric=_selection_value(best),
+        history=frame,
+        train_items=len(train_set),
+        validate_items=len(val_set),
+        excluded={s: d.excluded.as_dict() for s, d in data.items()},
+        seconds=time.perf_counter() - start,
+    )
+    summary = {
+        "config": contrastive_config_to_dict(config),
+        "heatmap_version": heatmap_version,
+        "heatmap_targets": list(targets),
+        "train_items": result.train_items,
+        "validate_items": result.validate_items,
+        "excluded": result.excluded,
+        "best_epoch": result.best_epoch,
+        "selected_by": _rule(best),
+        "best_sha256": checkpoint_sha256(out / BEST),
+        "seconds": round(result.seconds, 2),
+    }
+    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def _rule(row: dict[str, float]) -> str:
+    return "val_macro_auc" if not math.isnan(row["val_macro_auc"]) else "val_loss"
+
+
+def _metrics_row(
+    epoch: int,
+    trained: EpochStats,
+    validated: EpochStats,
+    macro_auc: float,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    started: float,
+) -> dict[str, float]:
+    return {
+        "epoch": epoch,
+        "train_loss": trained.loss,
+        "train_clip": trained.clip,
+        "train_cls": trained.cls,
+        "val_loss": validated.loss,
+        "val_clip": validated.clip,
+        "val_cls": validated.cls,
+        "val_macro_auc": macro_auc,
+        "lr": float(scheduler.get_last_lr()[0]),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _write_history(out: Path, history: list[dict[str, float]]) -> None:
+    DirectoryTables(out).write("metrics", pd.DataFrame(history, columns=list(METRIC_COLUMNS)))
+
+
+def plot_curves(history: pd.DataFrame, path: Path) -> None:
+    figure, (losses, aucs) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for column, style in (("train_loss", "-o"), ("val_loss", "-s")):
+        losses.plot(history["epoch"], history[column], style, label=column, markersize=3)
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("hybrid loss")
+    losses.legend()
+    aucs.plot(history["epoch"], history["val_macro_auc"], "-o", markersize=3)
+    aucs.set_xlabel("epoch")
+    aucs.set_ylabel("validation macro AUC")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+@flow(name="train", flow_run_name=_run_name)
+def train_flow(
+    store: str,
+    out: str,
+    mode: HeatmapMode = "channel",
+    preset_name: str = "tiny",
+    heatmap_version: str = "v1",
+    weight: float | None = None,
+    class_loss: ClassLoss | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    seed: int | None = None,
+    pretrained: str | None = None,
+) -> dict[str, Any]:
+    """Train the heatmap-augmented CLIP model on STORE's train split into OUT (resumable).
+
+    Args:
+        store: image store (with heatmaps in ``STORE/heatmaps/<heatmap_version>`` unless
+            ``mode`` is ``none``).
+        out: output folder; rerunning with the same config resumes after the last epoch.
+        mode: how heatmaps enter the image: none | channel | add | append.
+        preset_name: tiny (64 px, CPU) or paper (ViT-B/32 at 256 px).
+        heatmap_version: the heatmap version to read.
+        weight: w of the hybrid loss (1 = CLIP loss only); default the preset's 0.7.
+        class_loss: bce | paired.
+        epochs / batch_size / learning_rate / seed: override the preset's training numbers.
+        pretrained: a local open_clip checkpoint file (.pt or .safetensors).
+    """
+    logger = get_run_logger()
+    config = contrastive_config(
+        preset_name,
+        TrainOverrides(
+            mode, weight, class_loss, epochs, batch_size, learning_rate, seed, pretrained
+        ),
+    )
+    key = artifact_key("train", Path(store).name, mode)
+    progress = ProgressReporter(f"{key}-progress", config.training.epochs, "epochs")
+    existing = Path(out) / LAST / "clip.json"
+    if existing.is_file():
+        progress.advance(int(json.loads(existing.read_text())["info"]["epoch"]))
+    result = train_contrastive(
+        store, out, config, heatmap_version, on_epoch=lambda row: progress.advance(1)
+    )
+    table_artifact(
+        f"{key}-metrics",
+        result.history.round(4),
+        f"Per-epoch losses and validation macro AUC of {out}.",
+    )
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown="\n".join(
+            [
+                f"## train: {store} ({mode}, preset {preset_name})",
+                "",
+                f"Train items {result.train_items}, validate items {result.validate_items}; "
+                f"excluded {result.excluded}.",
+                f"Best epoch {result.best_epoch} (selection value {result.best_metric:.4f}); "
+                f"{result.epochs_run} epoch(s) run in {result.seconds:.1f} s.",
+                "",
+                f"![loss curves]({(Path(out) / 'loss_curves.png').resolve().as_uri()})",
+                "",
+                f"Checkpoint: `{(Path(out) / BEST).resolve()}`",
+            ]
+        ),
+    )
+    logger.info("training finished: best epoch %d in %s", result.best_epoch, out)
+    return {
+        "out": str(Path(out).resolve()),
+        "best": str((Path(out) / BEST).resolve()),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_items": result.train_items,
+        "validate_items": result.validate_items,
+        "excluded": result.excluded,
+        "final": result.history.iloc[-1].to_dict(),
+        "seconds": round(result.seconds, 2),
+    }

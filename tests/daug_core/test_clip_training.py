@@ -1,0 +1,78 @@
+"""The contrastive trainer's pieces on a tiny random model: batch resizing, optimiser groups,
+schedule, checkpoint round trip."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from daug_core.checkpoints import CheckpointError
+from daug_core.clip_config import contrastive_preset
+from daug_core.clip_training import (
+    ClipBatch,
+    build_model,
+    fit_batch,
+    load_clip_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    save_clip_checkpoint,
+)
+
+
+def test_fit_batch_resizes_images_and_heatmaps_together():
+    image = torch.zeros(2, 1, 128, 128)
+    image[:, :, :64] = 1.0  # top half bright
+    heat = image.repeat(1, 3, 1, 1)
+    batch = ClipBatch(image, heat, torch.zeros(2, 77, dtype=torch.long), torch.zeros(2, 14))
+    small = fit_batch(batch, 64)
+    assert small.image.shape == (2, 1, 64, 64) and small.heatmaps.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(small.heatmaps[:, :1], small.image)
+    assert small.image[0, 0, 10, 5].item() == pytest.approx(1.0)
+    assert small.image[0, 0, 50, 5].item() == pytest.approx(0.0)
+    assert fit_batch(small, 64) is small
+    no_maps = batch._replace(heatmaps=torch.zeros(2, 0, 128, 128))
+    assert fit_batch(no_maps, 64).heatmaps.shape == (2, 0, 64, 64)
+
+
+def test_optimizer_spares_biases_norms_and_logit_scale_from_weight_decay():
+    config = contrastive_preset("tiny")
+    model = build_model(config, ("+No Finding",), seed=0)
+    decay, no_decay = make_optimizer(model, config.training).param_groups
+    assert decay["weight_decay"] == config.training.weight_decay and no_decay["weight_decay"] == 0
+    named = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any("bias" in named[id(p)] for p in no_decay["params"])
+    assert not any("logit_scale" in named[id(p)] for p in decay["params"])
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    config = contrastive_preset("tiny")
+    model = build_model(config, ("+No Finding",), seed=0)
+    optimizer = make_optimizer(model, config.training)
+    scheduler = make_scheduler(optimizer, config.training, total_steps=40)
+    lrs = []
+    for _ in range(40):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    peak = config.training.learning_rate
+    warmup = config.training.warmup_steps
+    assert lrs[0] == 0.0 and lrs[warmup] == pytest.approx(peak)
+    assert all(a <= b for a, b in itertools.pairwise(lrs[: warmup + 1]))
+    assert lrs[-1] < 0.01 * peak
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    config = contrastive_preset("tiny")
+    model = build_model(config, ("+No Finding", "+Pleural"), seed=4)
+    save_clip_checkpoint(tmp_path / "ckpt", model, config, {"epoch": 2})
+    loaded = load_clip_checkpoint(tmp_path / "ckpt")
+    assert loaded.heatmap_targets == ("+No Finding", "+Pleural") and loaded.info == {"epoch": 2}
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], tensor, rtol=0, atol=0)
+    assert not list(tmp_path.glob(".ckpt.tmp-*"))  # the atomic write left nothing behind
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing model\.safetensors"):
+        load_clip_checkpoint(tmp_path / "ckpt")

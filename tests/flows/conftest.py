@@ -1,0 +1,67 @@
+"""Fixtures shared by the flow tests of the contrastive trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flows.ingest import ingest_flow
+from storage.heatmap_store import HeatmapProvenance, HeatmapStore
+from storage.image_store import ImageStore
+from storage.synthetic import SynthConfig, write_synthetic_release
+
+HEATMAP_TARGETS = ("+No Finding", "+Pleural", "+Lung Lesion")
+
+
+def write_heatmaps(store: Path) -> None:
+    """A heatmap version whose channels are the images themselves, scaled per target (the
+    trainer must not care what the heat means), every finished item done but the first
+    training item."""
+    images = ImageStore.open(store)
+    provenance = HeatmapProvenance(
+        targets=HEATMAP_TARGETS,
+        mode="softmax",
+        scale=100.0,
+        level=50,
+        steps=3,
+        inversion_refinements=0,
+        clip_denoised=False,
+        preset="tiny",
+        image_size=64,
+        generator_sha256="a" * 64,
+        classifier_sha256="b" * 64,
+    )
+    heat = HeatmapStore.create(images, provenance)
+    done = np.flatnonzero(images.done_mask())
+    pixels = images.read_images(done).astype(np.float32)
+    k = len(HEATMAP_TARGETS)
+    heat.write_heatmaps(done, np.stack([pixels * (i + 1) / k for i in range(k)], axis=1))
+    items = images.items()
+    no_heatmap = items.loc[items["split"] == "train", "index"].iloc[0]
+    heat.mark_done(done[done != no_heatmap])
+
+
+@pytest.fixture(scope="session")
+def contrastive_store(tmp_path_factory, prefect_server) -> Path:
+    """A 64 px store of 60 synthetic studies (every view) with heatmaps in version v1."""
+    root = tmp_path_factory.mktemp("contrastive")
+    release = write_synthetic_release(root / "synth", SynthConfig(studies=60, size=64), seed=8)
+    path = root / "store"
+    ingest_flow(release=str(release.release_dir), store=str(path), size=64, views=[])
+    splits = ImageStore.open(path).items()["split"].value_counts()
+    assert splits["train"] >= 16 and splits["validate"] >= 4 and splits["test"] >= 4, splits
+    write_heatmaps(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two torch threads collapse (up to 40x slower per step, measured) when another process
+    holds a core; one is steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
