@@ -1,8 +1,11 @@
-"""The diffusion core of DAug: a pure library (torch, numpy, diffusers, safetensors only).
+"""The math of DAug: a pure library (torch, numpy and the model libraries only).
 
-Generator (DDPM UNet) and noise-aware classifier training, DDIM inversion and classifier-guided
-decoding, and the per-class heatmaps |minmax(x0) - minmax(x_cf)|. No Prefect, Ray, Zarr or
-storage imports: flows call these functions and own all file and cluster handling.
+Exported here, the diffusion core: generator (DDPM UNet) and noise-aware classifier training,
+DDIM inversion and classifier-guided decoding, and the per-class heatmaps
+|minmax(x0) - minmax(x_cf)|. The contrastive half lives in its modules, imported from there
+(they load open_clip): ``clip_config``, ``clip_model``, ``losses``, ``clip_training``,
+``metrics``, ``retrieval``. No Prefect, Ray, Zarr or storage imports: flows call these
+functions and own all file and cluster handling.
 """
 
 from daug_core.checkpoints import (

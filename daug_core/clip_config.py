@@ -391,11 +391,14 @@ def _tiny() -> ContrastiveConfig:
             context_length=77,
             architecture=TINY_ARCHITECTURE,
         ),
-        loss=HybridLossConfig(weight=0.7),
+        # From scratch, CLIP's own recipe (Radford et al. 2021, Sec. 2.5): temperature 0.07,
+        # learned. A fixed s = 100 (the official fine-tuning value) on random towers collapsed
+        # every embedding to one point in the demo (train InfoNCE stuck at ln 32).
+        loss=HybridLossConfig(weight=0.7, logit_scale=1 / 0.07, learn_logit_scale=True),
         training=ContrastiveTrainingConfig(
-            learning_rate=5e-4,
+            learning_rate=1e-3,
             weight_decay=0.01,
-            epochs=8,
+            epochs=16,
             batch_size=32,
             warmup_steps=10,
             seed=0,

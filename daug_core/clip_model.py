@@ -53,6 +53,7 @@ import json
 import logging
 import math
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -88,14 +89,25 @@ class ClipEmbeddings(NamedTuple):
     text: torch.Tensor
 
 
+_REGISTRATION = threading.Lock()
+
+
 def register_architecture(config: ClipModelConfig) -> None:
     """Make ``config.model_name`` known to open_clip (create_model, get_tokenizer).
 
     A custom :class:`~daug_core.clip_config.ClipArchitecture` is written to a temporary JSON file
     and registered with ``open_clip.add_model_config`` (open_clip keeps the parsed config, so the
     file is removed again). Re-registering a name this process registered replaces it; a name that
-    open_clip already knows from elsewhere (a built-in) is refused.
+    open_clip already knows from elsewhere (a built-in) is refused. ``add_model_config`` rescans
+    every directory ever registered, so registrations take turns under a lock (the ablation
+    flow builds models in two threads; a concurrent rescan saw the other thread's temporary
+    file vanish).
     """
+    with _REGISTRATION:
+        _register(config)
+
+
+def _register(config: ClipModelConfig) -> None:
     if config.architecture is None:
         if open_clip.get_model_config(config.model_name) is None:
             raise ModelLoadError(

@@ -192,6 +192,17 @@ class _Means:
         return EpochStats(loss, clip, cls, self.batches, self.items, seconds)
 
 
+MAX_LOGIT_SCALE = 100.0
+
+
+def clamp_logit_scale(model: HeatmapClip) -> None:
+    """A learned scale stays <= 100, as CLIP clips it (Radford et al. 2021, Sec. 2.5)."""
+    log_scale = model.clip.logit_scale
+    if log_scale.requires_grad:
+        with torch.no_grad():
+            log_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+
+
 def train_epoch(
     model: HeatmapClip,
     loss_fn: HybridContrastiveLoss,
@@ -216,6 +227,7 @@ def train_epoch(
         parts.total.backward()
         optimizer.step()
         scheduler.step()
+        clamp_logit_scale(model)
         means.add(parts, batch.image.shape[0])
         if on_step is not None:
             on_step(means.batches, float(parts.total))

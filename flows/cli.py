@@ -445,7 +445,7 @@ def demo(
     generator_steps: Annotated[int, typer.Option(help="generator training steps")] = 300,
     classifier_steps: Annotated[int, typer.Option(help="classifier training steps")] = 600,
     heatmap_steps: Annotated[int, typer.Option(help="DDIM steps per direction")] = 10,
-    ablation_seeds: Annotated[int, typer.Option(help="seeds of the ablation grid")] = 3,
+    ablation_seeds: Annotated[int, typer.Option(help="seeds of the ablation grid")] = 2,
 ) -> None:
     """Run the whole pipeline end to end on a synthetic release (tiny preset)."""
     from flows.ablate import ablate_flow

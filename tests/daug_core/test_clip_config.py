@@ -64,7 +64,9 @@ def test_tiny_preset_is_a_small_custom_architecture() -> None:
     assert cfg.model.image_size == 64 and cfg.model.architecture.vision_patch_size == 8
     assert cfg.model.context_length <= 77
     assert cfg.model.pretrained is None
-    assert cfg.training.learning_rate == 5e-4 and cfg.training.batch_size == 32
+    assert cfg.training.batch_size == 32
+    # Trained from scratch: CLIP's learned temperature from 0.07, not the fine-tuning s = 100.
+    assert cfg.loss.learn_logit_scale and cfg.loss.logit_scale == pytest.approx(1 / 0.07)
 
 
 @pytest.mark.parametrize("name", ["tiny", "paper"])

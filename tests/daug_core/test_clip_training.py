@@ -3,7 +3,9 @@ schedule, checkpoint round trip."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from daug_core.clip_config import contrastive_preset
 from daug_core.clip_training import (
     ClipBatch,
     build_model,
+    clamp_logit_scale,
     fit_batch,
     load_clip_checkpoint,
     make_optimizer,
@@ -76,3 +79,19 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     (tmp_path / "ckpt" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"missing model\.safetensors"):
         load_clip_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_learned_logit_scale_is_clamped_at_100_and_a_fixed_one_left_alone():
+    config = contrastive_preset("tiny")
+    model = build_model(config, ("+No Finding",), seed=0)
+    assert model.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(10.0)  # e^10
+    clamp_logit_scale(model)
+    assert model.logit_scale.item() == pytest.approx(100.0, rel=1e-5)
+    paper_loss = contrastive_preset("paper").loss
+    fixed = build_model(dataclasses.replace(config, loss=paper_loss), ("+No Finding",), seed=0)
+    with torch.no_grad():
+        fixed.clip.logit_scale.fill_(10.0)
+    clamp_logit_scale(fixed)
+    assert fixed.logit_scale.item() == pytest.approx(math.exp(10.0), rel=1e-5)

@@ -1,5 +1,6 @@
 """The `daug` command line: real subprocesses, exit codes and messages."""
 
+import os
 import subprocess
 import sys
 
@@ -7,8 +8,13 @@ import pandas as pd
 
 
 def daug(*args: str) -> subprocess.CompletedProcess[str]:
+    # Wide columns: typer's error box would otherwise wrap long temporary paths.
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"COLUMNS": "400"},
     )
 
 
@@ -69,3 +75,13 @@ def test_delete_heatmaps_asks_then_deletes_only_that_version(tmp_path):
     deleted = daug("delete-heatmaps", store, "v1", "--yes")
     assert deleted.returncode == 0, deleted.stderr[-2000:]
     assert HeatmapStore.versions(ImageStore.open(store)) == ["v2"]
+
+
+def test_train_and_evaluate_refuse_bad_options_before_starting_prefect(tmp_path):
+    bad_mode = daug("train", "--store", str(tmp_path), "--out", str(tmp_path / "o"), "--mode", "x")
+    assert bad_mode.returncode == 2 and "--mode must be one of" in bad_mode.stderr
+    no_store = daug("train", "--store", str(tmp_path / "none"), "--out", str(tmp_path / "o"))
+    assert no_store.returncode == 2 and "error:" in no_store.stderr
+    assert "Traceback" not in no_store.stderr
+    no_ckpt = daug("evaluate", "--checkpoint", str(tmp_path), "--store", str(tmp_path))
+    assert no_ckpt.returncode == 2 and "holds no clip.json" in no_ckpt.stderr
