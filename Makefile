@@ -15,7 +15,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export no_proxy := 127.0.0.1,localhost
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean serve browser
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -29,13 +29,39 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# The browser test drives Debian's Chromium headless; install it when missing (root or
+# passwordless sudo). Where that is impossible the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "chromium could not be installed: the browser test will be skipped"; }
 
 # http_proxy to a closed port stops Ray probing cloud metadata at start-up (no network here);
 # loopback traffic bypasses it through no_proxy. Only for running, never for pip.
 demo: install
 	http_proxy=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 $(BIN)/daug demo $(DEMO_OUT)
+
+# A local Prefect server with the daug-process pool, every deployment of deployment.yaml and
+# a process worker in the foreground (Ctrl-C stops worker and server). UI: http://127.0.0.1:4200
+PREFECT_PORT ?= 4200
+serve: install
+	mkdir -p .prefect
+	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
+	export PREFECT_UI_API_URL=$$PREFECT_API_URL; \
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & \
+	server=$$!; trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq 120); do curl -sf $$PREFECT_API_URL/health >/dev/null && break; sleep 1; done; \
+	curl -sf $$PREFECT_API_URL/health >/dev/null || { tail -20 .prefect/server.log; exit 1; }; \
+	$(BIN)/prefect work-pool create daug-process --type process --overwrite; \
+	$(BIN)/prefect --no-prompt deploy --prefect-file deployment.yaml --all; \
+	echo "UI: http://127.0.0.1:$(PREFECT_PORT)  (export PREFECT_API_URL=$$PREFECT_API_URL to use it)"; \
+	http_proxy=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 \
+	  $(BIN)/prefect worker start --pool daug-process
 
 bench: install
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python "$$script"; done

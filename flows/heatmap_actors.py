@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,10 @@ class HeatmapWorker:
     def ready(self) -> bool:
         """Returns once the models are loaded (lets a pool surface load errors early)."""
         return True
+
+    def pid(self) -> int:
+        """The worker's process id (operations: find or kill an actor's process)."""
+        return os.getpid()
 
     def _compute(self, images: np.ndarray) -> np.ndarray:
         x0 = to_model_space(images, self.spec.config.image_size).to(self.device)

@@ -214,6 +214,38 @@ def test_pool_replaces_an_actor_that_is_dead_for_good(setup):
         np.testing.assert_array_equal(outcome.heatmaps, before.heatmaps)
 
 
+def test_a_killed_actor_process_mid_run_loses_nothing(setup, first_run, monkeypatch):
+    """SIGKILL an actor's process once the pool is up: Ray restarts it, the batch it held is
+    retried, and the run's heatmaps equal the uninterrupted run's."""
+    import os
+    import signal
+
+    import ray
+
+    import flows.precompute as precompute_module
+
+    killed: list[int] = []
+
+    class KillingPool(RayHeatmapPool):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            pid = ray.get(self.actors[0].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    monkeypatch.setattr(precompute_module, "RayHeatmapPool", KillingPool)
+    run = precompute_flow(
+        store=str(setup["store"]), checkpoints=str(setup["ckpt"]), **RUN, version="killed"
+    )
+    assert killed and run["done"] == first_run["done"] and run["failed"] == first_run["failed"]
+    images = ImageStore.open(setup["store"], read_only=True)
+    everything = np.arange(len(images))
+    np.testing.assert_array_equal(
+        HeatmapStore(images, "killed").read_heatmaps(everything),
+        HeatmapStore(images).read_heatmaps(everything),
+    )
+
+
 def test_model_input_maps_unit_pixels_to_minus_one_one_and_area_downscales():
     from flows.model_input import to_model_space
 

@@ -1,0 +1,277 @@
+"""deployment.yaml on a real Prefect server: deploy everything, run deployments on a process
+worker, check schedules and the artifacts a data engineer sees, and look at a flow run in the
+Prefect UI with headless Chromium (screenshot kept in docs/).
+
+The server runs in its own PREFECT_HOME on a free port, as `make serve` starts it; the test
+process talks to it through a client with that API URL (the session's test harness is left
+alone).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateName,
+)
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
+from daug_core.classifier_training import init_classifier_state
+from daug_core.config import preset
+from daug_core.generator import init_generator_state
+from storage.heatmap_store import HeatmapStore
+from storage.image_store import ImageStore
+from storage.synthetic import SynthConfig, write_synthetic_release
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DEPLOYMENTS = yaml.safe_load((ROOT / "deployment.yaml").read_text())["deployments"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str  # http://127.0.0.1:PORT
+    env: dict[str, str]
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api"
+
+    def prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "prefect"), *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def client(self) -> Any:
+        return get_client(sync_client=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """`prefect server start` + the daug-process pool + `prefect deploy --all`."""
+    root = tmp_path_factory.mktemp("prefect_server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = os.environ | {
+        "PREFECT_HOME": str(root / "home"),
+        "PREFECT_API_URL": f"{url}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"{url}/api",
+        "no_proxy": "127.0.0.1,localhost",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "http_proxy": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("RAY_ADDRESS", None)  # workers start their own local Ray
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    handle = Server(url, env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Prefect server did not start in 120 s"
+            time.sleep(0.5)
+        pool = handle.prefect("work-pool", "create", "daug-process", "--type", "process")
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deploy = handle.prefect(
+            "--no-prompt", "deploy", "--prefect-file", "deployment.yaml", "--all"
+        )
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        with temporary_settings(updates={PREFECT_API_URL: handle.api}):
+            yield handle
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def _run_deployment(server: Server, name: str, parameters: dict[str, Any]) -> Any:
+    """Create a run of deployment ``name`` and execute it with a one-shot process worker."""
+    with server.client() as client:
+        deployment = client.read_deployment_by_name(name)
+        run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    worker = server.prefect("worker", "start", "--pool", "daug-process", "--run-once", timeout=600)
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    with server.client() as client:
+        return client.read_flow_run(run.id)
+
+
+def test_every_deployment_is_registered_as_written(server):
+    with server.client() as client:
+        registered = {d.name: d for d in client.read_deployments()}
+    assert set(registered) == {d["name"] for d in DEPLOYMENTS}
+    for spec in DEPLOYMENTS:
+        deployment = registered[spec["name"]]
+        assert deployment.entrypoint == spec["entrypoint"]
+        assert deployment.work_pool_name == "daug-process"
+        assert set(spec["tags"]) <= set(deployment.tags)
+        for key, value in spec["parameters"].items():
+            assert deployment.parameters[key] == value, (spec["name"], key)
+
+
+def test_schedules_produce_scheduled_runs(server):
+    scheduled = [d["name"] for d in DEPLOYMENTS if d.get("schedules")]
+    assert scheduled, "deployment.yaml schedules nothing (reprocess-release should be nightly)"
+    deadline = time.monotonic() + 60
+    with server.client() as client:
+        while True:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=scheduled)),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled"]))
+                ),
+            )
+            if {r.deployment_id for r in runs} and len(runs) >= len(scheduled):
+                break
+            assert time.monotonic() < deadline, f"no scheduled runs for {scheduled}"
+            time.sleep(1)
+    assert all(r.expected_start_time is not None for r in runs)
+
+
+@pytest.fixture(scope="module")
+def precompute_run(server, tmp_path_factory) -> dict[str, Any]:
+    """The ingest and precompute deployments run by a worker on a small synthetic release."""
+    root = tmp_path_factory.mktemp("deployed")
+    release = write_synthetic_release(root / "synth", SynthConfig(studies=12, size=64), seed=4)
+    store = root / "store"
+    ingested = _run_deployment(
+        server,
+        "ingest/ingest-release",
+        {
+            "release": str(release.release_dir),
+            "store": str(store),
+            "size": 64,
+            "shard_items": 4,
+            "sharded": False,
+        },
+    )
+    config = preset("tiny")
+    ckpt = root / "ckpt"
+    save_generator_checkpoint(
+        init_generator_state(config, generator=torch.Generator().manual_seed(0)),
+        ckpt / "generator",
+    )
+    save_classifier_checkpoint(
+        init_classifier_state(config, pos_weight=None, generator=torch.Generator().manual_seed(1)),
+        ckpt / "classifier",
+    )
+    heatmaps = _run_deployment(
+        server,
+        "precompute/precompute",
+        {
+            "store": str(store),
+            "checkpoints": str(ckpt),
+            "preset_name": "tiny",
+            "targets": ["+No Finding", "+Pleural"],
+            "level": 50,
+            "steps": 3,
+            "inversion_refinements": 0,
+            "actors": 1,
+            "cpus_per_actor": 1.0,
+            "gpus_per_actor": 0.0,
+            "batch_size": 4,
+        },
+    )
+    return {"ingest": ingested, "precompute": heatmaps, "store": store}
+
+
+def test_deployment_runs_complete_on_a_worker_and_write_their_outputs(precompute_run):
+    assert precompute_run["ingest"].state.is_completed(), precompute_run["ingest"].state
+    assert precompute_run["precompute"].state.is_completed(), precompute_run["precompute"].state
+    images = ImageStore.open(precompute_run["store"], read_only=True)
+    done = images.done_mask()
+    assert done.sum() >= 4
+    heat = HeatmapStore(images)
+    assert heat.targets == ("+No Finding", "+Pleural")
+    np.testing.assert_array_equal(heat.done_mask(), done)
+    assert precompute_run["precompute"].name.startswith("precompute-store-v1-")
+
+
+def test_the_run_shows_progress_summary_failures_and_plot_links(server, precompute_run):
+    run = precompute_run["precompute"]
+    with server.client() as client:
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+    kinds = {(a.type, (a.key or "").rsplit("-", 1)[-1]) for a in artifacts}
+    assert ("progress", "progress") in kinds
+    assert ("table", "summary") in kinds and ("table", "failures") in kinds
+    markdown = [a for a in artifacts if a.type == "markdown"]
+    assert markdown and "examples.png" in str(markdown[0].data)
+    progress = next(a for a in artifacts if a.type == "progress")
+    assert float(progress.data) == 100.0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)")
+def test_flow_run_page_in_a_browser(server, precompute_run):
+    playwright = pytest.importorskip("playwright.sync_api")
+    run = precompute_run["precompute"]
+    shot = ROOT / "docs" / "precompute-run-artifacts.png"
+    shot.parent.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{server.url}/runs/flow-run/{run.id}", wait_until="networkidle")
+            page.get_by_text(run.name).first.wait_for(timeout=30_000)
+            page.get_by_text("Artifacts", exact=True).first.click()
+            for suffix in ("progress", "summary", "failures", "examples"):
+                card = page.get_by_text(f"precompute-store-v1-{suffix}", exact=True)
+                card.first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 20_000
