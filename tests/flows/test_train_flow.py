@@ -89,5 +89,5 @@ def test_every_mode_trains_one_epoch(contrastive_store, tmp_path, mode):
 def test_another_config_in_the_same_folder_is_refused(contrastive_store, tmp_path):
     train_contrastive(contrastive_store, tmp_path / "run", small(epochs=1))
     with pytest.raises(ValueError, match="another config"):
-        train_contrastive(contrastive_store, tmp_path / "run", small(epochs=1, learning_rate=1e-3))
+        train_contrastive(contrastive_store, tmp_path / "run", small(epochs=1, learning_rate=2e-3))
     shutil.rmtree(tmp_path / "run")
