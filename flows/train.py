@@ -60,7 +60,12 @@ from daug_core.clip_training import (
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import classification_auc
 from flows.monitoring import ProgressReporter, artifact_key, table_artifact
-from storage.contrastive_dataset import AugmentConfig, ContrastiveDataset, make_loader
+from storage.contrastive_dataset import (
+    AugmentConfig,
+    ContrastiveDataset,
+    MissingHeatmaps,
+    make_loader,
+)
 from storage.labels import CHEXPERT_LABELS
 from storage.tables import DirectoryTables
 
@@ -130,9 +135,14 @@ def heatmap_channels(config: ContrastiveConfig) -> tuple[str, ...] | None:
 
 
 def open_datasets(
-    store: str | Path, config: ContrastiveConfig, heatmap_version: str | None, splits: list[str]
+    store: str | Path,
+    config: ContrastiveConfig,
+    heatmap_version: str | None,
+    splits: list[str],
+    missing_heatmaps: MissingHeatmaps = "exclude",
 ) -> dict[str, ContrastiveDataset]:
-    """One dataset per split; training augmentation only on ``train``."""
+    """One dataset per split; training augmentation only on ``train``. Items whose heatmaps
+    are not done are left out and counted, or refused (``missing_heatmaps="fail"``)."""
     channels = heatmap_channels(config)
     version = heatmap_version if channels is not None else None
     targets = None if not channels else list(channels)
@@ -149,7 +159,7 @@ def open_datasets(
             split,
             heatmap_version=version,
             heatmap_targets=targets,
-            missing_heatmaps="exclude",
+            missing_heatmaps=missing_heatmaps,
             augment=augment if split == "train" else None,
             seed=training.seed,
             text_transform=tokenizer,
@@ -196,12 +206,13 @@ def train_contrastive(
     config: ContrastiveConfig,
     heatmap_version: str | None = "v1",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    missing_heatmaps: MissingHeatmaps = "exclude",
 ) -> TrainResult:
     """Train (or resume) into ``out``; see the module docstring for what is written."""
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = open_datasets(store, config, heatmap_version, ["train", "validate"])
+    data = open_datasets(store, config, heatmap_version, ["train", "validate"], missing_heatmaps)
     train_set, val_set = data["train"], data["validate"]
     training = config.training
     batch_size = min(training.batch_size, len(train_set))
@@ -347,6 +358,7 @@ def train_flow(
     learning_rate: float | None = None,
     seed: int | None = None,
     pretrained: str | None = None,
+    missing_heatmaps: MissingHeatmaps = "exclude",
 ) -> dict[str, Any]:
     """Train the heatmap-augmented CLIP model on STORE's train split into OUT (resumable).
 
@@ -361,6 +373,7 @@ def train_flow(
         class_loss: bce | paired.
         epochs / batch_size / learning_rate / seed: override the preset's training numbers.
         pretrained: a local open_clip checkpoint file (.pt or .safetensors).
+        missing_heatmaps: exclude (and count) items whose heatmaps are not done, or fail.
     """
     logger = get_run_logger()
     config = contrastive_config(
@@ -375,7 +388,12 @@ def train_flow(
     if existing.is_file():
         progress.advance(int(json.loads(existing.read_text())["info"]["epoch"]))
     result = train_contrastive(
-        store, out, config, heatmap_version, on_epoch=lambda row: progress.advance(1)
+        store,
+        out,
+        config,
+        heatmap_version,
+        on_epoch=lambda row: progress.advance(1),
+        missing_heatmaps=missing_heatmaps,
     )
     table_artifact(
         f"{key}-metrics",

@@ -91,3 +91,12 @@ def test_another_config_in_the_same_folder_is_refused(contrastive_store, tmp_pat
     with pytest.raises(ValueError, match="another config"):
         train_contrastive(contrastive_store, tmp_path / "run", small(epochs=1, learning_rate=2e-3))
     shutil.rmtree(tmp_path / "run")
+
+
+def test_missing_heatmaps_can_fail_instead_of_excluding(contrastive_store, tmp_path):
+    from storage.contrastive_dataset import MissingHeatmapsError
+
+    with pytest.raises(MissingHeatmapsError, match="have no heatmaps"):
+        train_contrastive(
+            contrastive_store, tmp_path / "run", small(epochs=1), missing_heatmaps="fail"
+        )
