@@ -134,6 +134,35 @@ def synth(
     console.print(summary)
 
 
+@app.command("synth-next")
+def synth_next(
+    base: Annotated[
+        Path, typer.Argument(help="a `daug synth` output: BASE/release, BASE/ground_truth")
+    ],
+    out: Annotated[Path, typer.Argument(help="output folder: OUT/release and OUT/ground_truth")],
+    new_fraction: Annotated[float, typer.Option(help="new studies, fraction of BASE's")] = 0.05,
+    relabel_fraction: Annotated[float, typer.Option(help="studies with a flipped label")] = 0.03,
+    report_fraction: Annotated[float, typer.Option(help="studies with a changed report")] = 0.02,
+    pixel_fraction: Annotated[float, typer.Option(help="images with new pixels")] = 0.02,
+    remove_fraction: Annotated[float, typer.Option(help="studies removed")] = 0.02,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: BASE's)")] = None,
+    size: Annotated[int | None, typer.Option(help="new images' side (default: BASE's)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing OUT/release")] = False,
+) -> None:
+    """Derive a next synthetic release from BASE with known changes (ground_truth/changes.csv)."""
+    from storage.synthetic.next_release import ReleaseChangeConfig, write_next_release
+
+    try:
+        changes = ReleaseChangeConfig(
+            new_fraction, relabel_fraction, report_fraction, pixel_fraction, remove_fraction, size
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    summary = write_next_release(base, out, changes, seed, overwrite=overwrite)
+    console.print(f"release: {summary.release_dir}\nchanges: {summary.changes_csv}")
+    console.print(f"changed images per kind: {summary.counts} ({summary.images} images)")
+
+
 @app.command()
 def ingest(
     release: Annotated[Path, typer.Argument(help="release root (files/ + mimic-cxr-2.0.0-*.csv)")],
@@ -311,18 +340,24 @@ def train(
         str | None, typer.Option(help="local open_clip checkpoint (.pt / .safetensors)")
     ] = None,
     torch_threads: Annotated[int, typer.Option(help="torch threads (0: torch's default)")] = 0,
+    missing_heatmaps: Annotated[
+        str, typer.Option(help="exclude (and count) items without heatmaps, or fail")
+    ] = "exclude",
 ) -> None:
     """Train the heatmap-augmented CLIP model with the hybrid loss (resumable)."""
     import torch
 
     from daug_core.clip_config import ClassLoss, HeatmapMode
     from flows.train import TrainOverrides, contrastive_config, train_flow
+    from storage.contrastive_dataset import MissingHeatmaps
     from storage.image_store import ImageStore
 
     if mode not in get_args(HeatmapMode):
         raise typer.BadParameter(f"--mode must be one of {get_args(HeatmapMode)}")
     if class_loss is not None and class_loss not in get_args(ClassLoss):
         raise typer.BadParameter(f"--class-loss must be one of {get_args(ClassLoss)}")
+    if missing_heatmaps not in get_args(MissingHeatmaps):
+        raise typer.BadParameter(f"--missing-heatmaps must be one of {get_args(MissingHeatmaps)}")
     ImageStore.open(store, read_only=True)
     overrides = TrainOverrides(
         cast(HeatmapMode, mode),
@@ -343,6 +378,7 @@ def train(
             out=str(out),
             preset_name=preset,
             heatmap_version=heatmap_version,
+            missing_heatmaps=cast(MissingHeatmaps, missing_heatmaps),
             **dataclasses.asdict(overrides),
         )
     console.print_json(json.dumps(result, default=str))
@@ -421,6 +457,7 @@ def delete_heatmaps(
     from storage.errors import StoreFormatError
     from storage.heatmap_store import HeatmapStore
     from storage.image_store import ImageStore
+    from storage.locks import StoreLock
 
     images = ImageStore.open(store)
     if version not in HeatmapStore.versions(images):
@@ -431,8 +468,138 @@ def delete_heatmaps(
     done = int(HeatmapStore(images, version).done_mask().sum())
     if not yes:
         typer.confirm(f"delete heatmaps {version} of {store} ({done} items done)?", abort=True)
-    HeatmapStore.delete_version(images, version)
+    with StoreLock.for_store(images, owner=f"delete-heatmaps:{version}"):
+        HeatmapStore.delete_version(images, version)
     console.print(f"deleted heatmaps {version} ({done} items) from {store}")
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="image store to check (with its heatmaps)")],
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair/--no-repair",
+            help="clear the done flag of corrupted items so ingest / precompute redo them",
+        ),
+    ] = True,
+    rows: Annotated[int, typer.Option(help="problems shown in the table (all are counted)")] = 50,
+) -> None:
+    """Re-read every finished image and heatmap item: checksums and finite values.
+
+    Corrupted items are listed and, unless --no-repair, marked not done:
+    the next `daug ingest` re-ingests the images, the next `daug precompute`
+    recomputes the heatmaps.
+
+    Exit code 0: nothing found; 1: corruption found; 2: bad input (not a
+    store, or the store is locked by another run).
+    """
+    from rich.table import Table
+
+    from storage.image_store import ImageStore
+    from storage.verify import verify_store
+
+    images = ImageStore.open(store)
+    with _progress() as progress:
+        task = progress.add_task("items re-read", total=None)
+        report = verify_store(
+            images,
+            repair=repair,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if not report.clean:
+        table = Table("index", "dicom_id", "array", "reason", title=f"corrupted items in {store}")
+        for row in report.problems.head(rows).itertuples(index=False):
+            table.add_row(*(str(value) for value in row))
+        console.print(table)
+        if report.corrupted > rows:
+            console.print(f"... and {report.corrupted - rows} more")
+    for name in report.unchecksummed:
+        console.print(f"note: {name} was written without checksums (older store)")
+    action = (
+        f"cleared {report.cleared} done flags: rerun ingest / precompute to redo them"
+        if repair
+        else "nothing changed (--no-repair)"
+    )
+    console.print(
+        f"verified {store}: {report.checked} finished items re-read, "
+        f"{report.corrupted} corrupted" + (f"; {action}" if not report.clean else "")
+    )
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reprocess(
+    release: Annotated[Path, typer.Argument(help="the new release root (MIMIC-CXR layout)")],
+    store: Annotated[Path, typer.Option(help="the image store to update")],
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(help="train-generator output for the heatmaps (default: no heatmaps)"),
+    ] = None,
+    heatmap_version: Annotated[
+        str | None, typer.Option(help="heatmap version to continue (default: the current)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="images per actor call")] = 8,
+    actors: Annotated[int, typer.Option(help="Ray actors (0: one per CPU or GPU)")] = 0,
+    cpus_per_actor: Annotated[float, typer.Option(help="CPUs (= torch threads) per actor")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor (0: CPU)")] = 0.0,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster (default: local)")] = None,
+    retrain: Annotated[bool, typer.Option(help="train the contrastive model again")] = False,
+    train_out: Annotated[
+        Path | None, typer.Option(help="its output folder (default: in the run folder)")
+    ] = None,
+    train_epochs: Annotated[int | None, typer.Option(help="override the epochs")] = None,
+    evaluate: Annotated[
+        bool, typer.Option(help="evaluate and report deltas against the last evaluation")
+    ] = False,
+) -> None:
+    """Update a store for a new release: only new and changed items are (re)done."""
+    from storage.image_store import ImageStore
+    from storage.release import ReleaseReader
+
+    # Fail before the heavy imports and a Prefect server on a missing store or release.
+    images = ImageStore.open(store, read_only=True)
+    from flows.reprocess import ingest_settings, reprocess_flow
+
+    settings = ingest_settings(images)
+    reader = ReleaseReader(release, settings.reader)
+    for kind in ("metadata", "split", settings.reader.labeler):
+        reader.csv_path(kind)
+    if checkpoints is not None:
+        for name in ("generator", "classifier"):
+            if not (checkpoints / name).is_dir():
+                raise typer.BadParameter(
+                    f"{checkpoints / name} does not exist", param_hint="--checkpoints"
+                )
+    with _flow_progress():
+        result = reprocess_flow(
+            release=str(release),
+            store=str(store),
+            checkpoints=str(checkpoints) if checkpoints else None,
+            heatmap_version=heatmap_version,
+            batch_size=batch_size,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            ray_address=ray_address,
+            retrain=retrain,
+            train_out=str(train_out) if train_out else None,
+            train_epochs=train_epochs,
+            evaluate=evaluate,
+        )
+    console.print((Path(result["run_dir"]) / "report.md").read_text())
+
+
+@app.command()
+def status(
+    store: Annotated[Path, typer.Argument(help="image store")],
+) -> None:
+    """Releases seen, items by state and split, heatmap versions, the last evaluation."""
+    from storage.image_store import ImageStore
+    from storage.status import format_status, store_status
+
+    typer.echo(format_status(store_status(ImageStore.open(store, read_only=True))))
 
 
 @app.command()

@@ -52,7 +52,9 @@ from flows.monitoring import artifact_key, table_artifact
 from flows.train import prompt_tokens
 from storage.contrastive_dataset import ContrastiveDataset, make_loader
 from storage.geometry import fit_to_square
+from storage.image_store import ImageStore
 from storage.labels import CHEXPERT_LABELS
+from storage.status import record_evaluation
 
 log = logging.getLogger(__name__)
 CLASS_KS = (1, 3, 5, 10)
@@ -398,5 +400,7 @@ def evaluate_flow(
         f"mode {metrics['heatmap_mode']}, w = {metrics['loss_weight']}.\n\n"
         f"{headline_markdown(metrics['headline'])}\n\n{plots}\n",
     )
+    # The store remembers its last evaluation (`daug status`, reprocess metric deltas).
+    record_evaluation(ImageStore.open(store), target / "metrics.json", metrics)
     logger.info("evaluation of %s: %s", checkpoint, metrics["headline"])
     return metrics

@@ -23,6 +23,7 @@ from storage.ingest import (
     summarise_store,
 )
 from storage.labels import UncertaintyPolicy
+from storage.locks import StoreLock
 from storage.release import FRONTAL_VIEWS, ReaderConfig, ReleaseReader
 
 
@@ -65,7 +66,8 @@ def ingest_flow(
     """Read RELEASE (MIMIC-CXR or MIMIC-CXR-JPG layout) into the image store STORE.
 
     Idempotent and resumable: finished items are skipped, a killed run is completed by
-    rerunning it. Bad items go to STORE/quarantine.csv and never stop the run.
+    rerunning it. Bad items go to STORE/quarantine.csv and never stop the run. The run holds
+    STORE/.daug.lock while it writes: another writer on the same store is refused.
 
     Args:
         release: release root (holds ``files/`` and the ``mimic-cxr-2.0.0-*.csv[.gz]``).
@@ -80,7 +82,6 @@ def ingest_flow(
         fit: pad (keep the whole image) or crop (fill the square).
         retry_quarantined: try quarantined items again (after fixing their files).
     """
-    logger = get_run_logger()
     config = IngestConfig(
         size=size,
         fit=FitMode(fit),
@@ -95,7 +96,17 @@ def ingest_flow(
         retry_quarantined=retry_quarantined,
     )
     reader = ReleaseReader(release, config.reader)
-    image_store = ImageStore.open_or_create(store, size, shard_items, sharded)
+    Path(store).mkdir(parents=True, exist_ok=True)  # the lock file lives in it
+    with StoreLock(Path(store), owner="ingest"):
+        return _ingest_locked(release, store, config, reader)
+
+
+def _ingest_locked(
+    release: str, store: str, config: IngestConfig, reader: ReleaseReader
+) -> dict[str, Any]:
+    """The writing part of :func:`ingest_flow`, run while holding the store's lock."""
+    logger = get_run_logger()
+    image_store = ImageStore.open_or_create(store, config.size, config.shard_items, config.sharded)
     plan = plan_ingest(image_store, reader, config)
     logger.info("plan: %s in %d shards", plan.counts, len(plan.shards))
 

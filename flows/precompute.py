@@ -36,6 +36,7 @@ from flows.heatmap_actors import RayHeatmapPool, WorkerSpec
 from flows.monitoring import ProgressReporter, artifact_key, table_artifact
 from storage.heatmap_store import DEFAULT_VERSION, HeatmapProvenance, HeatmapStore
 from storage.image_store import ImageStore
+from storage.locks import StoreLock
 from storage.precompute import (
     HeatmapComputer,
     HeatmapShardResult,
@@ -241,7 +242,8 @@ def precompute_flow(
     Idempotent and resumable: done items are skipped; a killed run is completed by rerunning
     it. A version holds one provenance: other checkpoints, targets or guidance numbers are
     refused unless written to a new ``version``. Items that fail are listed in
-    ``heatmaps/VERSION/failures.csv`` and never stop the run.
+    ``heatmaps/VERSION/failures.csv`` and never stop the run. The run holds STORE/.daug.lock
+    while it writes: another writer on the same store is refused.
 
     Args:
         store: image store directory (from the ingest flow).
@@ -260,7 +262,6 @@ def precompute_flow(
         retry_failed: compute items that failed in an earlier run again.
         examples: items shown in the example overlay grid.
     """
-    logger = get_run_logger()
     started = time.perf_counter()
     config = heatmap_config(
         preset_name,
@@ -269,6 +270,44 @@ def precompute_flow(
     chosen = tuple(targets) if targets else default_targets(config)
     ckpt = Path(checkpoints)
     provenance = heatmap_provenance(config, chosen, ckpt)
+    with StoreLock(Path(store), owner=f"precompute:{version}"):
+        return _precompute_locked(
+            store,
+            version,
+            ckpt,
+            config,
+            provenance,
+            splits=splits,
+            retry_failed=retry_failed,
+            batch_size=batch_size,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            ray_address=ray_address,
+            examples=examples,
+            started=started,
+        )
+
+
+def _precompute_locked(
+    store: str,
+    version: str,
+    ckpt: Path,
+    config: DiffusionConfig,
+    provenance: HeatmapProvenance,
+    *,
+    splits: list[str] | None,
+    retry_failed: bool,
+    batch_size: int,
+    actors: int,
+    cpus_per_actor: float,
+    gpus_per_actor: float,
+    ray_address: str | None,
+    examples: int,
+    started: float,
+) -> dict[str, Any]:
+    """The writing part of :func:`precompute_flow`, run while holding the store's lock."""
+    logger = get_run_logger()
     image_store = ImageStore.open(store)
     heatmap_store = HeatmapStore.open_or_create(image_store, provenance, version)
     plan = plan_heatmaps(heatmap_store, image_store, splits, retry_failed)

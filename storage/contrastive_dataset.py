@@ -73,9 +73,10 @@ class CorruptItemError(StoreFormatError):
 class ExclusionCounts:
     """Items of the requested splits left out, by reason.
 
-    ``quarantined``: not ingested (see quarantine.csv); ``not_done_image``: pending or its
-    ``done`` flag unset (an interrupted ingest); ``no_heatmap``: image fine but the heatmap
-    version has no ``heatmaps_done`` for it. The image store has no other status.
+    ``quarantined``: not ingested (see quarantine.csv); ``not_done_image``: pending, retired
+    (not in the latest release, see storage/release_update.py) or its ``done`` flag unset (an
+    interrupted ingest, a changed image waiting for re-ingest); ``no_heatmap``: image fine but
+    the heatmap version has no ``heatmaps_done`` for it.
     """
 
     quarantined: int = 0

@@ -33,10 +33,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
 
 from storage.errors import StoreFormatError
-from storage.image_store import ImageStore, Indices, read_items, set_flags, write_item_runs
+from storage.image_store import (
+    ImageStore,
+    Indices,
+    clear_flags,
+    flag_compressors,
+    pixel_compressors,
+    read_items,
+    set_flags,
+    write_item_runs,
+)
 from storage.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -177,7 +185,7 @@ class HeatmapStore:
             shards=(shard_items, k, s, s) if sharded else None,
             dtype="float16",
             fill_value=np.nan,
-            compressors=BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle),
+            compressors=pixel_compressors(),
             dimension_names=("item", "target", "y", "x"),
         )
         group.create_array(
@@ -186,6 +194,7 @@ class HeatmapStore:
             chunks=(shard_items,),
             dtype="bool",
             fill_value=False,
+            compressors=flag_compressors(),
             dimension_names=("item",),
         )
         # Attributes last: a group without them is not a heatmap store, so a crash during
@@ -290,6 +299,20 @@ class HeatmapStore:
 
     def done_mask(self) -> np.ndarray:
         return np.asarray(self.done[:], dtype=bool)
+
+    def invalidate(self, indices: Indices) -> None:
+        """Forget the heatmaps of items whose pixels changed: clear ``heatmaps_done`` and
+        drop them from failures.csv, so the next run computes them (old values stay until
+        overwritten; nothing reads an item that is not done)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        idx = idx[idx < len(self)]
+        if not len(idx):
+            return
+        self.consolidate()
+        clear_flags(self.done, idx)
+        failures = self.failures()
+        kept = failures[~failures["index"].isin(idx)].reset_index(drop=True)
+        self.image_store.tables.write(f"{self._tables_prefix}failures", kept)
 
     def read_heatmaps(self, indices: Indices) -> np.ndarray:
         """(k, K, S, S) float32; NaN for items never computed."""

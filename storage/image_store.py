@@ -8,6 +8,10 @@ Layout (readable with plain ``zarr`` and ``pandas``)::
     STORE/items.csv        one row per item; ``index`` is the row in ``images``
     STORE/quarantine.csv   dicom_id, source_path, reason for every item not ingested
     STORE/_parts/          per-shard results not yet folded into items.csv (transient)
+    STORE/.daug.lock       held by the run writing the store (storage/locks.py)
+
+Chunks of ``images`` and ``done`` carry a CRC-32C (:func:`pixel_compressors`); stores made
+before that have none and still open (storage/verify.py reports them as unchecksummed).
 
 Work is owned by shards of ``shard_items`` consecutive indices: one writer per shard
 touches that shard's image chunks (or its Zarr shard when ``sharded``), its ``done`` chunk
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from storage.errors import StoreFormatError
 from storage.labels import CHEXPERT_LABELS, LABEL_COLUMNS, SUPER_CLASS_COLUMNS
@@ -47,6 +51,9 @@ class ItemStatus(StrEnum):
     PENDING = "pending"
     OK = "ok"
     QUARANTINED = "quarantined"
+    # In the store but not in the latest release (storage/release_update.py): pixels, labels
+    # and heatmaps are kept, never used (only ``ok`` items are), never ingested again.
+    RETIRED = "retired"
 
 
 RESULT_COLUMNS: dict[str, str] = {
@@ -109,11 +116,37 @@ def write_item_runs(array: zarr.Array, indices: Indices, data: np.ndarray) -> No
             array[int(run_idx[0]) : int(run_idx[-1]) + 1] = run_data
 
 
+def pixel_compressors() -> tuple[BloscCodec, Crc32cCodec]:
+    """Codecs after ``bytes`` for image and heatmap chunks: Blosc-zstd, then a CRC-32C of the
+    compressed chunk, checked on every read (a flipped bit raises instead of returning wrong
+    pixels; ``daug verify`` looks for such chunks). With Zarr sharding these are the inner
+    chunks' codecs; the shard index carries its own CRC-32C (Zarr's default)."""
+    return BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle), Crc32cCodec()
+
+
+def flag_compressors() -> tuple[ZstdCodec, Crc32cCodec]:
+    """Codecs after ``bytes`` for the ``done`` flag arrays: zstd (Zarr's default), CRC-32C."""
+    return ZstdCodec(), Crc32cCodec()
+
+
 def set_flags(array: zarr.Array, indices: Indices) -> None:
     """Set a (N,) bool array to True at ``indices``."""
     idx = np.asarray(indices, dtype=np.int64)
     if len(idx):
         array.set_coordinate_selection((idx,), np.ones(len(idx), dtype=bool))
+
+
+def clear_flags(array: zarr.Array, indices: Indices) -> None:
+    """Set a (N,) bool array to False at ``indices``, rewriting each touched chunk whole
+    (read, modify, write) so the chunk's other flags are kept. The caller holds the store's
+    lock (storage/locks.py): no other run writes the chunk meanwhile."""
+    idx = np.unique(np.asarray(indices, dtype=np.int64))
+    step = int(array.chunks[0])
+    for chunk in np.unique(idx // step):
+        start, stop = int(chunk) * step, min((int(chunk) + 1) * step, int(array.shape[0]))
+        flags = np.asarray(array[start:stop], dtype=bool)
+        flags[idx[idx // step == chunk] - start] = False
+        array[start:stop] = flags
 
 
 def read_items(array: zarr.Array, indices: Indices) -> np.ndarray:
@@ -143,6 +176,11 @@ class ImageStore:
         self.done = self._array(group, "done")
         self._items: pd.DataFrame | None = None
 
+    @property
+    def directory(self) -> Path | None:
+        """The store's folder; None for an in-memory store."""
+        return self.tables.root if isinstance(self.tables, DirectoryTables) else None
+
     @staticmethod
     def _array(group: zarr.Group, name: str) -> zarr.Array:
         node = group[name]
@@ -155,7 +193,8 @@ class ImageStore:
     def _initialise(cls, store: Any, size: int, shard_items: int, sharded: bool) -> zarr.Group:
         if size < 8 or shard_items < 1:
             raise ValueError(f"size must be >= 8 and shard_items >= 1 (got {size}, {shard_items})")
-        group = zarr.open_group(store, mode="w")
+        # Not open_group(mode="w"): that empties the folder, which holds the run's lock file.
+        group = zarr.create_group(store, overwrite=False)
         group.attrs.update(
             {
                 "format": STORE_FORMAT,
@@ -170,7 +209,6 @@ class ImageStore:
                 "ingests": [],
             }
         )
-        compressor = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle)
         group.create_array(
             "images",
             shape=(0, size, size),
@@ -178,7 +216,7 @@ class ImageStore:
             shards=(shard_items, size, size) if sharded else None,
             dtype="float16",
             fill_value=np.nan,
-            compressors=compressor,
+            compressors=pixel_compressors(),
             dimension_names=("item", "y", "x"),
         )
         group.create_array(
@@ -187,6 +225,7 @@ class ImageStore:
             chunks=(shard_items,),
             dtype="bool",
             fill_value=False,
+            compressors=flag_compressors(),
             dimension_names=("item",),
         )
         return group
@@ -258,6 +297,23 @@ class ImageStore:
         table = _normalise(table, ITEM_DTYPES)
         self.tables.write(ITEMS_TABLE, table)
         self._items = table
+
+    def update_items(self, updates: pd.DataFrame) -> None:
+        """Overwrite columns of existing rows in place, by ``index`` (one atomic rewrite of
+        items.csv). ``updates`` holds ``index`` and any item columns except ``dicom_id``."""
+        unknown = set(updates.columns) - set(ITEM_DTYPES)
+        if unknown or "dicom_id" in updates.columns:
+            raise ValueError(f"cannot update item columns {sorted(unknown) or ['dicom_id']}")
+        if updates.empty:
+            return
+        items = self.items()
+        positions = items.set_index("index").index.get_indexer(pd.Index(updates["index"]))
+        if (positions < 0).any():
+            raise StoreFormatError(f"{self.location}: updates for unknown indices")
+        for column in updates.columns.drop("index"):
+            items[column] = items[column].astype(object)
+            items.loc[positions, column] = updates[column].to_numpy()
+        self._write_items(items)
 
     def quarantine(self) -> pd.DataFrame:
         return self._read_table(QUARANTINE_TABLE, QUARANTINE_DTYPES)
@@ -354,11 +410,13 @@ class ImageStore:
         return len(names)
 
     def finished_mask(self, retry_quarantined: bool = False) -> np.ndarray:
-        """Items that need no more work: ``done`` and ok, or quarantined (unless retried)."""
+        """Items that need no more work: ``done`` and ok, retired, or quarantined (unless
+        retried). Not "usable": readers select ``status == ok`` and ``done``."""
         items = self.items()
         status = items["status"].to_numpy()
         done = self.done_mask()
         finished = (status == ItemStatus.OK.value) & done[items["index"].to_numpy()]
+        finished |= status == ItemStatus.RETIRED.value
         if not retry_quarantined:
             finished |= status == ItemStatus.QUARANTINED.value
         return np.asarray(finished)

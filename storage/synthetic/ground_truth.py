@@ -57,6 +57,24 @@ class MaskStore:
             }
         )
 
+    @classmethod
+    def open_existing(cls, path: Path) -> MaskStore:
+        """An existing masks.zarr, to add or remove images (a derived release)."""
+        store = cls.__new__(cls)
+        store._group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        if store._group.attrs.get("format") != MASKS_FORMAT:
+            raise ValueError(f"{path} is not a {MASKS_FORMAT} group")
+        return store
+
+    @property
+    def seed(self) -> int:
+        return int(str(self._group.attrs["seed"]))
+
+    def delete(self, dicom_id: str) -> None:
+        """Remove one image's masks (a missing one is not an error)."""
+        if dicom_id in self._group:
+            del self._group[dicom_id]
+
     def write(self, dicom_id: str, masks: np.ndarray, study_id: int, view_position: str) -> None:
         if masks.dtype != np.uint8 or masks.ndim != 3 or masks.shape[0] != len(CHEXPERT_LABELS):
             raise ValueError(f"{dicom_id}: masks must be uint8 (14, H, W), got {masks.shape}")

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from daug_core.clip_training import load_clip_checkpoint
 from flows.evaluate import evaluate, evaluate_flow
 from flows.train import TrainOverrides, contrastive_config, train_contrastive
+from storage.image_store import ImageStore
 from storage.labels import CHEXPERT_LABELS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -51,6 +52,9 @@ def test_flow_writes_every_metric_and_plot(contrastive_store, trained):
     for name in ("roc_curves.png", "precision_at_k.png", "examples.png"):
         assert (trained / name).stat().st_size > 2000, name
     assert (trained / "auc_per_class.csv").is_file() and (trained / "retrieval.csv").is_file()
+    recorded = ImageStore.open(contrastive_store).attrs["last_evaluation"]  # for daug status
+    assert recorded["headline"] == metrics["headline"]
+    assert recorded["path"] == str((trained / "metrics.json").resolve())
 
 
 def test_numbers_match_independent_computations(contrastive_store, trained):
