@@ -20,13 +20,12 @@ Configs round-trip through JSON (:func:`contrastive_config_to_dict` /
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Literal
 
-from daug_core.config import ConfigError
+from daug_core.config import ConfigError, dataclass_from_dict
 
 # Equivalent of storage.labels.CHEXPERT_LABELS (same order and spelling); daug_core must not
 # import storage. A test holds the two equal.
@@ -449,37 +448,5 @@ def contrastive_config_to_dict(config: ContrastiveConfig) -> dict[str, Any]:
 
 def contrastive_config_from_dict(data: dict[str, Any]) -> ContrastiveConfig:
     """Inverse of :func:`contrastive_config_to_dict`; unknown keys raise :class:`ConfigError`."""
-    config: ContrastiveConfig = _build(ContrastiveConfig, data)
+    config: ContrastiveConfig = dataclass_from_dict(ContrastiveConfig, data)
     return config
-
-
-def _build(cls: type, data: Any) -> Any:
-    # Like daug_core.config._build, plus optional nested dataclasses (``architecture``).
-    if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
-    kwargs = {key: _coerce(hints[key], value) for key, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from exc
-
-
-def _coerce(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(members) == 1:
-            return _coerce(members[0], value)
-        return value
-    if origin is tuple and isinstance(value, list | tuple):
-        return tuple(value)
-    return value

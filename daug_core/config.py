@@ -326,16 +326,21 @@ def config_to_dict(config: DiffusionConfig) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any]) -> DiffusionConfig:
     """Inverse of :func:`config_to_dict`; unknown or missing keys raise :class:`ConfigError`."""
-    return _build(DiffusionConfig, data)
+    config: DiffusionConfig = dataclass_from_dict(DiffusionConfig, data)
+    return config
 
 
 def classifier_config_from_dict(data: dict[str, Any]) -> ClassifierConfig:
     """A :class:`ClassifierConfig` from ``dataclasses.asdict`` output (lists become tuples)."""
-    config: ClassifierConfig = _build(ClassifierConfig, data)
+    config: ClassifierConfig = dataclass_from_dict(ClassifierConfig, data)
     return config
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
+def dataclass_from_dict(cls: type, data: Any) -> Any:
+    """A frozen config dataclass from ``dataclasses.asdict`` output: nested (also optional)
+    dataclasses rebuilt, JSON lists back to tuples; unknown keys raise :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -349,11 +354,16 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 
 def _coerce(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value)
+        return dataclass_from_dict(hint, value)
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) == 1:
+            return _coerce(members[0], value)
+        return tuple(value) if isinstance(value, list | tuple) else value
     if origin is tuple and isinstance(value, list | tuple):
-        return tuple(value)
-    if origin in (typing.Union, types.UnionType) and isinstance(value, list | tuple):
         return tuple(value)
     return value
