@@ -172,6 +172,32 @@ def test_worker_reports_bad_items_without_failing_the_batch(setup, monkeypatch):
     assert "dark image" in outcome.failures[0].reason
 
 
+def test_a_batch_that_raises_once_is_retried_item_by_item_and_succeeds(setup, monkeypatch):
+    config = heatmap_config("tiny", TranslationOverrides(**FAST))
+    spec = WorkerSpec(
+        str(setup["ckpt"] / "generator"), str(setup["ckpt"] / "classifier"), config, ("+Pleural",)
+    )
+    threads = torch.get_num_threads()
+    computer = LocalHeatmapComputer(spec)
+    torch.set_num_threads(threads)
+    compute = computer.worker._compute
+    calls: list[int] = []
+
+    def flaky(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        return compute(images)
+
+    monkeypatch.setattr(computer.worker, "_compute", flaky)
+    images = np.random.default_rng(2).random((3, 64, 64)).astype(np.float32)
+    (outcome,) = computer.map_batches([ImageBatch(np.array([4, 5, 6]), images)])
+    assert calls == [3, 1, 1, 1]  # the batch, then each item again
+    assert outcome.indices.tolist() == [4, 5, 6] and not outcome.failures
+    single = compute(images[1:2]).astype(np.float16)
+    np.testing.assert_array_equal(outcome.heatmaps[1:2], single)
+
+
 def test_pool_survives_an_actor_that_dies(setup):
     """Ray restarts a killed actor (models reloaded in __init__) and the pool goes on."""
     import ray
