@@ -158,22 +158,17 @@ def fit_batch(batch: ClipBatch, size: int) -> ClipBatch:
 
 
 def _batch_loss(
-    model: HeatmapClip, loss_fn: HybridContrastiveLoss, batch: ClipBatch, prompts: PromptTokens
-) -> tuple[HybridLossParts, torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: HeatmapClip,
+    loss_fn: HybridContrastiveLoss,
+    batch: ClipBatch,
+    prompt_emb: tuple[torch.Tensor, torch.Tensor | None],
+) -> tuple[HybridLossParts, torch.Tensor, torch.Tensor]:
     batch = fit_batch(batch, model.image_size)
     image = model.encode_image(batch.image, batch.heatmaps)
     text = model.encode_text(batch.tokens)
-    positive, negative = encode_prompts(model, prompts)
+    positive, negative = prompt_emb
     parts = loss_fn(image, text, positive, batch.labels, model.logit_scale, negative)
-    probabilities = class_probabilities(
-        image,
-        positive,
-        negative,
-        model.logit_scale,
-        loss_fn.config.class_logit_bias,
-        loss_fn.config.class_loss,
-    )
-    return parts, image, text, probabilities
+    return parts, image, text
 
 
 class _Means:
@@ -220,7 +215,7 @@ def train_epoch(
     for batch in batches:
         if batch.image.shape[0] < 2:
             continue
-        parts, *_ = _batch_loss(model, loss_fn, batch, prompts)
+        parts, *_ = _batch_loss(model, loss_fn, batch, encode_prompts(model, prompts))
         if not torch.isfinite(parts.total):
             raise FloatingPointError(f"non-finite loss at step {means.batches + 1}: {parts}")
         optimizer.zero_grad(set_to_none=True)
@@ -243,11 +238,19 @@ def embed(
 ) -> Embedded:
     """Embeddings, class probabilities and mean losses of a split (model in eval mode)."""
     model.eval()
+    prompt_emb = encode_prompts(model, prompts)  # fixed in eval: encoded once, not per batch
     means = _Means()
     start = time.perf_counter()
     images, texts, probs, labels = [], [], [], []
     for batch in batches:
-        parts, image, text, probabilities = _batch_loss(model, loss_fn, batch, prompts)
+        parts, image, text = _batch_loss(model, loss_fn, batch, prompt_emb)
+        probabilities = class_probabilities(
+            image,
+            *prompt_emb,
+            model.logit_scale,
+            loss_fn.config.class_logit_bias,
+            loss_fn.config.class_loss,
+        )
         if batch.image.shape[0] >= 2:
             means.add(parts, batch.image.shape[0])
         images.append(image.cpu().numpy())
