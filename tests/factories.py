@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,7 @@ import pandas as pd
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from storage.heatmap_store import HeatmapProvenance
 from storage.labels import CHEXPERT_LABELS
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -141,3 +145,33 @@ def dicom_id(n: int) -> str:
 
 
 __all__ = ["MiniItem", "dicom_bytes", "dicom_id", "gradient", "write_mini_release"]
+
+
+def run_daug(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The `daug` command line in a subprocess. Wide columns: typer's error box would
+    otherwise wrap long temporary paths inside the messages the tests look for."""
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"COLUMNS": "400"},
+    )
+
+
+def fake_heatmap_provenance(targets: Sequence[str], image_size: int) -> HeatmapProvenance:
+    """Provenance for heatmaps no model computed (store, dataset and trainer tests)."""
+    return HeatmapProvenance(
+        targets=tuple(targets),
+        mode="softmax",
+        scale=100.0,
+        level=50,
+        steps=3,
+        inversion_refinements=0,
+        clip_denoised=False,
+        preset="tiny",
+        image_size=image_size,
+        generator_sha256="a" * 64,
+        classifier_sha256="b" * 64,
+    )

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from flows.ingest import ingest_flow
-from storage.heatmap_store import HeatmapProvenance, HeatmapStore
+from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.synthetic import SynthConfig, write_synthetic_release
+from tests.factories import fake_heatmap_provenance
 
 HEATMAP_TARGETS = ("+No Finding", "+Pleural", "+Lung Lesion")
 
@@ -21,19 +22,7 @@ def write_heatmaps(store: Path) -> None:
     trainer must not care what the heat means), every finished item done but the first
     training item."""
     images = ImageStore.open(store)
-    provenance = HeatmapProvenance(
-        targets=HEATMAP_TARGETS,
-        mode="softmax",
-        scale=100.0,
-        level=50,
-        steps=3,
-        inversion_refinements=0,
-        clip_denoised=False,
-        preset="tiny",
-        image_size=64,
-        generator_sha256="a" * 64,
-        classifier_sha256="b" * 64,
-    )
+    provenance = fake_heatmap_provenance(HEATMAP_TARGETS, 64)
     heat = HeatmapStore.create(images, provenance)
     done = np.flatnonzero(images.done_mask())
     pixels = images.read_images(done).astype(np.float32)

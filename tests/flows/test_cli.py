@@ -1,21 +1,8 @@
 """The `daug` command line: real subprocesses, exit codes and messages."""
 
-import os
-import subprocess
-import sys
-
 import pandas as pd
 
-
-def daug(*args: str) -> subprocess.CompletedProcess[str]:
-    # Wide columns: typer's error box would otherwise wrap long temporary paths.
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ | {"COLUMNS": "400"},
-    )
+from tests.factories import run_daug as daug
 
 
 def test_synth_writes_a_release_and_refuses_to_overwrite(tmp_path):
@@ -62,13 +49,7 @@ def test_delete_heatmaps_asks_then_deletes_only_that_version(tmp_path):
     assert unknown.returncode == 2 and "no heatmap version 'v9'" in unknown.stderr
     assert "v1, v2" in unknown.stderr
 
-    declined = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "delete-heatmaps", store, "v1"],
-        input="n\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    declined = daug("delete-heatmaps", store, "v1", stdin="n\n")
     assert declined.returncode == 1 and "1 items done" in declined.stdout
     assert HeatmapStore.versions(ImageStore.open(store)) == ["v1", "v2"]
 

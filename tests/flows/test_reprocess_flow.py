@@ -7,9 +7,6 @@ heatmap version."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ from storage.release_diff import file_sha256
 from storage.status import format_status, record_evaluation, store_status
 from storage.synthetic import SynthConfig, write_synthetic_release
 from storage.synthetic.next_release import ReleaseChangeConfig, write_next_release
+from tests.factories import run_daug as daug
 
 pytestmark = pytest.mark.slow
 
@@ -265,16 +263,6 @@ def test_the_nightly_deployment_parses_into_a_utc_cron_schedule():
     (schedule,) = [_schedule_config_to_deployment_schedule(s) for s in deployment["schedules"]]
     assert schedule["schedule"].cron == "0 2 * * *" and schedule["schedule"].timezone == "UTC"
     assert schedule["active"] is True
-
-
-def daug(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ | {"COLUMNS": "400"},
-    )
 
 
 def test_cli_status_synth_next_and_reprocess_errors(setup, first, tmp_path):

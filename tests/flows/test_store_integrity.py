@@ -4,8 +4,6 @@ a store locked by a live run refuses ingest / precompute before they write; `dau
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.locks import LOCK_NAME, StoreLock, StoreLockedError
 from storage.verify import verify_store
+from tests.factories import run_daug as daug
 from tests.storage.test_heatmap_store import fill_images
 from tests.storage.test_verify import corrupt_item
 
@@ -92,18 +91,8 @@ def test_precompute_refuses_a_store_locked_by_a_live_run(ingested, tmp_path):
     assert HeatmapStore.versions(ImageStore.open(ingested)) == []
 
 
-def daug(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ | {"COLUMNS": "400"},
-    )
-
-
 def test_daug_verify_exit_codes(tmp_path):
-    # Each `daug` process costs ~6 s here (daug_core imports diffusers): four calls only.
+    # Each `daug` process starts Python and typer: keep it to four calls.
     path = tmp_path / "store"
     store = ImageStore.create(path, 16, shard_items=4)
     fill_images(store, 6)

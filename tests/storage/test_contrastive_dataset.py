@@ -29,6 +29,7 @@ from storage.errors import StoreFormatError
 from storage.heatmap_store import HeatmapProvenance, HeatmapStore
 from storage.image_store import ImageStore
 from storage.labels import LABEL_COLUMNS
+from tests.factories import fake_heatmap_provenance
 
 SIZE, SHARD, N = 16, 4, 12
 TARGETS = ("+No Finding", "+Pleural", "+Lung Lesion")
@@ -40,19 +41,7 @@ nan = float("nan")
 
 
 def provenance(size: int = SIZE) -> HeatmapProvenance:
-    return HeatmapProvenance(
-        targets=TARGETS,
-        mode="softmax",
-        scale=100.0,
-        level=50,
-        steps=3,
-        inversion_refinements=0,
-        clip_denoised=False,
-        preset="tiny",
-        image_size=size,
-        generator_sha256="a" * 64,
-        classifier_sha256="b" * 64,
-    )
+    return fake_heatmap_provenance(TARGETS, size)
 
 
 def heat_value(i: int, k: int) -> float:

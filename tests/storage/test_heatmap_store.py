@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from storage.errors import StoreFormatError
-from storage.heatmap_store import HeatmapProvenance, HeatmapStore, ProvenanceMismatchError
+from storage.heatmap_store import HeatmapStore, ProvenanceMismatchError
 from storage.image_store import ImageStore
 from storage.precompute import (
     BatchOutcome,
@@ -21,21 +21,10 @@ from storage.precompute import (
     plan_heatmaps,
     precompute_shard,
 )
+from tests.factories import fake_heatmap_provenance
 
 SIZE, SHARD, K, S = 16, 4, 3, 8
-PROVENANCE = HeatmapProvenance(
-    targets=("+No Finding", "+Pleural", "+Lung Lesion"),
-    mode="softmax",
-    scale=100.0,
-    level=50,
-    steps=3,
-    inversion_refinements=0,
-    clip_denoised=False,
-    preset="tiny",
-    image_size=S,
-    generator_sha256="a" * 64,
-    classifier_sha256="b" * 64,
-)
+PROVENANCE = fake_heatmap_provenance(("+No Finding", "+Pleural", "+Lung Lesion"), S)
 
 
 def fill_images(store: ImageStore, n: int, bad: Sequence[int] = ()) -> None:

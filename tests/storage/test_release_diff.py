@@ -13,7 +13,7 @@ import pytest
 
 from storage.batches import EmptySelectionError
 from storage.contrastive_dataset import ContrastiveDataset
-from storage.heatmap_store import HeatmapProvenance, HeatmapStore
+from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.ingest import IngestConfig, ingest_shard, plan_ingest
 from storage.labels import CHEXPERT_LABELS, LABEL_COLUMNS
@@ -24,6 +24,7 @@ from storage.reports import parse_report
 from storage.status import format_status, item_states, store_status
 from storage.synthetic import SynthConfig, write_synthetic_release
 from storage.synthetic.next_release import ReleaseChangeConfig, write_next_release
+from tests.factories import fake_heatmap_provenance
 
 ALL_VIEWS = ReaderConfig(views=())
 CHANGES = ReleaseChangeConfig(
@@ -122,19 +123,7 @@ def test_diff_of_a_frontal_store_sees_the_frontal_truth(releases, tmp_path):
 
 def _heatmaps(store: ImageStore) -> HeatmapStore:
     """A heatmap version with every ok item done (values: the image itself)."""
-    provenance = HeatmapProvenance(
-        targets=("+No Finding",),
-        mode="softmax",
-        scale=100.0,
-        level=50,
-        steps=3,
-        inversion_refinements=0,
-        clip_denoised=False,
-        preset="tiny",
-        image_size=64,
-        generator_sha256="a" * 64,
-        classifier_sha256="b" * 64,
-    )
+    provenance = fake_heatmap_provenance(("+No Finding",), 64)
     heat = HeatmapStore.create(store, provenance)
     done = np.flatnonzero(store.done_mask())
     heat.write_heatmaps(done, store.read_images(done)[:, None])
