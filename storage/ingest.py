@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from storage.errors import ItemError, QuarantineReason
+from storage.errors import ItemError, QuarantineReason, StoreFormatError
 from storage.geometry import FitMode, fit_to_square
 from storage.image_store import ImageStore, ItemStatus
 from storage.labels import SUPER_CLASS_COLUMNS
@@ -35,6 +35,19 @@ class IngestConfig:
     sharded: bool = False  # Zarr sharding: one file per shard instead of one per image
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     retry_quarantined: bool = False
+
+
+def store_fit_mode(store: ImageStore) -> FitMode:
+    """How the store's images were fitted into their square (its ingests' ``fit``): what a
+    ground-truth mask must go through to land on the same pixels. Pad for a store that
+    records no fit (stores made before it was recorded were padded)."""
+    fits = {str(run.get("fit", FitMode.PAD.value)) for run in store.attrs.get("ingests", [])}
+    if len(fits) > 1:
+        raise StoreFormatError(
+            f"{store.location} was ingested with several fit modes {sorted(fits)}: its images "
+            "do not share one geometry"
+        )
+    return FitMode(fits.pop()) if fits else FitMode.PAD
 
 
 @dataclass(frozen=True)

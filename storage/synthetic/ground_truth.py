@@ -6,6 +6,10 @@
   (14, Rows, Columns), channel order = CHEXPERT_LABELS, 1 where that finding changed the
   image. One chunk per image, zstd-compressed; all-zero masks are not stored as chunks
   (reading gives zeros).
+
+:class:`MaskStore` writes the masks; :class:`GroundTruthMasks` reads them back, fitted to an
+image store's square exactly as the store's images were (``storage.geometry.fit_to_square``
+with nearest-neighbour sampling), so mask pixels land on the lesion's store pixels.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from storage.geometry import FitMode, fit_to_square
 from storage.labels import CHEXPERT_LABELS
 from storage.synthetic.release_tables import Row, write_table
 
@@ -90,6 +95,69 @@ class MaskStore:
         )
         if masks.any():
             array[...] = masks
+
+
+class GroundTruthError(ValueError):
+    """Ground truth is missing or unreadable: no masks.zarr, or no masks for an image."""
+
+
+class MissingMasksError(GroundTruthError):
+    """``masks.zarr`` holds no masks for this dicom_id."""
+
+    def __init__(self, dicom_id: str, location: Path) -> None:
+        super().__init__(f"{dicom_id}: no lesion masks in {location}")
+        self.dicom_id = dicom_id
+
+
+class GroundTruthMasks:
+    """Read-only access to ``TRUTH/masks.zarr``: per image (14, H, W) native masks, or fitted
+    to an S x S store square."""
+
+    def __init__(self, group: zarr.Group, location: Path) -> None:
+        self._group = group
+        self.location = location
+
+    @classmethod
+    def open(cls, truth_dir: str | Path) -> GroundTruthMasks:
+        """The masks of a ground-truth folder (``OUT/ground_truth`` of ``daug synth``)."""
+        path = Path(truth_dir) / "masks.zarr"
+        if not (path / "zarr.json").is_file():
+            raise GroundTruthError(f"{truth_dir} holds no masks.zarr (expected {path})")
+        group = zarr.open_group(str(path), mode="r", zarr_format=3)
+        attrs = group.attrs.asdict()
+        if attrs.get("format") != MASKS_FORMAT:
+            raise GroundTruthError(f"{path} is not a {MASKS_FORMAT} group")
+        raw = attrs.get("label_order")
+        order = tuple(str(name) for name in raw) if isinstance(raw, list | tuple) else ()
+        if order != CHEXPERT_LABELS:
+            raise GroundTruthError(f"{path}: label_order {list(order)} is not CHEXPERT_LABELS")
+        return cls(group, path)
+
+    def __contains__(self, dicom_id: object) -> bool:
+        return isinstance(dicom_id, str) and dicom_id in self._group
+
+    def native(self, dicom_id: str) -> np.ndarray:
+        """(14, H, W) bool at the image's own pixel size."""
+        if dicom_id not in self:
+            raise MissingMasksError(dicom_id, self.location)
+        node = self._group[dicom_id]
+        if not isinstance(node, zarr.Array):
+            raise GroundTruthError(f"{self.location}/{dicom_id} is not an array")
+        masks = np.asarray(node[...])
+        if masks.ndim != 3 or masks.shape[0] != len(CHEXPERT_LABELS):
+            raise GroundTruthError(f"{dicom_id}: masks have shape {masks.shape}, not (14, H, W)")
+        return masks.astype(bool)
+
+    def masks(self, dicom_id: str, size: int, fit: FitMode | str = FitMode.PAD) -> np.ndarray:
+        """(14, size, size) bool: each channel fitted like the store's image (``fit`` = the
+        store's ingest fit mode: pad or crop)."""
+        mode = FitMode(fit)
+        native = self.native(dicom_id)
+        fitted = [
+            fit_to_square(channel.astype(np.float32), size, mode, nearest=True) > 0.5
+            for channel in native
+        ]
+        return np.stack(fitted)
 
 
 def write_labels(path: Path, rows: Iterable[Row]) -> None:
