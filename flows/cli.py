@@ -412,6 +412,138 @@ def evaluate(
     console.print(headline_markdown(metrics["headline"]))
 
 
+@app.command("heatmap-quality")
+def heatmap_quality(
+    store: Annotated[Path, typer.Option(help="image store ingested from a synthetic release")],
+    truth: Annotated[
+        Path, typer.Option(help="the release's ground truth folder (OUT/ground_truth)")
+    ],
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(help="train-generator output (needed for --compare and --sweep)"),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="an existing heatmap version to score")
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="items of this split (repeat); default test")
+    ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare/--no-compare",
+            help="softmax vs sigmoid heatmaps (versions quality-softmax / quality-sigmoid)",
+        ),
+    ] = True,
+    compare_target: Annotated[
+        list[str] | None,
+        typer.Option(help='targets of the comparison (repeat); default "+No Finding", then -c'),
+    ] = None,
+    sweep: Annotated[
+        bool, typer.Option("--sweep/--no-sweep", help="time and score scale x level x steps")
+    ] = True,
+    sweep_items: Annotated[int, typer.Option(help="lesion images the sweep runs on")] = 12,
+    sweep_scale: Annotated[
+        list[float] | None, typer.Option(help="sweep scales (repeat); default scale/10, scale")
+    ] = None,
+    sweep_level: Annotated[
+        list[int] | None, typer.Option(help="sweep levels (repeat); default level/2, level")
+    ] = None,
+    sweep_step: Annotated[
+        list[int] | None, typer.Option(help="sweep DDIM steps (repeat); default steps/2, steps")
+    ] = None,
+    tolerance: Annotated[int, typer.Option(help="pointing-game tolerance in pixels")] = 2,
+    preset: Annotated[str, typer.Option(help="tiny (64 px) or paper (512 px)")] = "tiny",
+    steps: Annotated[int | None, typer.Option(help="DDIM steps over [0, L]")] = None,
+    scale: Annotated[float | None, typer.Option(help="classifier guidance scale")] = None,
+    level: Annotated[int | None, typer.Option(help="noise level L (timestep)")] = None,
+    inversion_refinements: Annotated[
+        int | None, typer.Option(help="fixed-point refinements per inversion step")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="Ray actors of the precompute runs (0: auto)")] = 0,
+    examples_per_target: Annotated[int, typer.Option(help="cases per target in the grids")] = 3,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default STORE/_runs/heatmap-quality-*)")
+    ] = None,
+) -> None:
+    """Score heatmaps against the synthetic lesion masks: pointing game, pixel AUROC, heat
+    on other lesions; softmax vs sigmoid guidance; a timed sweep of the translation numbers."""
+    from daug_core.guidance import Target, TargetError
+    from flows.precompute import TranslationOverrides, heatmap_config
+    from storage.heatmap_store import HeatmapStore
+    from storage.image_store import ImageStore
+    from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
+
+    # Fail before starting a Prefect server on a missing store, truth, version or checkpoint.
+    images = ImageStore.open(store, read_only=True)
+    try:
+        GroundTruthMasks.open(truth)
+    except GroundTruthError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--truth") from None
+    if version is not None and version not in HeatmapStore.versions(images):
+        raise typer.BadParameter(
+            f"{store} has no heatmap version {version!r} "
+            f"(it has: {', '.join(HeatmapStore.versions(images)) or 'none'})",
+            param_hint="--version",
+        )
+    if checkpoints is not None:
+        for name in ("generator", "classifier"):
+            if not (checkpoints / name).is_dir():
+                raise typer.BadParameter(
+                    f"{checkpoints / name} does not exist", param_hint="--checkpoints"
+                )
+    if version is None and (checkpoints is None or not (compare or sweep)):
+        raise typer.BadParameter(
+            "nothing to score: give --version, or --checkpoints with --compare or --sweep",
+            param_hint="--version / --checkpoints",
+        )
+    config = heatmap_config(
+        preset, TranslationOverrides(None, scale, level, steps, inversion_refinements)
+    )
+    try:
+        for text in compare_target or []:
+            Target.parse(text, config.class_names)
+    except TargetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--compare-target") from None
+    from flows.heatmap_quality import heatmap_quality_flow
+
+    with _flow_progress():
+        result = heatmap_quality_flow(
+            store=str(store),
+            truth=str(truth),
+            checkpoints=str(checkpoints) if checkpoints else None,
+            version=version,
+            splits=split,
+            compare_modes=compare,
+            compare_targets=compare_target,
+            sweep=sweep,
+            sweep_items=sweep_items,
+            sweep_scales=sweep_scale,
+            sweep_levels=sweep_level,
+            sweep_steps=sweep_step,
+            tolerance=tolerance,
+            preset_name=preset,
+            steps=steps,
+            scale=scale,
+            level=level,
+            inversion_refinements=inversion_refinements,
+            actors=actors,
+            examples_per_target=examples_per_target,
+            out=str(out) if out else None,
+        )
+    console.print(result["markdown"])
+    if result["sweep"]:
+        columns = ("label", "seconds_per_image", "pointing_game", "pixel_auroc")
+        console.print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+        for row in result["sweep"]:
+            cells = [
+                "n/a" if row[c] is None else (f"{row[c]:.3f}" if c != "label" else row[c])
+                for c in columns
+            ]
+            console.print("| " + " | ".join(cells) + " |")
+    console.print(f"\nrun folder: {result['run_dir']}")
+
+
 @app.command()
 def ablate(
     store: Annotated[Path, typer.Option(help="image store with heatmaps")],
