@@ -31,6 +31,9 @@ DEFAULT_CLASS_NAMES: tuple[str, ...] = (
 )
 
 GuidanceMode = Literal["softmax", "sigmoid"]
+# How x0 and its counterfactual are compared (see daug_core.heatmaps).
+HeatmapDifference = Literal["minmax", "raw"]
+HEATMAP_DIFFERENCES: tuple[str, ...] = ("minmax", "raw")
 PresetName = Literal["tiny", "paper"]
 
 
@@ -123,6 +126,12 @@ class TranslationConfig:
     step by fixed-point iteration (see :mod:`daug_core.ddim`); 0 is plain DDIM inversion, as in the
     official code. It matters with few steps: at 50 steps plain inversion -> decoding misses x0 by
     ~0.02 on average even for an ideal model; 2 refinements bring that below 1e-4.
+
+    The last two fields turn (x0, x_cf) into the heatmap (:mod:`daug_core.heatmaps`):
+    ``difference`` ``"minmax"`` is the official |minmax(x0) - minmax(x_cf)|; ``"raw"`` is
+    |x0 - x_cf| / 2, the change in store pixel units, which a global brightness shift of x_cf
+    does not spread over the whole image. ``smoothing_sigma`` (pixels, 0 = none) blurs the
+    heatmap with a Gaussian, which suppresses single-pixel reconstruction noise.
     """
 
     level: int = 500
@@ -132,6 +141,8 @@ class TranslationConfig:
     max_batch: int = 64
     clip_denoised: bool = False
     inversion_refinements: int = 0
+    difference: HeatmapDifference = "minmax"
+    smoothing_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= self.level:
@@ -146,6 +157,12 @@ class TranslationConfig:
             raise ConfigError(
                 f"inversion_refinements must be >= 0, got {self.inversion_refinements}"
             )
+        if self.difference not in HEATMAP_DIFFERENCES:
+            raise ConfigError(
+                f"difference must be one of {HEATMAP_DIFFERENCES}, got {self.difference!r}"
+            )
+        if not 0.0 <= self.smoothing_sigma <= 16.0:
+            raise ConfigError(f"smoothing_sigma must be in [0, 16] px, got {self.smoothing_sigma}")
 
 
 @dataclass(frozen=True)

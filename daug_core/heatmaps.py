@@ -1,9 +1,18 @@
 """DAug heatmaps: where an image would have to change to move toward each target class.
 
 For image x0 and target k: x_L = DDIM-invert(x0) to noise level L, x_cf = guided DDIM decoding of
-x_L toward k, and (the official definition) heatmap = |minmax(x0) - minmax(x_cf)|, where
-minmax rescales each image by its own minimum and maximum. ``signed`` keeps the sign:
-minmax(x_cf) - minmax(x0) (> 0 where the counterfactual is brighter).
+x_L toward k, and the heatmap compares the two (``TranslationConfig.difference``):
+
+* ``"minmax"`` (the official definition): |minmax(x0) - minmax(x_cf)|, where minmax rescales
+  each image by its own minimum and maximum;
+* ``"raw"``: |x0 - x_cf| / 2, the change in store pixel units ([-1, 1] model space halved).
+  Measured on the synthetic release (tiny preset), minmax turned the small global brightness
+  shifts of guided decoding into heat over the whole image: pixel AUROC 0.52 against 0.73.
+
+``signed`` keeps the sign (> 0 where the counterfactual is brighter). With
+``smoothing_sigma`` > 0 the heatmap is |signed| blurred by a Gaussian of that many pixels
+(torchvision's ``gaussian_blur``); blurring |signed| rather than signed keeps changes of mixed
+sign (an edge that moves) from cancelling.
 
 Two public paths, equal up to float rounding:
 
@@ -15,12 +24,14 @@ Two public paths, equal up to float rounding:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torchvision.transforms.v2.functional import gaussian_blur
 
-from daug_core.config import DiffusionConfig
+from daug_core.config import DiffusionConfig, HeatmapDifference, TranslationConfig
 from daug_core.ddim import EpsModel, invert_to_level
 from daug_core.guidance import (
     Target,
@@ -39,8 +50,8 @@ class HeatmapResult:
     """Heatmaps for B images and K targets (all float32, on x0's device)."""
 
     targets: tuple[Target, ...]  # (K,)
-    heatmaps: torch.Tensor  # (B, K, S, S) |minmax(x0) - minmax(x_cf)| in [0, 1]
-    signed: torch.Tensor  # (B, K, S, S) minmax(x_cf) - minmax(x0) in [-1, 1]
+    heatmaps: torch.Tensor  # (B, K, S, S) in [0, 1]: |signed|, smoothed if configured
+    signed: torch.Tensor  # (B, K, S, S) in [-1, 1]: x_cf minus x0, compared as configured
     counterfactuals: torch.Tensor  # (B, K, S, S) x_cf in model space (about [-1, 1])
     prob_before: torch.Tensor  # (B, K) p(target | x0) at t = 0
     prob_after: torch.Tensor  # (B, K) p(target | x_cf) at t = 0
@@ -57,14 +68,36 @@ def minmax(images: torch.Tensor) -> torch.Tensor:
     )
 
 
-def signed_difference(x0: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
-    """minmax(x_cf) - minmax(x0), broadcasting x0 over x_cf's leading dims."""
-    return minmax(x_cf) - minmax(x0)
+def signed_difference(
+    x0: torch.Tensor, x_cf: torch.Tensor, difference: HeatmapDifference = "minmax"
+) -> torch.Tensor:
+    """x_cf - x0 in [-1, 1], broadcasting x0 over x_cf's leading dims: minmax(x_cf) - minmax(x0)
+    for ``"minmax"``, (x_cf - x0) / 2 for ``"raw"`` (images in [-1, 1] model space)."""
+    if difference == "minmax":
+        return minmax(x_cf) - minmax(x0)
+    if difference == "raw":
+        return ((x_cf - x0) / 2).clamp(-1.0, 1.0)
+    raise ValueError(f"difference must be 'minmax' or 'raw', got {difference!r}")
 
 
-def heatmap(x0: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
-    """|minmax(x0) - minmax(x_cf)| (the official DAug definition)."""
-    return signed_difference(x0, x_cf).abs()
+def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of the last two dims (kernel 2 * ceil(3 sigma) + 1, reflected borders);
+    ``sigma = 0`` returns ``maps`` unchanged."""
+    if sigma <= 0:
+        return maps
+    size = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(maps, kernel_size=[size, size], sigma=[sigma, sigma])
+
+
+def heatmap(
+    x0: torch.Tensor,
+    x_cf: torch.Tensor,
+    difference: HeatmapDifference = "minmax",
+    smoothing_sigma: float = 0.0,
+) -> torch.Tensor:
+    """|signed_difference|, blurred by ``smoothing_sigma`` px (the defaults are the official
+    DAug definition |minmax(x0) - minmax(x_cf)|)."""
+    return smooth(signed_difference(x0, x_cf, difference).abs(), smoothing_sigma)
 
 
 def _check_inputs(x0: torch.Tensor, targets: Sequence[Target], cfg: DiffusionConfig) -> None:
@@ -85,10 +118,12 @@ def _result(
     targets: Sequence[Target],
     before: torch.Tensor,
     after: torch.Tensor,
+    tr: TranslationConfig,
 ) -> HeatmapResult:
     # x0: (B, 1, S, S) broadcasts over cf: (B, K, S, S).
-    signed = signed_difference(x0.float(), cf)
-    return HeatmapResult(tuple(targets), signed.abs(), signed, cf, before, after)
+    signed = signed_difference(x0.float(), cf, tr.difference)
+    heat = smooth(signed.abs(), tr.smoothing_sigma)
+    return HeatmapResult(tuple(targets), heat, signed, cf, before, after)
 
 
 def compute_heatmaps(
@@ -146,7 +181,7 @@ def compute_heatmaps(
         after_parts.append(target_probability(classifier, cf, part_targets, mode=tr.mode))
     cf_all = torch.cat(cf_parts).view(b, k, s, s)
     after = torch.cat(after_parts).view(b, k)
-    return _result(x0, cf_all, targets, before, after)
+    return _result(x0, cf_all, targets, before, after, tr)
 
 
 def compute_heatmaps_reference(
@@ -190,4 +225,5 @@ def compute_heatmaps_reference(
             afters.append(target_probability(classifier, cf, target, mode=tr.mode))
     b, k, s = x0.shape[0], len(targets), cfg.image_size
     cf_all = torch.cat(cfs).view(b, k, s, s)
-    return _result(x0, cf_all, targets, torch.cat(befores).view(b, k), torch.cat(afters).view(b, k))
+    before, after = torch.cat(befores).view(b, k), torch.cat(afters).view(b, k)
+    return _result(x0, cf_all, targets, before, after, tr)

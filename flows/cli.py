@@ -253,6 +253,12 @@ def precompute(
     inversion_refinements: Annotated[
         int | None, typer.Option(help="fixed-point refinements per inversion step")
     ] = None,
+    difference: Annotated[
+        str | None, typer.Option(help="minmax (official) or raw |x0 - x_cf| / 2")
+    ] = None,
+    smoothing_sigma: Annotated[
+        float | None, typer.Option(help="Gaussian blur of the heatmap, px (0: none)")
+    ] = None,
     preset: Annotated[str, typer.Option(help="tiny (64 px) or paper (512 px)")] = "tiny",
     batch_size: Annotated[int, typer.Option(help="images per actor call")] = 8,
     actors: Annotated[
@@ -291,7 +297,10 @@ def precompute(
                 f"{checkpoints / name} does not exist", param_hint="--checkpoints"
             )
     config = heatmap_config(
-        preset, TranslationOverrides(mode, scale, level, steps, inversion_refinements)
+        preset,
+        TranslationOverrides(
+            mode, scale, level, steps, inversion_refinements, difference, smoothing_sigma
+        ),
     )
     try:
         for text in target or []:
@@ -308,6 +317,8 @@ def precompute(
             level=level,
             steps=steps,
             inversion_refinements=inversion_refinements,
+            difference=difference,
+            smoothing_sigma=smoothing_sigma,
             preset_name=preset,
             batch_size=batch_size,
             actors=actors,

@@ -66,6 +66,8 @@ class TranslationOverrides:
     level: int | None = None
     steps: int | None = None
     inversion_refinements: int | None = None
+    difference: str | None = None
+    smoothing_sigma: float | None = None
 
 
 def heatmap_config(preset_name: str, overrides: TranslationOverrides) -> DiffusionConfig:
@@ -102,6 +104,8 @@ def heatmap_provenance(
         image_size=config.image_size,
         generator_sha256=checkpoint_sha256(checkpoints / GENERATOR_DIR),
         classifier_sha256=checkpoint_sha256(checkpoints / CLASSIFIER_DIR),
+        difference=tr.difference,
+        smoothing_sigma=float(tr.smoothing_sigma),
     )
 
 
@@ -226,6 +230,8 @@ def precompute_flow(
     level: int | None = None,
     steps: int | None = None,
     inversion_refinements: int | None = None,
+    difference: str | None = None,
+    smoothing_sigma: float | None = None,
     preset_name: str = "tiny",
     batch_size: int = 8,
     actors: int = 0,
@@ -252,6 +258,8 @@ def precompute_flow(
             "+No Finding" first.
         mode / scale / level / steps / inversion_refinements: override the preset's
             translation (softmax|sigmoid guidance, classifier scale, noise level L, DDIM steps).
+        difference / smoothing_sigma: override how the heatmap compares x0 and x_cf
+            (minmax|raw) and its Gaussian blur in px.
         preset_name: tiny (64 px) or paper (512 px): model size and default translation.
         batch_size: images per actor call.
         actors / cpus_per_actor / gpus_per_actor: Ray actor pool (torch threads = CPUs);
@@ -265,7 +273,9 @@ def precompute_flow(
     started = time.perf_counter()
     config = heatmap_config(
         preset_name,
-        TranslationOverrides(mode, scale, level, steps, inversion_refinements),
+        TranslationOverrides(
+            mode, scale, level, steps, inversion_refinements, difference, smoothing_sigma
+        ),
     )
     chosen = tuple(targets) if targets else default_targets(config)
     ckpt = Path(checkpoints)

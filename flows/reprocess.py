@@ -142,6 +142,8 @@ def _settings(provenance: HeatmapProvenance) -> dict[str, Any]:
         "level": provenance.level,
         "steps": provenance.steps,
         "inversion_refinements": provenance.inversion_refinements,
+        "difference": provenance.difference,
+        "smoothing_sigma": provenance.smoothing_sigma,
         "preset_name": provenance.preset,
     }
 
@@ -164,7 +166,13 @@ def choose_heatmap_version(
     config = heatmap_config(
         stored.preset,
         TranslationOverrides(
-            stored.mode, stored.scale, stored.level, stored.steps, stored.inversion_refinements
+            stored.mode,
+            stored.scale,
+            stored.level,
+            stored.steps,
+            stored.inversion_refinements,
+            stored.difference,
+            stored.smoothing_sigma,
         ),
     )
     wanted = heatmap_provenance(config, stored.targets, checkpoints)

@@ -77,17 +77,31 @@ class HeatmapProvenance:
     image_size: int
     generator_sha256: str
     classifier_sha256: str
+    difference: str = "minmax"  # how x0 and x_cf are compared (TranslationConfig.difference)
+    smoothing_sigma: float = 0.0  # Gaussian blur of the heatmap, px
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"targets": list(self.targets)}
 
+    @property
+    def definition(self) -> str:
+        """The heatmap formula these settings give, in words."""
+        base = {
+            "minmax": "|minmax(x0) - minmax(x_cf)|",
+            "raw": "|x0 - x_cf| / 2 (pixel units)",
+        }.get(self.difference, self.difference)
+        blur = f", Gaussian blur sigma {self.smoothing_sigma:g} px" if self.smoothing_sigma else ""
+        return f"{base} per target{blur}"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeatmapProvenance:
-        names = [f.name for f in dataclasses.fields(cls)]
+        # Versions written before the heatmap definition became a setting lack its fields:
+        # they hold the official definition (minmax, no blur), which are the defaults.
+        names = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         missing = [n for n in names if n not in data]
         if missing:
             raise StoreFormatError(f"heatmap provenance lacks {missing}")
-        values = {n: data[n] for n in names}
+        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
         values["targets"] = tuple(str(t) for t in values["targets"])
         return cls(**values)
 
@@ -204,7 +218,7 @@ class HeatmapStore:
                 "provenance": provenance.as_dict(),
                 "targets": list(provenance.targets),
                 "value_range": [0.0, 1.0],
-                "definition": "|minmax(x0) - minmax(x_cf)| per target (DAug)",
+                "definition": provenance.definition,
                 "sharded": sharded,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "code_version": code_version(),

@@ -93,7 +93,8 @@ def store_status(store: ImageStore) -> StoreStatus:
         p = heat.provenance
         summary = (
             f"preset {p.preset}, {p.mode} s={p.scale:g}, level {p.level}, {p.steps} steps, "
-            f"{p.inversion_refinements} refinements, {p.image_size} px, "
+            f"{p.inversion_refinements} refinements, {p.difference} difference, "
+            f"blur {p.smoothing_sigma:g} px, {p.image_size} px, "
             f"generator {p.generator_sha256[:12]}, classifier {p.classifier_sha256[:12]}"
         )
         versions.append(

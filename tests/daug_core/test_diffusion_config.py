@@ -41,6 +41,10 @@ def test_invalid_values_raise_config_error():
         TranslationConfig(level=10, steps=20)
     with pytest.raises(ConfigError):
         TranslationConfig(mode="argmax")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="difference"):
+        TranslationConfig(difference="ratio")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="smoothing_sigma"):
+        TranslationConfig(smoothing_sigma=-1.0)
     cfg = preset("tiny")
     with pytest.raises(ConfigError):
         dataclasses.replace(cfg, translation=TranslationConfig(level=1000, steps=10))

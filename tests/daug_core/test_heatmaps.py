@@ -19,6 +19,7 @@ from daug_core.heatmaps import (
     heatmap,
     minmax,
     signed_difference,
+    smooth,
 )
 from daug_core.schedule import alphas_cumprod
 
@@ -38,6 +39,53 @@ def test_heatmap_definition():
     assert (heatmap(x0, x_cf) >= 0).all() and (heatmap(x0, x_cf) <= 1).all()
     flat = torch.zeros(1, 1, 4, 4)
     assert torch.equal(minmax(flat), flat)  # no contrast: zeros, not NaN
+
+
+def test_raw_difference_is_the_change_in_pixel_units():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 1, 8, 8, generator=g) * 2 - 1
+    # A global brightening by 0.2 in [-1, 1] space is 0.1 in store pixels, everywhere: minmax
+    # hides it (0), raw shows it as it is.
+    torch.testing.assert_close(heatmap(x0, x0 + 0.2, "raw"), torch.full_like(x0, 0.1))
+    x_cf = x0.clone()
+    x_cf[:, :, 2, 3] -= 0.6
+    signed = signed_difference(x0, x_cf, "raw")
+    assert signed[:, :, 2, 3].allclose(torch.tensor(-0.3)) and signed.abs().sum() == 0.6
+    assert heatmap(-torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2), "raw").max() == 1.0
+    with pytest.raises(ValueError, match="difference"):
+        signed_difference(x0, x_cf, "ratio")  # type: ignore[arg-type]
+
+
+def test_smoothing_spreads_a_spike_symmetrically_and_keeps_its_mass():
+    spike = torch.zeros(1, 1, 15, 15)
+    spike[..., 7, 7] = 1.0
+    assert torch.equal(smooth(spike, 0.0), spike)
+    blurred = smooth(spike, 1.5)
+    assert blurred.argmax() == spike.argmax()  # the peak stays where it was
+    assert blurred[..., 7, 7] < 0.1  # 1 / (2 pi 1.5^2) = 0.071 for a Gaussian
+    torch.testing.assert_close(blurred.sum(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(blurred, blurred.flip(-1).flip(-2))
+    torch.testing.assert_close(blurred, blurred.transpose(-1, -2))
+    # Blur of the absolute change: a moved edge (+ beside -) does not cancel out.
+    edge = torch.zeros(1, 1, 15, 15)
+    edge[..., 7, 6], edge[..., 7, 8] = 0.5, -0.5
+    assert heatmap(torch.zeros_like(edge), 2 * edge, "raw", 1.5)[..., 7, 7] > 0.05
+
+
+def test_compute_heatmaps_applies_the_configured_definition():
+    # Same counterfactuals under both definitions (the translation is the same); only the
+    # comparison with x0 differs, as the config says.
+    cfg_raw = micro_config(scale=10.0, difference="raw", smoothing_sigma=1.0)
+    cfg_official = micro_config(scale=10.0)
+    unet, classifier, x0 = make_models(cfg_raw, seed=5)
+    targets = all_targets()[:2]
+    raw = compute_heatmaps(unet, classifier, x0, targets, cfg_raw)
+    official = compute_heatmaps(unet, classifier, x0, targets, cfg_official)
+    torch.testing.assert_close(raw.counterfactuals, official.counterfactuals)
+    expected = smooth(((raw.counterfactuals - x0) / 2).abs(), 1.0)
+    torch.testing.assert_close(raw.heatmaps, expected)
+    torch.testing.assert_close(official.heatmaps, heatmap(x0, official.counterfactuals))
+    assert raw.heatmaps.min() >= 0 and raw.heatmaps.max() <= 1
 
 
 def make_models(cfg, seed):

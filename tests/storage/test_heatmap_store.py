@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from storage.errors import StoreFormatError
-from storage.heatmap_store import HeatmapStore, ProvenanceMismatchError
+from storage.heatmap_store import HeatmapProvenance, HeatmapStore, ProvenanceMismatchError
 from storage.image_store import ImageStore
 from storage.precompute import (
     BatchOutcome,
@@ -106,6 +106,20 @@ def test_same_provenance_reopens_other_provenance_refuses_naming_what_differs(im
         HeatmapStore(images, "v1")
     with pytest.raises(ValueError, match="heatmap version"):
         HeatmapStore.create(images, PROVENANCE, version="../x")
+
+
+def test_provenance_of_a_version_written_before_the_definition_setting_is_the_official_one():
+    # Versions from before `difference` / `smoothing_sigma` existed hold minmax, unblurred maps.
+    old = {k: v for k, v in PROVENANCE.as_dict().items()}
+    old.pop("difference"), old.pop("smoothing_sigma")
+    read = HeatmapProvenance.from_dict(old)
+    assert (read.difference, read.smoothing_sigma) == ("minmax", 0.0)
+    assert read.definition == "|minmax(x0) - minmax(x_cf)| per target"
+    raw = dataclasses.replace(PROVENANCE, difference="raw", smoothing_sigma=1.5)
+    assert raw.definition == "|x0 - x_cf| / 2 (pixel units) per target, Gaussian blur sigma 1.5 px"
+    assert "smoothing_sigma: 0.0 -> 1.5" in PROVENANCE.differences(raw)
+    with pytest.raises(StoreFormatError, match="lacks"):
+        HeatmapProvenance.from_dict({k: v for k, v in old.items() if k != "scale"})
 
 
 def test_grows_with_the_image_store(images):
