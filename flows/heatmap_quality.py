@@ -1,15 +1,16 @@
 """Heatmap-quality flow: how well DAug heatmaps point at the synthetic release's known lesions.
 
-Three parts, each optional (``storage/heatmap_scoring.py`` holds the scoring):
+Three parts, each optional (``flows/heatmap_scoring.py`` holds the scoring):
 
 1. **score** an existing heatmap version (``version``) on the items of ``splits`` that have
    heatmaps: per-item scores and a per-target summary (pointing game, pixel AUROC, mass
    inside, heat shares on the target / other lesions / healthy tissue, healthy energy);
 2. **softmax vs sigmoid** (needs ``checkpoints``): the ``precompute`` flow twice as
    subflows, same checkpoints, targets and translation numbers, guidance mode softmax and
-   sigmoid, into versions ``quality-softmax`` / ``quality-sigmoid`` (a rerun skips done
-   items), both scored on the items both have, side by side per target: the DAug paper's
-   Figure 2 claim in numbers (softmax guidance puts less heat on other classes' lesions);
+   sigmoid, into versions ``quality-softmax-<hex>`` / ``quality-sigmoid-<hex>`` named by their
+   settings (a rerun skips done items; other settings get other versions), both scored on
+   the items both have, side by side per target: the DAug paper's Figure 2 claim in numbers
+   (softmax guidance puts less heat on other classes' lesions);
 3. **sweep** (needs ``checkpoints``): in this process, on the first ``sweep_items`` lesion
    images, ``+No Finding`` heatmaps for each point of scale x level x steps, timed and scored:
    localisation against seconds per image.
@@ -27,13 +28,12 @@ Writes into ``STORE/_runs/heatmap-quality-<time>/`` (or ``out``), every file ato
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
 import math
-import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,17 +57,7 @@ from daug_core.checkpoints import load_classifier, load_unet
 from daug_core.config import DEFAULT_CLASS_NAMES, DiffusionConfig, TranslationConfig
 from daug_core.guidance import Target
 from daug_core.heatmaps import compute_heatmaps
-from flows.model_input import to_model_space
-from flows.monitoring import ProgressReporter, artifact_key, table_artifact
-from flows.precompute import (
-    CLASSIFIER_DIR,
-    GENERATOR_DIR,
-    TranslationOverrides,
-    heatmap_config,
-)
-from flows.precompute import precompute_flow as precompute_subflow
-from storage.geometry import FitMode
-from storage.heatmap_scoring import (
+from flows.heatmap_scoring import (
     ItemKind,
     compare_summaries,
     failures_of,
@@ -78,17 +68,27 @@ from storage.heatmap_scoring import (
     summarise_scores,
     target_mask,
 )
+from flows.model_input import to_model_space
+from flows.monitoring import ProgressReporter, artifact_key, table_artifact
+from flows.precompute import (
+    CLASSIFIER_DIR,
+    GENERATOR_DIR,
+    TranslationOverrides,
+    heatmap_config,
+    heatmap_provenance,
+)
+from flows.precompute import precompute_flow as precompute_subflow
+from storage.geometry import FitMode
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore, ItemStatus
 from storage.ingest import store_fit_mode
 from storage.labels import slug
 from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
-from storage.tables import DirectoryTables
+from storage.tables import DirectoryTables, replace_atomically
 
 log = logging.getLogger(__name__)
 
 MODES: tuple[str, str] = ("softmax", "sigmoid")
-MODE_VERSIONS: dict[str, str] = {mode: f"quality-{mode}" for mode in MODES}
 SWEEP_TARGET = "+No Finding"
 SWEEP_COLUMNS: tuple[str, ...] = (
     "label",
@@ -114,6 +114,18 @@ HEADLINE_METRICS: tuple[str, ...] = (
 def _run_name() -> str:
     store = Path(str(flow_run.parameters.get("store", "store"))).name
     return f"heatmap-quality-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+def mode_versions(
+    config: DiffusionConfig, targets: Sequence[str], checkpoints: Path
+) -> dict[str, str]:
+    """Heatmap version per guidance mode: ``quality-<mode>-<8 hex>``, the hex from everything
+    else that determines the heatmaps (targets, translation numbers, checkpoint sha256s), so a
+    rerun with the same settings reuses its versions and other settings get their own."""
+    shared = heatmap_provenance(config, tuple(targets), checkpoints).as_dict()
+    shared.pop("mode")
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
+    return {mode: f"quality-{mode}-{digest}" for mode in MODES}
 
 
 def default_compare_targets(config: DiffusionConfig) -> tuple[str, ...]:
@@ -259,57 +271,52 @@ def run_sweep(
             | {"seconds_per_image": seconds}
             | {m: summary[m] for m in HEADLINE_METRICS if m not in ("n_healthy", "healthy_energy")}
         )
-        log.info("sweep %s: %.3f s/image, %s", point.label(), seconds, rows[-1])
+        log.info(
+            "sweep %s: %.3f s/image, pointing game %.3f, pixel AUROC %.3f",
+            point.label(),
+            seconds,
+            rows[-1]["pointing_game"],
+            rows[-1]["pixel_auroc"],
+        )
         if progress is not None:
             progress.advance(1)
     return pd.DataFrame(rows)
 
 
 # ---- atomic files ---------------------------------------------------------------------------
-def _replace_atomically(path: Path, write: Any) -> Path:
-    """``write(tmp)`` then rename over ``path``: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def save_figure(figure: Figure, path: Path) -> Path:
-    _replace_atomically(path, lambda tmp: figure.savefig(tmp, dpi=90, format="png"))
+    replace_atomically(path, lambda tmp: figure.savefig(tmp, dpi=90, format="png"))
     plt.close(figure)
     return path
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:
     text = json.dumps(data, indent=2, default=str) + "\n"
-    return _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ---- plots ----------------------------------------------------------------------------------
 def plot_sweep(table: pd.DataFrame, path: Path) -> Path:
-    """Pointing game and pixel AUROC against seconds per image, one labelled point each."""
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, metric, title in (
-        (axes[0], "pointing_game", "pointing game"),
-        (axes[1], "pixel_auroc", "pixel AUROC"),
-    ):
-        ax.scatter(table["seconds_per_image"], table[metric], s=18)
-        for _, row in table.iterrows():
-            ax.annotate(
-                row["label"],
-                (row["seconds_per_image"], row[metric]),
-                fontsize=6,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+    """Pointing game and pixel AUROC against the noise level, one line per (scale, steps)
+    whose legend gives its seconds per image; a third panel shows the seconds per image."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for (scale, steps), group in table.groupby(["scale", "steps"], sort=True):
+        group = group.sort_values("level")
+        seconds = float(group["seconds_per_image"].mean())
+        label = f"s={scale:g}, {steps} steps ({seconds:.2f} s/image)"
+        for ax, metric in ((axes[0], "pointing_game"), (axes[1], "pixel_auroc")):
+            ax.plot(group["level"], group[metric], marker="o", label=label)
+    for ax, title in ((axes[0], "pointing game"), (axes[1], "pixel AUROC")):
         ax.set_ylim(-0.05, 1.05)  # both metrics live in [0, 1]; a fixed axis compares runs
-        ax.set_xlabel("seconds per image")
+        ax.set_xlabel("noise level L")
         ax.set_ylabel(title)
-        ax.set_title(f"{SWEEP_TARGET}: {title} vs time", fontsize=9)
+        ax.set_title(f"{SWEEP_TARGET}: {title}", fontsize=9)
+    axes[1].legend(fontsize=7)
+    timing = table.groupby("steps")["seconds_per_image"].mean()
+    axes[2].bar([str(n) for n in timing.index], timing.to_numpy())
+    axes[2].set_xlabel("DDIM steps (each way)")
+    axes[2].set_ylabel("seconds per image")
+    axes[2].set_title("cost (inversion + guided decoding)", fontsize=9)
     figure.tight_layout()
     return save_figure(figure, path)
 
@@ -478,6 +485,7 @@ def _score_source(
 
 def _run_precompute(
     mode: str,
+    version: str,
     store: str,
     checkpoints: str,
     targets: Sequence[str],
@@ -494,7 +502,7 @@ def _run_precompute(
         preset_name=preset_name,
         actors=actors,
         splits=splits,
-        version=MODE_VERSIONS[mode],
+        version=version,
         examples=0,
         **numbers,
     )
@@ -535,7 +543,8 @@ def heatmap_quality_flow(
         version: an existing heatmap version to score (targets from its provenance).
         splits: items of these splits (default: test).
         compare_modes: compute softmax and sigmoid heatmaps (precompute subflows into
-            versions quality-softmax / quality-sigmoid) and compare them per target.
+            versions quality-softmax-<hex> / quality-sigmoid-<hex>, hex from the settings) and
+            compare them per target.
         compare_targets: their targets (default "+No Finding", then "-c" for every other
             class).
         sweep: time and score "+No Finding" heatmaps over scale x level x steps, in-process.
@@ -603,16 +612,25 @@ def heatmap_quality_flow(
     compared = tuple(compare_targets) if compare_targets else default_compare_targets(config)
     if do_modes:
         assert checkpoints is not None
+        versions = mode_versions(config, compared, Path(checkpoints))
         for mode in MODES:
             run = _run_precompute(
-                mode, store, checkpoints, compared, overrides, preset_name, chosen_splits, actors
+                mode,
+                versions[mode],
+                store,
+                checkpoints,
+                compared,
+                overrides,
+                preset_name,
+                chosen_splits,
+                actors,
             )
             logger.info(
                 "%s heatmaps: %d computed, %d already done", mode, run["done"], run["already_done"]
             )
             progress.advance(1)
         image_store = ImageStore.open(store, read_only=True)  # sees the new versions
-        stores = {mode: HeatmapStore(image_store, MODE_VERSIONS[mode]) for mode in MODES}
+        stores = {mode: HeatmapStore(image_store, versions[mode]) for mode in MODES}
         done = [scorable_indices(image_store, s, chosen_splits) for s in stores.values()]
         both = np.intersect1d(done[0], done[1])
         for mode, heat in stores.items():

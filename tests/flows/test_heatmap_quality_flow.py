@@ -16,23 +16,19 @@ import pandas as pd
 import pytest
 import torch
 
-from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
-from daug_core.classifier_training import init_classifier_state
 from daug_core.config import preset
-from daug_core.generator import init_generator_state
 from flows.heatmap_quality import (
-    MODE_VERSIONS,
     default_compare_targets,
     heatmap_quality_flow,
     sweep_grid,
 )
+from flows.heatmap_scoring import target_mask
 from flows.ingest import ingest_flow
 from flows.precompute import TranslationOverrides, heatmap_config
-from storage.heatmap_scoring import target_mask
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.synthetic.ground_truth import GroundTruthMasks, MaskStore
-from tests.factories import run_daug
+from tests.factories import run_daug, write_random_checkpoints
 
 SPLITS = ["test", "validate"]
 FAST: dict[str, Any] = {"level": 50, "steps": 3, "inversion_refinements": 0}
@@ -44,14 +40,7 @@ def setup(tmp_path_factory, synthetic_pair, prefect_server, ray_session) -> dict
     root = tmp_path_factory.mktemp("heatmap_quality")
     store = root / "store"
     ingest_flow(release=str(synthetic_pair[0]), store=str(store), size=64, shard_items=8)
-    config = preset("tiny")
-    ckpt = root / "ckpt"
-    generator = init_generator_state(config, generator=torch.Generator().manual_seed(0))
-    save_generator_checkpoint(generator, ckpt / "generator")
-    classifier = init_classifier_state(
-        config, pos_weight=None, generator=torch.Generator().manual_seed(1)
-    )
-    save_classifier_checkpoint(classifier, ckpt / "classifier")
+    ckpt = write_random_checkpoints(root / "ckpt")
     truth = synthetic_pair[0].parent / "ground_truth"
     return {"root": root, "store": store, "ckpt": ckpt, "truth": truth}
 
@@ -98,8 +87,9 @@ def test_modes_are_computed_scored_and_compared(setup, first_run):
     assert expected["any"].any() and not expected["any"].all()  # lesion and healthy items
     run_dir = Path(first_run["run_dir"])
     images = ImageStore.open(setup["store"], read_only=True)
-    for mode, version in MODE_VERSIONS.items():
-        heat = HeatmapStore(images, version)
+    for mode, run in first_run["modes"].items():
+        heat = HeatmapStore(images, run["version"])
+        assert run["version"].startswith(f"quality-{mode}-")
         assert heat.provenance.mode == mode and heat.provenance.steps == 3
         assert heat.provenance.level == 50 and list(heat.targets) == TARGETS
         assert heat.done_mask().sum() == len(expected)  # only the chosen splits
@@ -183,8 +173,8 @@ def test_rerun_computes_nothing_and_gives_the_same_numbers(setup, first_run):
         **FAST,
     )
     images = ImageStore.open(setup["store"], read_only=True)
-    for version in MODE_VERSIONS.values():
-        assert HeatmapStore(images, version).attrs["runs"][-1]["done"] == 0
+    for run in first_run["modes"].values():
+        assert HeatmapStore(images, run["version"]).attrs["runs"][-1]["done"] == 0
     assert again["modes"] == first_run["modes"]
     assert again["sweep"] == [] and again["paths"]["cases"] == {}
 
@@ -199,7 +189,7 @@ def test_scoring_a_version_reports_an_item_without_masks(setup, first_run):
     result = heatmap_quality_flow(
         store=str(setup["store"]),
         truth=str(truth),
-        version=MODE_VERSIONS["softmax"],
+        version=first_run["modes"]["softmax"]["version"],
         splits=SPLITS,
         examples_per_target=1,
     )
@@ -212,12 +202,13 @@ def test_scoring_a_version_reports_an_item_without_masks(setup, first_run):
     assert "MissingMasksError" in failures["reason"].iloc[0]
     assert result["failures"] == 1
     scored = result["scored"]
-    assert scored["version"] == "quality-softmax" and scored["items"] == len(expected)
+    softmax = first_run["modes"]["softmax"]["version"]
+    assert scored["version"] == softmax and scored["items"] == len(expected)
     full = first_run["modes"]["softmax"]["targets"]["+No Finding"]
     assert scored["targets"]["+No Finding"]["n_lesion"] == full["n_lesion"] - 1
-    summary = pd.read_csv(run_dir / "summary-quality-softmax.csv").set_index("target")
+    summary = pd.read_csv(run_dir / f"summary-{softmax}.csv").set_index("target")
     assert (summary["n_failed"] == 1).all()
-    assert "Heatmaps quality-softmax" in result["markdown"]
+    assert f"Heatmaps {softmax}" in result["markdown"]
 
 
 @pytest.mark.slow
@@ -235,7 +226,7 @@ def test_cli_scores_a_version_and_prints_the_headline(setup, first_run, tmp_path
         "--truth",
         str(setup["truth"]),
         "--version",
-        MODE_VERSIONS["sigmoid"],
+        first_run["modes"]["sigmoid"]["version"],
         "--split",
         "test",
         "--split",
@@ -244,8 +235,9 @@ def test_cli_scores_a_version_and_prints_the_headline(setup, first_run, tmp_path
         str(tmp_path / "cli"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Heatmaps quality-sigmoid" in result.stderr and "pointing_game" in result.stderr
-    summary = pd.read_csv(tmp_path / "cli" / "summary-quality-sigmoid.csv")
+    sigmoid = first_run["modes"]["sigmoid"]["version"]
+    assert f"Heatmaps {sigmoid}" in result.stderr and "pointing_game" in result.stderr
+    summary = pd.read_csv(tmp_path / "cli" / f"summary-{sigmoid}.csv")
     assert summary["target"].tolist() == TARGETS
 
 

@@ -13,7 +13,9 @@ Other). Per (image, target) the item is one of three kinds:
   those other lesions / all heat) and energy.
 
 Items that cannot be scored (no masks for the image, heatmap not finite) give ``failed`` rows
-with the reason, one per target. The metric functions are :mod:`daug_core.localization`.
+with the reason, one per target. The metric functions are :mod:`daug_core.localization`; this
+module joins them with the label vocabulary of :mod:`storage.labels`, so it lives in flows/
+(storage and daug_core do not import each other).
 """
 
 from __future__ import annotations

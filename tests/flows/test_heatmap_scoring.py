@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from storage.heatmap_scoring import (
+from flows.heatmap_scoring import (
     ItemKind,
     ScoringInputError,
     compare_summaries,
