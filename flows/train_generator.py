@@ -43,7 +43,14 @@ from daug_core.generator import GeneratorState, init_generator_state, train_gene
 from daug_core.training import StepReport, TrainingResult
 from flows.model_input import to_model_space
 from flows.monitoring import ProgressReporter, artifact_key, table_artifact
-from storage.batches import Batch, Selection, random_batches, select, sequential_batches
+from storage.batches import (
+    Batch,
+    Selection,
+    random_batches,
+    select,
+    selection_sha256,
+    sequential_batches,
+)
 from storage.image_store import ImageStore
 from storage.labels import SUPER_CLASS_COLUMNS
 from storage.tables import DirectoryTables
@@ -308,6 +315,8 @@ def train_generator_flow(
     summary = {
         "out": str(out_path.resolve()),
         "preset": preset_name,
+        "seed": seed,
+        "training_data_sha256": selection_sha256(image_store, train),
         "runs": [r.__dict__ for r in runs],
         "classifier_mean_auc_by_t": dict(
             zip(

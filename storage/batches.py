@@ -6,6 +6,7 @@ step ``k`` sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,24 @@ class Batch:
     indices: np.ndarray  # (B,)
     images: np.ndarray  # (B, S, S) float32 in [0, 1]
     labels: np.ndarray  # (B, C) float64
+
+
+def selection_sha256(store: ImageStore, selection: Selection) -> str:
+    """A fingerprint of the data a model trains on: the store's image size and, per selected
+    item in index order, its index, dicom_id, source file sha256 and label row. Two stores
+    ingested alike from the same release give the same value."""
+    items = store.items().set_index("index").loc[selection.indices]
+    digest = hashlib.sha256(f"size={store.size};labels={selection.label_columns}".encode())
+    for index, dicom_id, source, labels in zip(
+        selection.indices,
+        items["dicom_id"],
+        items["source_sha256"],
+        selection.labels,
+        strict=True,
+    ):
+        row = ",".join("nan" if np.isnan(v) else f"{v:g}" for v in labels)
+        digest.update(f"\n{index};{dicom_id};{source};{row}".encode())
+    return digest.hexdigest()
 
 
 def select(store: ImageStore, splits: Sequence[str], label_columns: Sequence[str]) -> Selection:

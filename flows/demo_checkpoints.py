@@ -1,0 +1,92 @@
+"""Checkpoints shipped for ``daug demo``: the tiny generator and classifier trained once, with the
+``train-generator`` flow, on the demo's own synthetic release (``demo_assets/checkpoints/
+asset.json`` records the release, the commands, the steps and the weights' sha256).
+
+Heatmaps find the synthetic lesions only with models trained ~3,000 steps, which is ~20 min on
+2 CPU cores, more than the demo's budget. So the demo copies these into its checkpoint folder
+when, and only when, its store holds exactly the training data they were trained on (same
+fingerprint, :func:`storage.batches.selection_sha256`); the ``train-generator`` flow then
+resumes from them (nothing left to train at the default step counts). Any other store trains
+from scratch, as does ``daug demo --no-pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daug_core.checkpoints import checkpoint_sha256
+from flows.precompute import CLASSIFIER_DIR, GENERATOR_DIR
+from storage.batches import select, selection_sha256
+from storage.image_store import ImageStore
+from storage.labels import SUPER_CLASS_COLUMNS
+
+DEMO_CHECKPOINTS = Path(__file__).resolve().with_name("demo_assets") / "checkpoints"
+ASSET_FILE = "asset.json"
+
+
+class AssetError(ValueError):
+    """The shipped checkpoints are missing, unreadable or not the weights asset.json names."""
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    """Whether the shipped checkpoints were copied, and why (shown to the user)."""
+
+    copied: bool
+    reason: str
+
+
+def read_asset(asset_dir: Path = DEMO_CHECKPOINTS) -> dict[str, Any]:
+    """asset.json of ``asset_dir``, after checking that the weights beside it are the ones it
+    names (sha256 of each model's safetensors)."""
+    path = asset_dir / ASSET_FILE
+    try:
+        asset: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AssetError(f"{path}: cannot read the demo checkpoints' record ({exc})") from exc
+    for name in (GENERATOR_DIR, CLASSIFIER_DIR):
+        recorded = asset.get(f"{name}_sha256")
+        found = checkpoint_sha256(asset_dir / name) if (asset_dir / name).is_dir() else None
+        if found is None or found != recorded:
+            raise AssetError(
+                f"{asset_dir / name}: weights sha256 {found} differ from {recorded} in {path}"
+            )
+    return asset
+
+
+def seed_checkpoints(
+    store: ImageStore, out: Path, asset_dir: Path = DEMO_CHECKPOINTS
+) -> SeedOutcome:
+    """Copy the shipped checkpoints into ``out`` when ``out`` holds none and ``store``'s
+    training split is the data they were trained on. Each model folder appears in ``out``
+    whole or not at all (copied beside it, then renamed)."""
+    if (out / GENERATOR_DIR).exists() or (out / CLASSIFIER_DIR).exists():
+        return SeedOutcome(False, f"{out} already holds checkpoints: training resumes from them")
+    asset = read_asset(asset_dir)
+    wanted = asset["trained_on"]["training_data_sha256"]
+    found = selection_sha256(store, select(store, ["train"], SUPER_CLASS_COLUMNS))
+    if found != wanted:
+        return SeedOutcome(
+            False,
+            f"the store's training data (sha256 {found[:12]}) are not the data the shipped "
+            f"checkpoints were trained on ({wanted[:12]}, {asset['trained_on']['release']}): "
+            "training from scratch",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".seed-") as tmp:
+        staged = Path(tmp) / "checkpoints"
+        shutil.copytree(asset_dir, staged)
+        for entry in sorted(staged.iterdir()):
+            entry.replace(out / entry.name)
+    steps = asset["steps"]
+    return SeedOutcome(
+        True,
+        f"started from the shipped checkpoints (generator {steps['generator']} steps, "
+        f"classifier {steps['classifier']} steps, trained on this release; "
+        f"{asset_dir / ASSET_FILE})",
+    )

@@ -1,0 +1,115 @@
+"""The demo's shipped checkpoints: their record names their weights, and they are copied only
+onto a store holding the very training data they were trained on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from daug_core.checkpoints import checkpoint_sha256
+from flows.demo_checkpoints import (
+    ASSET_FILE,
+    DEMO_CHECKPOINTS,
+    AssetError,
+    read_asset,
+    seed_checkpoints,
+)
+from flows.ingest import ingest_flow
+from storage.batches import select, selection_sha256
+from storage.image_store import ImageStore
+from storage.labels import SUPER_CLASS_COLUMNS
+from tests.factories import write_random_checkpoints
+
+
+def test_shipped_record_matches_the_shipped_weights_and_steps():
+    asset = read_asset(DEMO_CHECKPOINTS)
+    assert asset["preset"] == "tiny" and asset["steps"] == {"generator": 3000, "classifier": 3000}
+    for name, steps in asset["steps"].items():
+        state = json.loads((DEMO_CHECKPOINTS / name / "trainer_state.json").read_text())
+        assert state["step"] == steps, name
+    assert len(asset["trained_on"]["training_data_sha256"]) == 64
+
+
+def fake_asset(root: Path, store: ImageStore) -> Path:
+    """Random tiny checkpoints with a record claiming they were trained on ``store``."""
+    asset_dir = write_random_checkpoints(root / "asset")
+    record = {
+        "trained_on": {
+            "release": "the test release",
+            "training_data_sha256": selection_sha256(
+                store, select(store, ["train"], SUPER_CLASS_COLUMNS)
+            ),
+        },
+        "steps": {"generator": 0, "classifier": 0},
+        "generator_sha256": checkpoint_sha256(asset_dir / "generator"),
+        "classifier_sha256": checkpoint_sha256(asset_dir / "classifier"),
+    }
+    (asset_dir / ASSET_FILE).write_text(json.dumps(record))
+    return asset_dir
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, synthetic_pair, prefect_server) -> dict[str, ImageStore]:
+    root = tmp_path_factory.mktemp("demo_checkpoints")
+    # The same cohort as DICOM and as JPG: the same ids and labels, other source bytes.
+    for name, release in zip(("dicom", "jpg"), synthetic_pair, strict=True):
+        ingest_flow(release=str(release), store=str(root / name), size=32, shard_items=8)
+    return {name: ImageStore.open(root / name, read_only=True) for name in ("dicom", "jpg")}
+
+
+def test_copied_onto_the_same_training_data_only_once(tmp_path, stores):
+    asset_dir = fake_asset(tmp_path, stores["dicom"])
+    out = tmp_path / "checkpoints"
+    seeded = seed_checkpoints(stores["dicom"], out, asset_dir)
+    assert seeded.copied and "shipped checkpoints" in seeded.reason
+    for name in ("generator", "classifier"):
+        assert checkpoint_sha256(out / name) == checkpoint_sha256(asset_dir / name)
+    assert (out / "generator" / "trainer_state.json").is_file()
+    assert not list(out.glob(".seed-*"))  # the staging folder is gone
+    again = seed_checkpoints(stores["dicom"], out, asset_dir)
+    assert not again.copied and "already holds checkpoints" in again.reason
+
+
+def test_other_training_data_train_from_scratch(tmp_path, stores):
+    asset_dir = fake_asset(tmp_path, stores["dicom"])
+    dicom_fp = selection_sha256(
+        stores["dicom"], select(stores["dicom"], ["train"], SUPER_CLASS_COLUMNS)
+    )
+    jpg_fp = selection_sha256(stores["jpg"], select(stores["jpg"], ["train"], SUPER_CLASS_COLUMNS))
+    assert dicom_fp != jpg_fp  # same ids and labels, other source files
+    out = tmp_path / "checkpoints"
+    outcome = seed_checkpoints(stores["jpg"], out, asset_dir)
+    assert not outcome.copied and "training from scratch" in outcome.reason
+    assert not (out / "generator").exists()
+
+
+def test_tampered_weights_are_refused(tmp_path, stores):
+    asset_dir = fake_asset(tmp_path, stores["dicom"])
+    weights = asset_dir / "classifier" / "classifier.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(AssetError, match=r"classifier.*differ"):
+        seed_checkpoints(stores["dicom"], tmp_path / "checkpoints", asset_dir)
+    shutil.rmtree(asset_dir / "generator")
+    with pytest.raises(AssetError, match="generator"):
+        read_asset(asset_dir)
+
+
+@pytest.mark.slow
+def test_shipped_checkpoints_apply_to_the_demos_own_release(tmp_path, prefect_server):
+    # The demo's steps 1-2 (its defaults): if the synthetic generator or the ingest ever
+    # changes what the demo trains on, this fails and the shipped models must be retrained
+    # (flows/demo_assets/checkpoints/asset.json says how).
+    from storage.synthetic import SynthConfig, write_synthetic_release
+
+    summary = write_synthetic_release(
+        tmp_path / "synthetic", SynthConfig(studies=300, size=128), seed=0
+    )
+    store = tmp_path / "store"
+    ingest_flow(release=str(summary.release_dir), store=str(store), size=64, shard_items=32)
+    outcome = seed_checkpoints(ImageStore.open(store, read_only=True), tmp_path / "checkpoints")
+    assert outcome.copied, outcome.reason
