@@ -31,7 +31,17 @@ def test_paper_numbers():
     assert cfg.schedule.num_train_timesteps == 1000
     assert (cfg.translation.level, cfg.translation.steps, cfg.translation.scale) == (500, 500, 100)
     tiny = preset("tiny")
-    assert tiny.image_size == 64 and tiny.translation.steps == 50
+    assert tiny.image_size == 64
+    tr = tiny.translation
+    assert (tr.level, tr.steps, tr.scale, tr.difference, tr.smoothing_sigma) == (
+        300,
+        10,
+        10,
+        "raw",
+        1.5,
+    )
+    # The paper preset keeps the official heatmap definition.
+    assert (cfg.translation.difference, cfg.translation.smoothing_sigma) == ("minmax", 0.0)
 
 
 def test_invalid_values_raise_config_error():

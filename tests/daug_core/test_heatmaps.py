@@ -76,7 +76,7 @@ def test_compute_heatmaps_applies_the_configured_definition():
     # Same counterfactuals under both definitions (the translation is the same); only the
     # comparison with x0 differs, as the config says.
     cfg_raw = micro_config(scale=10.0, difference="raw", smoothing_sigma=1.0)
-    cfg_official = micro_config(scale=10.0)
+    cfg_official = micro_config(scale=10.0, difference="minmax", smoothing_sigma=0.0)
     unet, classifier, x0 = make_models(cfg_raw, seed=5)
     targets = all_targets()[:2]
     raw = compute_heatmaps(unet, classifier, x0, targets, cfg_raw)

@@ -17,12 +17,7 @@ import zarr
 
 from daug_core.checkpoints import (
     checkpoint_sha256,
-    save_classifier_checkpoint,
-    save_generator_checkpoint,
 )
-from daug_core.classifier_training import init_classifier_state
-from daug_core.config import preset
-from daug_core.generator import init_generator_state
 from flows.heatmap_actors import LocalHeatmapComputer, RayHeatmapPool, WorkerSpec
 from flows.ingest import ingest_flow
 from flows.precompute import (
@@ -35,6 +30,7 @@ from flows.precompute import (
 from storage.heatmap_store import HeatmapStore, ProvenanceMismatchError
 from storage.image_store import ImageStore
 from storage.precompute import ImageBatch, plan_heatmaps, precompute_shard
+from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -55,14 +51,7 @@ def setup(tmp_path_factory, synthetic_pair, prefect_server, ray_session) -> dict
     assert images.done_mask()[NAN_ITEM]
     images.write_images([NAN_ITEM], np.full((1, 64, 64), np.nan))  # a corrupted item
     shutil.copytree(store, root / "store_resume")
-    config = preset("tiny")
-    ckpt = root / "ckpt"
-    generator = init_generator_state(config, generator=torch.Generator().manual_seed(0))
-    save_generator_checkpoint(generator, ckpt / "generator")
-    classifier = init_classifier_state(
-        config, pos_weight=None, generator=torch.Generator().manual_seed(1)
-    )
-    save_classifier_checkpoint(classifier, ckpt / "classifier")
+    ckpt = write_random_checkpoints(root / "ckpt")
     return {"store": store, "resume": root / "store_resume", "ckpt": ckpt}
 
 
@@ -106,12 +95,12 @@ def test_rerun_computes_nothing_new(setup, first_run):
 
 def test_other_provenance_refuses_and_a_new_version_works(setup, first_run):
     args = {"store": str(setup["store"]), "checkpoints": str(setup["ckpt"])}
-    with pytest.raises(ProvenanceMismatchError, match=r"scale: 100\.0 -> 10\.0"):
-        precompute_flow(**args, **(RUN | {"scale": 10.0}))
-    v2 = precompute_flow(**args, **(RUN | {"scale": 10.0}), version="v2", splits=["test"])
+    with pytest.raises(ProvenanceMismatchError, match=r"scale: 10\.0 -> 30\.0"):
+        precompute_flow(**args, **(RUN | {"scale": 30.0}))
+    v2 = precompute_flow(**args, **(RUN | {"scale": 30.0}), version="v2", splits=["test"])
     images = ImageStore.open(setup["store"], read_only=True)
     assert HeatmapStore.versions(images) == ["v1", "v2"]
-    assert HeatmapStore(images, "v2").provenance.scale == 10.0
+    assert HeatmapStore(images, "v2").provenance.scale == 30.0
     assert HeatmapStore(images, "v1").done_mask().sum() == first_run["done"]
     items = images.items()
     tested = items[(items["split"] == "test") & images.done_mask()[items["index"]]]
