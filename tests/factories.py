@@ -175,3 +175,24 @@ def fake_heatmap_provenance(targets: Sequence[str], image_size: int) -> HeatmapP
         generator_sha256="a" * 64,
         classifier_sha256="b" * 64,
     )
+
+
+def write_random_checkpoints(root: Path, generator_seed: int = 0, classifier_seed: int = 1) -> Path:
+    """``root/generator`` and ``root/classifier``: untrained tiny-preset models, step 0."""
+    import torch
+
+    from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
+    from daug_core.classifier_training import init_classifier_state
+    from daug_core.config import preset
+    from daug_core.generator import init_generator_state
+
+    config = preset("tiny")
+    generator = init_generator_state(
+        config, generator=torch.Generator().manual_seed(generator_seed)
+    )
+    save_generator_checkpoint(generator, root / "generator")
+    classifier = init_classifier_state(
+        config, pos_weight=None, generator=torch.Generator().manual_seed(classifier_seed)
+    )
+    save_classifier_checkpoint(classifier, root / "classifier")
+    return root

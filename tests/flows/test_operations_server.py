@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -37,13 +36,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
-from daug_core.classifier_training import init_classifier_state
-from daug_core.config import preset
-from daug_core.generator import init_generator_state
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.synthetic import SynthConfig, write_synthetic_release
+from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -198,16 +194,7 @@ def precompute_run(server, tmp_path_factory) -> dict[str, Any]:
             "sharded": False,
         },
     )
-    config = preset("tiny")
-    ckpt = root / "ckpt"
-    save_generator_checkpoint(
-        init_generator_state(config, generator=torch.Generator().manual_seed(0)),
-        ckpt / "generator",
-    )
-    save_classifier_checkpoint(
-        init_classifier_state(config, pos_weight=None, generator=torch.Generator().manual_seed(1)),
-        ckpt / "classifier",
-    )
+    ckpt = write_random_checkpoints(root / "ckpt")
     heatmaps = _run_deployment(
         server,
         "precompute/precompute",

@@ -17,18 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from prefect.settings import get_current_settings
 
-from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
-from daug_core.classifier_training import init_classifier_state
-from daug_core.config import preset
-from daug_core.generator import init_generator_state
 from flows.ingest import ingest_flow
 from flows.precompute import precompute_flow
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
+from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -52,16 +48,7 @@ def test_killed_precompute_resumes_to_the_same_heatmaps(
     ingest_flow(release=str(synthetic_pair[0]), store=str(reference), size=64, shard_items=4)
     killed = tmp_path / "killed"
     shutil.copytree(reference, killed)
-    ckpt = tmp_path / "ckpt"
-    config = preset("tiny")
-    save_generator_checkpoint(
-        init_generator_state(config, generator=torch.Generator().manual_seed(0)),
-        ckpt / "generator",
-    )
-    save_classifier_checkpoint(
-        init_classifier_state(config, pos_weight=None, generator=torch.Generator().manual_seed(1)),
-        ckpt / "classifier",
-    )
+    ckpt = write_random_checkpoints(tmp_path / "ckpt")
 
     args = [sys.executable, "-m", "flows.cli", "precompute", "--store", str(killed)]
     args += ["--checkpoints", str(ckpt), *[f"--target={t}" for t in TARGETS]]

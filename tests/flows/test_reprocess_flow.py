@@ -13,13 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
-from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
-from daug_core.classifier_training import init_classifier_state
-from daug_core.config import preset
-from daug_core.generator import init_generator_state
 from flows.ingest import ingest_flow
 from flows.precompute import precompute_flow
 from flows.reprocess import next_version_name, reprocess_flow
@@ -31,6 +26,7 @@ from storage.status import format_status, record_evaluation, store_status
 from storage.synthetic import SynthConfig, write_synthetic_release
 from storage.synthetic.next_release import ReleaseChangeConfig, write_next_release
 from tests.factories import run_daug as daug
+from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +42,7 @@ CHANGES = ReleaseChangeConfig(
 
 
 def save_checkpoints(path: Path, classifier_seed: int) -> Path:
-    config = preset("tiny")
-    generator = init_generator_state(config, generator=torch.Generator().manual_seed(0))
-    save_generator_checkpoint(generator, path / "generator")
-    classifier = init_classifier_state(
-        config, pos_weight=None, generator=torch.Generator().manual_seed(classifier_seed)
-    )
-    save_classifier_checkpoint(classifier, path / "classifier")
-    return path
+    return write_random_checkpoints(path, classifier_seed=classifier_seed)
 
 
 def chunk_bytes(store: Path, array: str, indices: np.ndarray) -> dict[int, bytes]:
