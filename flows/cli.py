@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, cast, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast, get_args
 
 import typer
 from rich.console import Console
@@ -96,6 +96,26 @@ def _write_synthetic(
             progress=lambda done, _: progress.update(task, completed=done),
             overwrite=overwrite,
         )
+
+
+def _check_checkpoints(checkpoints: Path) -> None:
+    """A train-generator output has generator/ and classifier/ (checked before any flow)."""
+    for name in ("generator", "classifier"):
+        if not (checkpoints / name).is_dir():
+            raise typer.BadParameter(
+                f"{checkpoints / name} does not exist", param_hint="--checkpoints"
+            )
+
+
+def _check_targets(texts: list[str] | None, class_names: tuple[str, ...], hint: str) -> None:
+    """Every "+Class" / "-Class" names a class (checked before any flow)."""
+    from daug_core.guidance import Target, TargetError
+
+    try:
+        for text in texts or []:
+            Target.parse(text, class_names)
+    except TargetError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
 
 
 @app.callback()
@@ -276,10 +296,7 @@ def precompute(
     retry_failed: Annotated[bool, typer.Option(help="retry items that failed before")] = False,
 ) -> None:
     """Precompute DAug heatmaps for the ingested images of a store (resumable)."""
-    from daug_core.guidance import Target, TargetError
     from flows.precompute import (
-        CLASSIFIER_DIR,
-        GENERATOR_DIR,
         TranslationOverrides,
         heatmap_config,
         precompute_flow,
@@ -291,22 +308,14 @@ def precompute(
     # Fail before starting a Prefect server on a missing store or checkpoint, bad numbers
     # (ConfigError) or unknown targets.
     ImageStore.open(store, read_only=True)
-    for name in (GENERATOR_DIR, CLASSIFIER_DIR):
-        if not (checkpoints / name).is_dir():
-            raise typer.BadParameter(
-                f"{checkpoints / name} does not exist", param_hint="--checkpoints"
-            )
+    _check_checkpoints(checkpoints)
     config = heatmap_config(
         preset,
         TranslationOverrides(
             mode, scale, level, steps, inversion_refinements, difference, smoothing_sigma
         ),
     )
-    try:
-        for text in target or []:
-            Target.parse(text, config.class_names)
-    except TargetError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--target") from None
+    _check_targets(target, config.class_names, "--target")
     with _flow_progress():
         result = precompute_flow(
             store=str(store),
@@ -443,7 +452,7 @@ def heatmap_quality(
         bool,
         typer.Option(
             "--compare/--no-compare",
-            help="softmax vs sigmoid heatmaps (versions quality-softmax / quality-sigmoid)",
+            help="softmax vs sigmoid heatmaps (versions quality-<mode>-<settings hash>)",
         ),
     ] = True,
     compare_target: Annotated[
@@ -479,7 +488,6 @@ def heatmap_quality(
 ) -> None:
     """Score heatmaps against the synthetic lesion masks: pointing game, pixel AUROC, heat
     on other lesions; softmax vs sigmoid guidance; a timed sweep of the translation numbers."""
-    from daug_core.guidance import Target, TargetError
     from flows.precompute import TranslationOverrides, heatmap_config
     from storage.heatmap_store import HeatmapStore
     from storage.image_store import ImageStore
@@ -498,11 +506,7 @@ def heatmap_quality(
             param_hint="--version",
         )
     if checkpoints is not None:
-        for name in ("generator", "classifier"):
-            if not (checkpoints / name).is_dir():
-                raise typer.BadParameter(
-                    f"{checkpoints / name} does not exist", param_hint="--checkpoints"
-                )
+        _check_checkpoints(checkpoints)
     if version is None and (checkpoints is None or not (compare or sweep)):
         raise typer.BadParameter(
             "nothing to score: give --version, or --checkpoints with --compare or --sweep",
@@ -511,11 +515,7 @@ def heatmap_quality(
     config = heatmap_config(
         preset, TranslationOverrides(None, scale, level, steps, inversion_refinements)
     )
-    try:
-        for text in compare_target or []:
-            Target.parse(text, config.class_names)
-    except TargetError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--compare-target") from None
+    _check_targets(compare_target, config.class_names, "--compare-target")
     from flows.heatmap_quality import heatmap_quality_flow
 
     with _flow_progress():
@@ -710,11 +710,7 @@ def reprocess(
     for kind in ("metadata", "split", settings.reader.labeler):
         reader.csv_path(kind)
     if checkpoints is not None:
-        for name in ("generator", "classifier"):
-            if not (checkpoints / name).is_dir():
-                raise typer.BadParameter(
-                    f"{checkpoints / name} does not exist", param_hint="--checkpoints"
-                )
+        _check_checkpoints(checkpoints)
     with _flow_progress():
         result = reprocess_flow(
             release=str(release),
@@ -752,14 +748,26 @@ def demo(
     ),
     studies: Annotated[int, typer.Option(help="synthetic studies")] = 300,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    generator_steps: Annotated[int, typer.Option(help="generator training steps")] = 300,
-    classifier_steps: Annotated[int, typer.Option(help="classifier training steps")] = 600,
-    heatmap_steps: Annotated[int, typer.Option(help="DDIM steps per direction")] = 10,
+    generator_steps: Annotated[int, typer.Option(help="generator training steps")] = 3000,
+    classifier_steps: Annotated[int, typer.Option(help="classifier training steps")] = 3000,
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="start from the shipped checkpoints when the store is the one they were "
+            "trained on (default settings); --no-pretrained trains from scratch (~20 min)",
+        ),
+    ] = True,
+    heatmap_steps: Annotated[
+        int | None, typer.Option(help="DDIM steps per direction (default: the preset's)")
+    ] = None,
     ablation_seeds: Annotated[int, typer.Option(help="seeds of the ablation grid")] = 2,
 ) -> None:
     """Run the whole pipeline end to end on a synthetic release (tiny preset)."""
     from flows.ablate import ablate_flow
+    from flows.demo_checkpoints import seed_checkpoints
     from flows.evaluate import evaluate_flow
+    from flows.heatmap_quality import heatmap_quality_flow
     from flows.ingest import ingest_flow
     from flows.precompute import precompute_flow
     from flows.train_generator import train_generator_flow
@@ -783,6 +791,8 @@ def demo(
     console.print(summary.to_string(index=False))
     console.rule("3. train the DDPM generator and the noise-aware classifier (tiny preset)")
     checkpoints = out / "checkpoints"
+    if pretrained:
+        console.print(seed_checkpoints(ImageStore.open(store, read_only=True), checkpoints).reason)
     with _flow_progress():
         trained = train_generator_flow(
             store=str(store),
@@ -807,7 +817,6 @@ def demo(
             targets=["+No Finding"],
             preset_name="tiny",
             steps=heatmap_steps,
-            inversion_refinements=0,
             actors=2,
             cpus_per_actor=1.0,
         )
@@ -815,7 +824,25 @@ def demo(
         f"heatmaps: {heat['done']} computed, {heat['already_done']} already done, "
         f"{heat['failures']} failed, {heat['image_class_per_second']:.2f} image·class/s"
     )
-    console.rule("5. train and evaluate the ablation grid (tiny CLIP, hybrid loss)")
+    console.rule("5. heatmap quality against the ground-truth lesion masks (held-out images)")
+    truth = out / "synthetic" / "ground_truth"
+    with _flow_progress():
+        quality = heatmap_quality_flow(
+            store=str(store),
+            truth=str(truth),
+            checkpoints=str(checkpoints),
+            version="v1",
+            splits=["test", "validate"],
+            steps=heatmap_steps,
+            actors=2,
+            # Around the tiny preset (s = 10, L = 300, 10 steps) and out to the paper's numbers.
+            sweep_scales=[1.0, 10.0, 100.0],
+            sweep_levels=[150, 300, 500],
+            sweep_steps=[5, 10],
+        )
+    console.print(_quality_headline(quality))
+    console.print(_modes_table(quality))
+    console.rule("6. train and evaluate the ablation grid (tiny CLIP, hybrid loss)")
     ablation = out / "ablation"
     with _flow_progress():
         grid = ablate_flow(store=str(store), out=str(ablation), seeds=list(range(ablation_seeds)))
@@ -824,7 +851,7 @@ def demo(
         evaluate_flow(
             checkpoint=str(best / "best"),
             store=str(store),
-            truth=str(out / "synthetic" / "ground_truth"),
+            truth=str(truth),
         )
     console.rule("results")
     console.print(f"release:      {release}")
@@ -833,11 +860,55 @@ def demo(
     console.print(f"checkpoints:  {checkpoints}  (generator/, classifier/, loss_curves.png)")
     console.print(f"heatmaps:     {store}/heatmaps/v1  (heatmaps, heatmaps_done, failures.csv)")
     console.print(f"examples:     {heat['examples']}")
+    console.print(f"heatmap quality: {quality['run_dir']}  (summary.json, sweep.png, cases-*.png)")
     console.print(f"ablation:     {ablation}  (RESULTS.md, ablation.png, <variant>/seed-<s>/)")
     console.print(f"evaluation:   {best}  (metrics.json, roc_curves.png, examples.png)")
     console.print()
+    console.print(_quality_headline(quality))
+    console.print()
     console.print(grid["markdown"])
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
+
+
+def _quality_headline(quality: dict[str, Any]) -> str:
+    """One line per +No Finding source: pointing game and pixel AUROC on lesion images."""
+    lines = ["heatmap quality, +No Finding on held-out images with lesions:"]
+    sources = [("v1", (quality.get("scored") or {}).get("targets", {}))]
+    sources += [(m, s["targets"]) for m, s in (quality.get("modes") or {}).items()]
+    for name, targets in sources:
+        row = targets.get("+No Finding")
+        if row:
+            lines.append(
+                f"  {name:>8}: pointing game {_fmt(row['pointing_game'])}, pixel AUROC "
+                f"{_fmt(row['pixel_auroc'])}, heat inside {_fmt(row['mass_inside'])} "
+                f"({row['n_lesion']} images); healthy images' mean heat "
+                f"{_fmt(row['healthy_energy'])}"
+            )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _modes_table(quality: dict[str, Any]) -> str:
+    """Softmax vs sigmoid per target, in columns that fit a terminal."""
+    modes = quality.get("modes") or {}
+    if set(modes) != {"softmax", "sigmoid"}:
+        return ""
+    soft, sig = modes["softmax"]["targets"], modes["sigmoid"]["targets"]
+    lines = [
+        "softmax vs sigmoid guidance (lesion images; off-target: heat share on other lesions)",
+        f"{'target':<26}{'n':>4}  {'pointing game':>15}  {'pixel AUROC':>15}  {'off-target':>15}",
+    ]
+    for target, a in soft.items():
+        b = sig.get(target, {})
+        cells = [
+            f"{_fmt(a[m])}/{_fmt(b.get(m))}"
+            for m in ("pointing_game", "pixel_auroc", "off_target_share")
+        ]
+        lines.append(f"{target:<26}{a['n_lesion']:>4}  " + "  ".join(f"{c:>15}" for c in cells))
+    return "\n".join(lines)
 
 
 def run() -> None:
