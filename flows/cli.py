@@ -871,19 +871,28 @@ def demo(
 
 
 def _quality_headline(quality: dict[str, Any]) -> str:
-    """One line per +No Finding source: pointing game and pixel AUROC on lesion images."""
-    lines = ["heatmap quality, +No Finding on held-out images with lesions:"]
-    sources = [("v1", (quality.get("scored") or {}).get("targets", {}))]
-    sources += [(m, s["targets"]) for m, s in (quality.get("modes") or {}).items()]
-    for name, targets in sources:
-        row = targets.get("+No Finding")
-        if row:
-            lines.append(
-                f"  {name:>8}: pointing game {_fmt(row['pointing_game'])}, pixel AUROC "
-                f"{_fmt(row['pixel_auroc'])}, heat inside {_fmt(row['mass_inside'])} "
-                f"({row['n_lesion']} images); healthy images' mean heat "
-                f"{_fmt(row['healthy_energy'])}"
-            )
+    """``+No Finding`` per heatmap source (the scored version, then each guidance mode)."""
+    rows = []
+    scored = quality.get("scored") or {}
+    if scored:
+        rows.append((scored["version"], scored["targets"].get("+No Finding")))
+    for mode, source in (quality.get("modes") or {}).items():
+        rows.append((mode, source["targets"].get("+No Finding")))
+    rows = [(name, row) for name, row in rows if row]
+    if not rows:
+        return "heatmap quality: no +No Finding heatmaps scored"
+    first = rows[0][1]
+    lines = [
+        f"heatmap quality, +No Finding, held-out images ({first['n_lesion']} with lesions, "
+        f"{first['n_healthy']} healthy):",
+        f"{'source':<10}{'pointing game':>15}{'pixel AUROC':>13}{'heat inside':>13}"
+        f"{'healthy heat':>14}",
+    ]
+    for name, row in rows:
+        lines.append(
+            f"{name[:10]:<10}{_fmt(row['pointing_game']):>15}{_fmt(row['pixel_auroc']):>13}"
+            f"{_fmt(row['mass_inside']):>13}{_fmt(row['healthy_energy']):>14}"
+        )
     return "\n".join(lines)
 
 
@@ -898,8 +907,8 @@ def _modes_table(quality: dict[str, Any]) -> str:
         return ""
     soft, sig = modes["softmax"]["targets"], modes["sigmoid"]["targets"]
     lines = [
-        "softmax vs sigmoid guidance (lesion images; off-target: heat share on other lesions)",
-        f"{'target':<26}{'n':>4}  {'pointing game':>15}  {'pixel AUROC':>15}  {'off-target':>15}",
+        "softmax / sigmoid guidance (lesion images; off-target: heat on other lesions)",
+        f"{'target':<26}{'n':>4}{'pointing game':>15}{'pixel AUROC':>13}{'off-target':>13}",
     ]
     for target, a in soft.items():
         b = sig.get(target, {})
@@ -907,7 +916,11 @@ def _modes_table(quality: dict[str, Any]) -> str:
             f"{_fmt(a[m])}/{_fmt(b.get(m))}"
             for m in ("pointing_game", "pixel_auroc", "off_target_share")
         ]
-        lines.append(f"{target:<26}{a['n_lesion']:>4}  " + "  ".join(f"{c:>15}" for c in cells))
+        widths = (15, 13, 13)
+        lines.append(
+            f"{target:<26}{a['n_lesion']:>4}"
+            + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        )
     return "\n".join(lines)
 
 

@@ -66,3 +66,34 @@ def test_train_and_evaluate_refuse_bad_options_before_starting_prefect(tmp_path)
     assert "Traceback" not in no_store.stderr
     no_ckpt = daug("evaluate", "--checkpoint", str(tmp_path), "--store", str(tmp_path))
     assert no_ckpt.returncode == 2 and "holds no clip.json" in no_ckpt.stderr
+
+
+def test_demo_prints_the_heatmap_quality_headline_in_terminal_columns():
+    from flows.cli import _modes_table, _quality_headline
+
+    def row(pg, auroc, off=0.0):
+        return {
+            "n_lesion": 29,
+            "n_healthy": 13,
+            "pointing_game": pg,
+            "pixel_auroc": auroc,
+            "mass_inside": 0.18,
+            "off_target_share": off,
+            "healthy_energy": 0.015,
+        }
+
+    quality = {
+        "scored": {"version": "v1", "targets": {"+No Finding": row(0.966, 0.953)}},
+        "modes": {
+            "softmax": {"targets": {"+No Finding": row(0.966, 0.953), "-Pleural": row(0.6, None)}},
+            "sigmoid": {"targets": {"+No Finding": row(1.0, 0.949), "-Pleural": row(0.8, 0.94)}},
+        },
+    }
+    headline = _quality_headline(quality).splitlines()
+    assert headline[0].endswith("(29 with lesions, 13 healthy):")
+    assert headline[2].split() == ["v1", "0.966", "0.953", "0.180", "0.015"]
+    assert headline[4].split() == ["sigmoid", "1.000", "0.949", "0.180", "0.015"]
+    modes = _modes_table(quality).splitlines()
+    assert modes[3].split() == ["-Pleural", "29", "0.600/0.800", "n/a/0.940", "0.000/0.000"]
+    assert max(len(line) for line in headline + modes) <= 80
+    assert _modes_table({"modes": None}) == ""
