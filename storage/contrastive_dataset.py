@@ -455,6 +455,11 @@ def make_loader(
     seeded by ``(seed, dataset.epoch)`` (:class:`EpochShuffle`); without it, store order.
     Workers start with ``spawn`` (safe beside threads, Zarr's event loop and Ray) and are not
     persistent, so each epoch's iterator ships the dataset with its current epoch.
+
+    The loader has its own ``torch.Generator`` (for the workers' base seed): without one, every
+    epoch's iterator draws from the process-wide RNG, which the ablation's concurrent runs
+    share; a draw landing inside another thread's :func:`daug_core.rng.seeded_init` changed
+    that model's initial weights (a baseline run differed between two demo runs).
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
@@ -466,4 +471,5 @@ def make_loader(
         multiprocessing_context="spawn" if num_workers > 0 else None,
         persistent_workers=False,
         drop_last=drop_last,
+        generator=torch.Generator().manual_seed(_seed(seed, 0)),
     )

@@ -288,6 +288,16 @@ def test_shuffle_order_is_a_function_of_seed_and_epoch(store_path):
     assert list(EpochShuffle(ds, seed=5)) != fresh
 
 
+def test_loading_leaves_the_global_rng_alone(store_path):
+    # Concurrent training runs share the process-wide RNG with seeded model builds.
+    ds = ContrastiveDataset(store_path, ["train", "validate", "test"])
+    before = torch.random.get_rng_state()
+    for shuffle in (True, False):
+        batches = list(make_loader(ds, batch_size=4, shuffle=shuffle, seed=3))
+        assert sum(len(b["dicom_id"]) for b in batches) == len(ds)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_spawn_workers_yield_the_same_batches_as_the_main_process(store_path):
     ds = ContrastiveDataset(
         store_path,
