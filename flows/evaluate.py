@@ -30,7 +30,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import zarr
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -51,10 +50,11 @@ from daug_core.retrieval import ClassRetrieval, PairRecall, class_retrieval, pai
 from flows.monitoring import artifact_key, table_artifact
 from flows.train import prompt_tokens
 from storage.contrastive_dataset import ContrastiveDataset, make_loader
-from storage.geometry import fit_to_square
 from storage.image_store import ImageStore
+from storage.ingest import store_fit_mode
 from storage.labels import CHEXPERT_LABELS
 from storage.status import record_evaluation
+from storage.synthetic.ground_truth import GroundTruthMasks
 
 log = logging.getLogger(__name__)
 CLASS_KS = (1, 3, 5, 10)
@@ -255,7 +255,8 @@ def plot_examples(
         heatmap_version=heatmap_version if targets else None,
         heatmap_targets=targets,
     )
-    masks = zarr.open_group(truth / "masks.zarr", mode="r") if truth else None
+    masks = GroundTruthMasks.open(truth) if truth else None
+    fit = store_fit_mode(ImageStore.open(store, read_only=True))
     rows = min(count, len(dataset))
     k = len(loaded.heatmap_targets)
     cols = 1 + k + (1 if masks is not None else 0)
@@ -273,10 +274,8 @@ def plot_examples(
         if masks is not None:
             union = np.zeros_like(image)
             if item["dicom_id"] in masks:
-                array = masks[item["dicom_id"]]
-                assert isinstance(array, zarr.Array)
-                native = np.asarray(array[...]).max(axis=0).astype(np.float32)
-                union = fit_to_square(native, image.shape[0], nearest=True)
+                fitted = masks.masks(item["dicom_id"], image.shape[0], fit)
+                union = np.asarray(fitted.any(axis=0), dtype=np.float32)
             axes[r, -1].imshow(image, cmap="gray", vmin=0, vmax=1)
             axes[r, -1].imshow(np.ma.masked_equal(union, 0), cmap="autumn", alpha=0.6)
             if r == 0:
