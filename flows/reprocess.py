@@ -163,18 +163,8 @@ def choose_heatmap_version(
         )
     stored = HeatmapStore(store, current).provenance
     settings = _settings(stored)
-    config = heatmap_config(
-        stored.preset,
-        TranslationOverrides(
-            stored.mode,
-            stored.scale,
-            stored.level,
-            stored.steps,
-            stored.inversion_refinements,
-            stored.difference,
-            stored.smoothing_sigma,
-        ),
-    )
+    numbers = {f.name: settings[f.name] for f in dataclasses.fields(TranslationOverrides)}
+    config = heatmap_config(stored.preset, TranslationOverrides(**numbers))
     wanted = heatmap_provenance(config, stored.targets, checkpoints)
     differences = stored.differences(wanted)
     if requested is not None and requested not in versions:
