@@ -38,19 +38,21 @@ class Batch:
 
 def selection_sha256(store: ImageStore, selection: Selection) -> str:
     """A fingerprint of the data a model trains on: the store's image size and, per selected
-    item in index order, its index, dicom_id, source file sha256 and label row. Two stores
-    ingested alike from the same release give the same value."""
+    item in index order, its index, dicom_id, label row and the sha256 of its stored pixels.
+
+    It hashes what the model sees, not the source files: a release written again by another
+    DICOM library version (other header bytes, same pixels) gives the same value, while the
+    JPG twin of a DICOM cohort (lossy pixels) does not."""
     items = store.items().set_index("index").loc[selection.indices]
     digest = hashlib.sha256(f"size={store.size};labels={selection.label_columns}".encode())
-    for index, dicom_id, source, labels in zip(
-        selection.indices,
-        items["dicom_id"],
-        items["source_sha256"],
-        selection.labels,
-        strict=True,
-    ):
-        row = ",".join("nan" if np.isnan(v) else f"{v:g}" for v in labels)
-        digest.update(f"\n{index};{dicom_id};{source};{row}".encode())
+    for start in range(0, len(selection.indices), 256):
+        part = selection.indices[start : start + 256]
+        pixels = store.read_images(part).astype("<f4", copy=False)
+        for offset, (index, image) in enumerate(zip(part, pixels, strict=True)):
+            row = start + offset
+            labels = ",".join("nan" if np.isnan(v) else f"{v:g}" for v in selection.labels[row])
+            image_sha = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+            digest.update(f"\n{index};{items['dicom_id'].iloc[row]};{image_sha};{labels}".encode())
     return digest.hexdigest()
 
 

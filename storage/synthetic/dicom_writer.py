@@ -35,6 +35,10 @@ from storage.synthetic.cohort import FakeIdentity
 
 CR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")  # for presentation
+# The writer's identity in the file meta, fixed so that a seed gives the same bytes whatever
+# pydicom version writes them (pydicom's implementation UID root, our own version name).
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.1")
+IMPLEMENTATION_VERSION_NAME = "DAUG_SYNTH_1"
 
 Photometric = Literal["MONOCHROME1", "MONOCHROME2"]
 
@@ -147,6 +151,10 @@ def build_dataset(
     meta.MediaStorageSOPClassUID = encoding.sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    # pydicom writes its own version here when the field is missing ("PYDICOM 3.0.2"), which
+    # made the same seed give other file bytes (and source sha256s) under another pydicom.
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
 
     ds = Dataset()
     ds.file_meta = meta
