@@ -18,11 +18,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch
 
-from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
+from daug_core.checkpoints import (
+    CLASSIFIER_DIR,
+    GENERATOR_DIR,
+    save_classifier_checkpoint,
+    save_generator_checkpoint,
+)
 from daug_core.classifier_training import init_classifier_state
 from daug_core.config import preset
 from daug_core.generator import init_generator_state
-from flows.precompute import CLASSIFIER_DIR, GENERATOR_DIR
 
 
 def save_random_checkpoints(ckpt: Path) -> None:

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from daug_core.config import TranslationConfig
 from storage.contrastive_dataset import AugmentConfig, ContrastiveDataset, make_loader
 from storage.heatmap_store import HeatmapProvenance, HeatmapStore
 from storage.image_store import ImageStore
@@ -85,12 +86,7 @@ def build_store(root: Path, items: int, size: int, channels: int, shard: int) ->
         store,
         HeatmapProvenance(
             targets=tuple(targets),
-            mode="softmax",
-            scale=100.0,
-            level=500,
-            steps=10,
-            inversion_refinements=0,
-            clip_denoised=False,
+            translation=TranslationConfig(level=500, steps=10, mode="softmax", scale=100.0),
             preset="tiny",
             image_size=size,
             generator_sha256="0" * 64,

@@ -27,8 +27,8 @@ from torch import nn
 from daug_core.classifier import build_classifier
 from daug_core.config import DiffusionConfig, preset
 from daug_core.generator import build_unet
-from daug_core.guidance import all_targets
 from daug_core.heatmaps import HeatmapResult, compute_heatmaps, compute_heatmaps_reference
+from daug_core.targets import all_targets
 
 
 @dataclass
@@ -117,7 +117,7 @@ def compare(cfg: DiffusionConfig, images: int, seed: int) -> float:
     print(
         f"{cfg.name}: {images} images x K={len(targets)} targets, {cfg.image_size} px, "
         f"L={tr.level}, {tr.steps} steps, {tr.inversion_refinements} inversion refinements, "
-        f"scale {tr.scale}, {tr.mode}, max_batch {tr.max_batch}"
+        f"scale {tr.scale}, {tr.mode}, max_batch {cfg.inference.max_batch}"
     )
     # Warm-up (allocator, oneDNN kernel selection) on one image and two targets, both paths.
     compute_heatmaps(unet, classifier, x0[:1], targets[:2], cfg)

@@ -30,8 +30,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import ingest_flow
 from storage.image_store import ImageStore
-from storage.ingest import IngestConfig, ingest_shard, plan_ingest
-from storage.release import ReaderConfig, ReleaseReader
+from storage.ingest import ingest_shard, plan_ingest
+from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.release import ReleaseReader
 from storage.synthetic import SynthConfig, write_synthetic_release
 
 SIZE, SHARD = 64, 64

@@ -16,6 +16,7 @@ from _precompute_setup import save_random_checkpoints  # sets the environment fi
 
 # isort: split
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -24,14 +25,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from daug_core.heatmap_settings import HeatmapSettings
 from flows.heatmap_actors import RayHeatmapPool, WorkerSpec
-from flows.precompute import (
-    CLASSIFIER_DIR,
-    GENERATOR_DIR,
-    TranslationOverrides,
-    default_targets,
-    heatmap_config,
-)
+from flows.pool import PoolSettings
+from flows.precompute import worker_spec
 from storage.precompute import ImageBatch
 
 CONFIGS = [(2, 1), (1, 2), (1, 1)]  # (actors, CPUs per actor = torch threads)
@@ -41,9 +38,7 @@ def measure(
     base: WorkerSpec, actors: int, cpus: int, batches: list[ImageBatch], k: int
 ) -> tuple[float, float]:
     """(start-up seconds, image·class/s) of one pool configuration."""
-    spec = WorkerSpec(
-        base.generator_dir, base.classifier_dir, base.config, base.targets, torch_threads=cpus
-    )
+    spec = dataclasses.replace(base, torch_threads=cpus)
     t = time.perf_counter()
     pool = RayHeatmapPool(spec, actors, float(cpus), 0.0)
     startup = time.perf_counter() - t
@@ -70,10 +65,9 @@ def main() -> None:
 
     ckpt = Path(tempfile.mkdtemp(prefix="precompute_actors_")) / "ckpt"
     save_random_checkpoints(ckpt)
-    overrides = TranslationOverrides(level=args.level, steps=args.steps, inversion_refinements=0)
-    config = heatmap_config("tiny", overrides)
-    targets = default_targets(config)
-    base = WorkerSpec(str(ckpt / GENERATOR_DIR), str(ckpt / CLASSIFIER_DIR), config, targets)
+    settings = HeatmapSettings(level=args.level, steps=args.steps, inversion_refinements=0)
+    targets = settings.target_names(settings.config().class_names)
+    base = worker_spec(settings, targets, ckpt, PoolSettings())
     pixels = np.random.default_rng(0).random((args.images, 64, 64)).astype(np.float32)
     batches = [
         ImageBatch(

@@ -34,16 +34,10 @@ from pathlib import Path
 import ray
 
 import flows.precompute as precompute_module
-from flows.heatmap_actors import HeatmapWorker, WorkerSpec
-from flows.precompute import (
-    CLASSIFIER_DIR,
-    GENERATOR_DIR,
-    TranslationOverrides,
-    default_targets,
-    heatmap_config,
-    heatmap_provenance,
-    precompute_flow,
-)
+from daug_core.heatmap_settings import HeatmapSettings
+from flows.heatmap_actors import HeatmapWorker
+from flows.pool import PoolSettings
+from flows.precompute import heatmap_provenance, precompute_flow, worker_spec
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.precompute import HeatmapShardResult, plan_heatmaps, shard_batches
@@ -78,10 +72,9 @@ def main() -> None:
     usable = items[images.done_mask()[items["index"].to_numpy()]].sort_values("index")
     chosen = usable["index"].to_numpy()[: args.images]
 
-    overrides = TranslationOverrides(level=args.level, steps=args.steps, inversion_refinements=0)
-    config = heatmap_config("tiny", overrides)
-    targets = default_targets(config)
-    provenance = heatmap_provenance(config, targets, ckpt)
+    settings = HeatmapSettings(level=args.level, steps=args.steps, inversion_refinements=0)
+    provenance = heatmap_provenance(settings, ckpt)
+    targets = provenance.targets
 
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
 
@@ -95,13 +88,8 @@ def main() -> None:
     batches = [b for work in plan.shards for b in shard_batches(images, work, args.batch_size)]
 
     # Baseline: the same worker in this process, same thread count, same batches.
-    spec = WorkerSpec(
-        str(ckpt / GENERATOR_DIR),
-        str(ckpt / CLASSIFIER_DIR),
-        config,
-        provenance.targets,
-        torch_threads=args.cpus,
-    )
+    pool = PoolSettings(batch_size=args.batch_size, actors=1, cpus_per_actor=float(args.cpus))
+    spec = worker_spec(settings, provenance.targets, ckpt, pool)
     load_before = load()
     loop_seconds = 0.0
     if args.baseline:
@@ -127,13 +115,9 @@ def main() -> None:
     run = precompute_flow(
         store=str(store),
         checkpoints=str(ckpt),
-        level=args.level,
-        steps=args.steps,
-        inversion_refinements=0,
-        batch_size=args.batch_size,
-        actors=1,
-        cpus_per_actor=float(args.cpus),
-        version="bench",
+        heatmaps=settings,
+        pool=pool,
+        heatmap_version="bench",
         examples=6,
     )
     flow_seconds = time.perf_counter() - t

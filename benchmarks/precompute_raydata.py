@@ -34,15 +34,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from daug_core.heatmap_settings import HeatmapSettings
 from flows.heatmap_actors import HeatmapWorker, RayHeatmapPool, WorkerSpec
-from flows.precompute import (
-    CLASSIFIER_DIR,
-    GENERATOR_DIR,
-    TranslationOverrides,
-    default_targets,
-    heatmap_config,
-    heatmap_provenance,
-)
+from flows.pool import PoolSettings
+from flows.precompute import heatmap_provenance, worker_spec
 from storage.heatmap_store import HeatmapProvenance, HeatmapStore
 from storage.image_store import ImageStore
 from storage.precompute import ImageBatch, plan_heatmaps, precompute_shard
@@ -131,14 +126,10 @@ def main() -> None:
     store = build_store(root, args.studies, args.images)
     images = ImageStore.open(store)
     chosen = np.flatnonzero(images.done_mask())[: args.images]
-    config = heatmap_config(
-        "tiny", TranslationOverrides(level=args.level, steps=args.steps, inversion_refinements=0)
-    )
-    targets = default_targets(config)
-    provenance = heatmap_provenance(config, targets, root / "ckpt")
-    spec = WorkerSpec(
-        str(root / "ckpt" / GENERATOR_DIR), str(root / "ckpt" / CLASSIFIER_DIR), config, targets
-    )
+    settings = HeatmapSettings(level=args.level, steps=args.steps, inversion_refinements=0)
+    provenance = heatmap_provenance(settings, root / "ckpt")
+    targets = provenance.targets
+    spec = worker_spec(settings, targets, root / "ckpt", PoolSettings())
 
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -12,7 +12,9 @@ Classifier checkpoint directory::
     classifier.safetensors + classifier.json   weights; ClassifierConfig and pos_weight
     trainer_state.safetensors + trainer_state.json
 
-The trainer state exists to resume training bit-for-bit; inference loaders ignore it. No pickle
+A training run's output folder holds both, as ``generator/`` and ``classifier/``
+(:data:`GENERATOR_DIR`, :data:`CLASSIFIER_DIR`). The trainer state exists to resume training
+bit-for-bit; inference loaders ignore it. No pickle
 is written or read. Loading is local-only (works with HF_HUB_OFFLINE=1).
 """
 
@@ -41,6 +43,8 @@ from daug_core.generator import GeneratorState, make_ema
 from daug_core.training import make_optimizer
 
 FORMAT_VERSION = 1
+# A train-generator output folder holds one checkpoint directory per model.
+GENERATOR_DIR, CLASSIFIER_DIR = "generator", "classifier"
 TRAINER_STATE = "trainer_state"
 UNET_DIR = "unet"
 UNET_EMA_DIR = "unet_ema"

@@ -15,6 +15,8 @@ trains on a 2-core CPU in seconds; same code path, other numbers.
 
 Configs round-trip through JSON (:func:`contrastive_config_to_dict` /
 :func:`contrastive_config_from_dict`) so they can be stored next to checkpoints.
+:class:`ClipTrainSettings` is what a user chooses for one training run (the preset and what to
+override), carried whole from the CLI or a deployment to the trainer.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Literal
 
-from daug_core.config import ConfigError, dataclass_from_dict
+from daug_core.config import ConfigError, dataclass_from_dict, described
 
 # Equivalent of storage.labels.CHEXPERT_LABELS (same order and spelling); daug_core must not
 # import storage. A test holds the two equal.
@@ -96,7 +98,7 @@ CLASS_LOSSES: tuple[str, ...] = typing.get_args(ClassLoss)
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".safetensors")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClipArchitecture:
     """A custom open_clip architecture (a ViT image tower and a causal text transformer),
     registered with ``open_clip.add_model_config`` under :attr:`ClipModelConfig.model_name` when
@@ -159,7 +161,7 @@ class ClipArchitecture:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClipModelConfig:
     """Which open_clip model, at which input sizes, and how the heatmaps enter it.
 
@@ -231,7 +233,7 @@ def check_local_checkpoint_name(pretrained: str) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HybridLossConfig:
     """L = w · L_CLIP + (1 − w) · L_class (DAug Sec. 3.3; official ``model.py``).
 
@@ -295,7 +297,7 @@ class HybridLossConfig:
         return len(self.class_names)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ContrastiveTrainingConfig:
     """Optimiser and loop numbers. AdamW (official: weight decay off for biases and LayerNorm),
     ``warmup_steps`` linear warm-up then ``lr_schedule``. Augmentation is applied jointly to the
@@ -350,7 +352,7 @@ class ContrastiveTrainingConfig:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ContrastiveConfig:
     """Everything the contrastive trainer needs, per preset."""
 
@@ -450,3 +452,56 @@ def contrastive_config_from_dict(data: dict[str, Any]) -> ContrastiveConfig:
     """Inverse of :func:`contrastive_config_to_dict`; unknown keys raise :class:`ConfigError`."""
     config: ContrastiveConfig = dataclass_from_dict(ContrastiveConfig, data)
     return config
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipTrainSettings:
+    """One contrastive training run: the preset and the values to override (None keeps the
+    preset's). Validated once, by building the config it stands for (:meth:`config`)."""
+
+    preset: ContrastivePresetName = described(
+        "tiny", "contrastive preset: tiny (64 px ViT, CPU) or paper (ViT-B/32 at 256 px)"
+    )
+    heatmap_mode: HeatmapMode | None = described(
+        None, "how heatmaps enter the image: none | channel | add | append (default: channel)"
+    )
+    weight: float | None = described(
+        None, "hybrid loss w in [0, 1]: w CLIP + (1 - w) class loss (default: the preset's 0.7)"
+    )
+    class_loss: ClassLoss | None = described(None, "class loss: bce (official) or paired")
+    epochs: int | None = described(None, "epochs (default: the preset's)")
+    batch_size: int | None = described(None, "batch size (default: the preset's)")
+    learning_rate: float | None = described(None, "peak learning rate (default: the preset's)")
+    seed: int | None = described(None, "training seed (default: the preset's)")
+    pretrained: str | None = described(
+        None, "local open_clip checkpoint file (.pt / .safetensors) to start from"
+    )
+
+    def __post_init__(self) -> None:
+        self.config()
+
+    def apply(self, config: ContrastiveConfig) -> ContrastiveConfig:
+        """``config`` with this run's overrides (each config checks its own ranges)."""
+        model = config.model
+        if self.heatmap_mode is not None:
+            model = dataclasses.replace(model, heatmap_mode=self.heatmap_mode)
+        if self.pretrained is not None:
+            model = dataclasses.replace(model, pretrained=self.pretrained)
+        loss = _replaced(config.loss, weight=self.weight, class_loss=self.class_loss)
+        training = _replaced(
+            config.training,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            seed=self.seed,
+        )
+        return dataclasses.replace(config, model=model, loss=loss, training=training)
+
+    def config(self) -> ContrastiveConfig:
+        """The preset with the overrides applied."""
+        return self.apply(contrastive_preset(self.preset))
+
+
+def _replaced(config: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` with the changes that are not None."""
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})

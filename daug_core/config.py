@@ -8,12 +8,18 @@ chest X-rays: linear schedule, T = 1000, 128 base channels, 2 res-blocks per lev
 512 px channel multipliers (0.5, 1, 1, 2, 2, 4, 4).
 
 Configs round-trip through JSON (:func:`config_to_dict` / :func:`config_from_dict`) so they can be
-stored next to checkpoints and in heatmap-store provenance.
+stored next to checkpoints and in heatmap-store provenance. Every config and settings class is
+frozen and keyword-only (a positional call is a TypeError, so a reordered field cannot shift
+values); each checks its own ranges in ``__post_init__``, once, where its type is defined.
+
+:class:`DiffusionTrainSettings` is what a user chooses for a training run (the preset and what
+to override), carried whole from the CLI or a deployment to the flow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,7 +47,23 @@ class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent with another one."""
 
 
-@dataclass(frozen=True)
+def described(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field default with its help text (the CLI builds its options from it);
+    ``metadata`` may add ``option`` (the CLI spelling, e.g. ``"target"`` for ``targets``)."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("use an immutable default (tuple, frozenset)")
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def check_finite(owner: str, name: str, value: float, low: float, high: float = math.inf) -> None:
+    """Raise :class:`ConfigError` unless ``low <= value <= high`` and ``value`` is a number
+    (NaN fails every comparison, so it is refused here too)."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
+        bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise ConfigError(f"{owner}.{name} must be a finite number {bounds}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class NoiseScheduleConfig:
     """DDPM forward process (Ho et al. 2020): beta_t linear in t, as in guided-diffusion."""
 
@@ -59,7 +81,7 @@ class NoiseScheduleConfig:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GeneratorConfig:
     """Arguments of diffusers ``UNet2DModel`` (1 channel in and out, unconditional, epsilon)."""
 
@@ -85,7 +107,7 @@ class GeneratorConfig:
             raise ConfigError(f"image_size {self.image_size} is not divisible by 2**{n - 1}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClassifierConfig:
     """Noise-aware classifier: the encoder half of a UNet (diffusers down blocks with a timestep
     embedding and GroupNorm), global average pooling and a linear head over ``class_names``."""
@@ -113,13 +135,15 @@ class ClassifierConfig:
         return len(self.class_names)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TranslationConfig:
     """Image-to-counterfactual translation: DDIM inversion to ``level`` then guided decoding.
+    Every field changes the heatmap values, so heatmap provenance embeds this object whole.
 
     ``level`` is a timestep index of the training schedule (500 of T = 1000 in DAug); ``steps`` DDIM
     steps are spread evenly over [0, level] (``steps == level`` uses every timestep).
-    ``max_batch`` bounds the rows of one UNet/classifier call in the batched heatmap path.
+    ``scale`` multiplies the classifier gradient; ``0`` is plain DDIM reconstruction (no guidance:
+    the heatmap is the reconstruction error, the baseline the guidance is measured against).
     ``clip_denoised`` clamps the predicted x0 to [-1, 1] (guided-diffusion's ``clip_denoised``); it
     is off by default because clamping makes inversion and decoding stop being inverse maps.
     ``inversion_refinements`` > 0 solves each inversion step as the exact inverse of the decoding
@@ -138,7 +162,6 @@ class TranslationConfig:
     steps: int = 50
     mode: GuidanceMode = "softmax"
     scale: float = 100.0
-    max_batch: int = 64
     clip_denoised: bool = False
     inversion_refinements: int = 0
     difference: HeatmapDifference = "minmax"
@@ -151,8 +174,7 @@ class TranslationConfig:
             )
         if self.mode not in ("softmax", "sigmoid"):
             raise ConfigError(f"mode must be 'softmax' or 'sigmoid', got {self.mode!r}")
-        if self.max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
+        check_finite("TranslationConfig", "scale", self.scale, 0.0)
         if self.inversion_refinements < 0:
             raise ConfigError(
                 f"inversion_refinements must be >= 0, got {self.inversion_refinements}"
@@ -161,11 +183,22 @@ class TranslationConfig:
             raise ConfigError(
                 f"difference must be one of {HEATMAP_DIFFERENCES}, got {self.difference!r}"
             )
-        if not 0.0 <= self.smoothing_sigma <= 16.0:
-            raise ConfigError(f"smoothing_sigma must be in [0, 16] px, got {self.smoothing_sigma}")
+        check_finite("TranslationConfig", "smoothing_sigma", self.smoothing_sigma, 0.0, 16.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class InferenceConfig:
+    """How the heatmap path runs, not what it computes (so not part of heatmap provenance):
+    ``max_batch`` bounds the rows of one UNet/classifier call in the batched path."""
+
+    max_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     """Optimiser and loop numbers for one model. ``batch_size`` and ``checkpoint_every`` are for the
     caller that builds the data iterator and the per-step callback; ``num_steps`` is the total step
@@ -188,7 +221,7 @@ class TrainingConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DiffusionConfig:
     """Everything the diffusion core needs, per preset."""
 
@@ -199,6 +232,7 @@ class DiffusionConfig:
     translation: TranslationConfig
     generator_training: TrainingConfig
     classifier_training: TrainingConfig
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     format_version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -255,7 +289,6 @@ def _tiny() -> DiffusionConfig:
             steps=10,
             mode="softmax",
             scale=10.0,
-            max_batch=64,
             inversion_refinements=0,
             difference="raw",
             smoothing_sigma=1.5,
@@ -285,6 +318,7 @@ def _tiny() -> DiffusionConfig:
             checkpoint_every=200,
             max_noise_timestep=500,
         ),
+        inference=InferenceConfig(max_batch=64),
     )
 
 
@@ -317,8 +351,9 @@ def _paper() -> DiffusionConfig:
             norm_num_groups=32,
         ),
         translation=TranslationConfig(
-            level=500, steps=500, mode="softmax", scale=100.0, max_batch=8, inversion_refinements=0
+            level=500, steps=500, mode="softmax", scale=100.0, inversion_refinements=0
         ),
+        inference=InferenceConfig(max_batch=8),
         generator_training=TrainingConfig(
             batch_size=10,
             num_steps=150_000,
@@ -352,13 +387,55 @@ def preset(name: str) -> DiffusionConfig:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESET_NAMES)}") from None
 
 
+@dataclass(frozen=True, kw_only=True)
+class DiffusionTrainSettings:
+    """One training run of the generator and the noise-aware classifier: the preset and the
+    step counts to train to (None: the preset's)."""
+
+    preset: PresetName = described("tiny", "diffusion preset: tiny (64 px, CPU) or paper (512 px)")
+    seed: int = described(0, "seeds weights, noise and batches (a resumed run continues alike)")
+    generator_steps: int | None = described(
+        None, "total generator steps to train to (default: the preset's)"
+    )
+    classifier_steps: int | None = described(
+        None, "total classifier steps to train to (default: the preset's)"
+    )
+
+    def __post_init__(self) -> None:
+        preset(self.preset)  # an unknown name fails here, with the known ones
+        for name in ("generator_steps", "classifier_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"DiffusionTrainSettings.{name} must be >= 1, got {value}")
+
+    def config(self) -> DiffusionConfig:
+        """The preset with the step counts applied."""
+        config = preset(self.preset)
+        generator, classifier = config.generator_training, config.classifier_training
+        if self.generator_steps is not None:
+            generator = dataclasses.replace(generator, num_steps=self.generator_steps)
+        if self.classifier_steps is not None:
+            classifier = dataclasses.replace(classifier, num_steps=self.classifier_steps)
+        return dataclasses.replace(
+            config, generator_training=generator, classifier_training=classifier
+        )
+
+
 def config_to_dict(config: DiffusionConfig) -> dict[str, Any]:
     """JSON-ready dict of a config (tuples become lists)."""
     return dataclasses.asdict(config)
 
 
 def config_from_dict(data: dict[str, Any]) -> DiffusionConfig:
-    """Inverse of :func:`config_to_dict`; unknown or missing keys raise :class:`ConfigError`."""
+    """Inverse of :func:`config_to_dict`; unknown or missing keys raise :class:`ConfigError`.
+
+    Configs stored before ``max_batch`` moved from the translation to :class:`InferenceConfig`
+    (checkpoints of 2026-12-01 and earlier) are read with it moved."""
+    data = dict(data)
+    translation = dict(data.get("translation") or {})
+    if "max_batch" in translation and "inference" not in data:
+        data["inference"] = {"max_batch": translation.pop("max_batch")}
+        data["translation"] = translation
     config: DiffusionConfig = dataclass_from_dict(DiffusionConfig, data)
     return config
 

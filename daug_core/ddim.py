@@ -6,7 +6,8 @@ x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4).
 
 Grid. For noise level L (a timestep index) and n steps the trajectory visits the clean image
 (alpha_bar = 1, the model is queried there with t = 0, the least noisy trained timestep) and
-tau_i = round(i L / n), i = 1..n. With n = L that is every timestep 1..L; tiny uses n = 50.
+tau_i = round(i L / n), i = 1..n. With n = L that is every timestep 1..L; the tiny preset uses
+n = 10, the paper preset n = L = 500.
 
 Step. One DDIM update from (x_s, alpha_bar_s) to alpha_bar_r, both directions (Song et al. 2021,
 "Denoising Diffusion Implicit Models", eq. 12 with sigma = 0):

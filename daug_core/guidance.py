@@ -17,58 +17,13 @@ over the classifier's logits z (B, C):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from daug_core.config import DEFAULT_CLASS_NAMES, GuidanceMode
+from daug_core.config import GuidanceMode
 from daug_core.ddim import CondFn, EpsModel, ddim_decode, model_dtype
-
-Direction = Literal[1, -1]
-
-
-class TargetError(ValueError):
-    """A target string or index does not name a known class and direction."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A guidance target: ``direction`` +1 toward ``class_index``, -1 away from it."""
-
-    class_index: int
-    direction: Direction
-    class_name: str
-
-    @classmethod
-    def parse(cls, text: str, class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> Target:
-        """``"+No Finding"`` / ``"-Pleural"``; the sign is required, names match exactly or,
-        failing that, case-insensitively."""
-        raw = text.strip()
-        if len(raw) < 2 or raw[0] not in "+-":
-            raise TargetError(f"target {text!r} must start with '+' or '-' then a class name")
-        direction: Direction = 1 if raw[0] == "+" else -1
-        name = raw[1:].strip()
-        names = list(class_names)
-        if name in names:
-            index = names.index(name)
-        else:
-            folded = [n.casefold() for n in names]
-            if name.casefold() not in folded:
-                raise TargetError(f"target {text!r}: unknown class {name!r}; known: {names}")
-            index = folded.index(name.casefold())
-        return cls(index, direction, names[index])
-
-    def __str__(self) -> str:
-        return f"{'+' if self.direction == 1 else '-'}{self.class_name}"
-
-
-def all_targets(
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES, direction: Direction = 1
-) -> tuple[Target, ...]:
-    """One target per class in ``direction``; with +1 these are DAug's K = 7 heatmap targets."""
-    return tuple(Target(i, direction, name) for i, name in enumerate(class_names))
+from daug_core.targets import Target, TargetError
 
 
 def target_tensors(

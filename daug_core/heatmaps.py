@@ -17,7 +17,8 @@ sign (an edge that moves) from cancelling.
 Two public paths, equal up to float rounding:
 
 * :func:`compute_heatmaps` (fast): inverts each image once and decodes all K targets as one
-  batch of B*K rows, cut into chunks of at most ``max_batch`` rows so memory stays bounded.
+  batch of B*K rows, cut into chunks of at most ``InferenceConfig.max_batch`` rows so memory
+  stays bounded.
 * :func:`compute_heatmaps_reference`: re-inverts per (image, target) pair at batch 1, as the
   official code does; kept for tests and benchmarks.
 """
@@ -34,13 +35,13 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from daug_core.config import DiffusionConfig, HeatmapDifference, TranslationConfig
 from daug_core.ddim import EpsModel, invert_to_level
 from daug_core.guidance import (
-    Target,
     classifier_logits,
     guided_decode,
     target_probabilities,
     target_probability,
 )
 from daug_core.schedule import alphas_cumprod
+from daug_core.targets import Target
 
 _FLAT = 1e-12  # an image whose max - min is below this has no contrast: minmax gives zeros
 
@@ -89,15 +90,11 @@ def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur(maps, kernel_size=[size, size], sigma=[sigma, sigma])
 
 
-def heatmap(
-    x0: torch.Tensor,
-    x_cf: torch.Tensor,
-    difference: HeatmapDifference = "minmax",
-    smoothing_sigma: float = 0.0,
-) -> torch.Tensor:
-    """|signed_difference|, blurred by ``smoothing_sigma`` px (the defaults are the official
-    DAug definition |minmax(x0) - minmax(x_cf)|)."""
-    return smooth(signed_difference(x0, x_cf, difference).abs(), smoothing_sigma)
+def heatmap(signed: torch.Tensor, smoothing_sigma: float = 0.0) -> torch.Tensor:
+    """The heatmap of a :func:`signed_difference`: its magnitude, blurred by
+    ``smoothing_sigma`` px (``heatmap(signed_difference(x0, x_cf))`` is the official DAug
+    definition |minmax(x0) - minmax(x_cf)|)."""
+    return smooth(signed.abs(), smoothing_sigma)
 
 
 def _check_inputs(x0: torch.Tensor, targets: Sequence[Target], cfg: DiffusionConfig) -> None:
@@ -122,8 +119,14 @@ def _result(
 ) -> HeatmapResult:
     # x0: (B, 1, S, S) broadcasts over cf: (B, K, S, S).
     signed = signed_difference(x0.float(), cf, tr.difference)
-    heat = smooth(signed.abs(), tr.smoothing_sigma)
-    return HeatmapResult(tuple(targets), heat, signed, cf, before, after)
+    return HeatmapResult(
+        targets=tuple(targets),
+        heatmaps=heatmap(signed, tr.smoothing_sigma),
+        signed=signed,
+        counterfactuals=cf,
+        prob_before=before,
+        prob_after=after,
+    )
 
 
 def compute_heatmaps(
@@ -140,7 +143,7 @@ def compute_heatmaps(
     _check_inputs(x0, targets, cfg)
     tr = cfg.translation
     ab = alphas_cumprod(cfg.schedule)
-    b, k, s, chunk = x0.shape[0], len(targets), cfg.image_size, tr.max_batch
+    b, k, s, chunk = x0.shape[0], len(targets), cfg.image_size, cfg.inference.max_batch
     x_level = torch.cat(
         [
             invert_to_level(

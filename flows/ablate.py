@@ -18,26 +18,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from daug_core.clip_config import HeatmapMode
+from daug_core.clip_config import ClipTrainSettings, HeatmapMode
 from flows.evaluate import evaluate_checkpoint
-from flows.monitoring import ProgressReporter, artifact_key, table_artifact
-from flows.train import BEST, TrainOverrides, contrastive_config, train_contrastive
+from flows.reports import ablation as report
+from flows.reports.ablation import HEADLINE
+from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.train import BEST, train_contrastive
 
 log = logging.getLogger(__name__)
-HEADLINE = ("auc_macro", "auc_weighted", "x2x_map5", "x2x_wmap5", "r2x_map5", "r2x_wmap5")
 
 
 @dataclass(frozen=True)
@@ -71,27 +66,29 @@ def ablation_run(
     out: Path,
     variant: Variant,
     seed: int,
-    preset_name: str,
+    training: ClipTrainSettings,
     heatmap_version: str,
-    weight: float,
-    epochs: int | None,
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate one (variant, seed); skips both when already done."""
     run_dir = out / variant.name / f"seed-{seed}"
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
-        config = contrastive_config(
-            preset_name,
-            TrainOverrides(mode=variant.mode, weight=weight if variant.hybrid else 1.0),
-        )
-        training = dataclasses.replace(
-            config.training, seed=seed, epochs=epochs or config.training.epochs
-        )
-        config = dataclasses.replace(config, training=training)
+        config = variant_settings(training, variant, seed).config()
         train_contrastive(store, run_dir, config, heatmap_version)
         evaluate_checkpoint(run_dir / BEST, store, run_dir, heatmap_version, plots=False)
     metrics = json.loads(metrics_path.read_text())
     return {"variant": variant.name, "seed": seed, **metrics["headline"]}
+
+
+def variant_settings(training: ClipTrainSettings, variant: Variant, seed: int) -> ClipTrainSettings:
+    """``training`` as the variant trains it: its heatmap mode, w = 1 without the hybrid loss
+    (the settings' w, default the preset's, with it), and ``seed``."""
+    return dataclasses.replace(
+        training,
+        heatmap_mode=variant.mode,
+        weight=training.weight if variant.hybrid else 1.0,
+        seed=seed,
+    )
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -104,60 +101,14 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def results_markdown(summary: pd.DataFrame, seeds: list[int]) -> str:
-    labels = {
-        "auc_macro": "AUC macro",
-        "auc_weighted": "AUC weighted",
-        "x2x_map5": "x→x mAP@5",
-        "x2x_wmap5": "x→x wmAP@5",
-        "r2x_map5": "r→x mAP@5",
-        "r2x_wmap5": "r→x wmAP@5",
-    }
-    lines = [
-        f"Mean ± std over seeds {seeds} (test split; mAP@5 is the official convention: "
-        "classes without a query count as 0).",
-        "",
-        "| variant | " + " | ".join(labels[m] for m in HEADLINE) + " |",
-        "|---|" + "---|" * len(HEADLINE),
-    ]
-    for variant, row in summary.iterrows():
-        cells = [f"{row[('mean', m)]:.3f} ± {_fmt_std(row[('std', m)])}" for m in HEADLINE]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _fmt_std(value: float) -> str:
-    return "n/a" if np.isnan(value) else f"{value:.3f}"
-
-
-def plot_ablation(summary: pd.DataFrame, path: Path) -> None:
-    metrics = ("auc_macro", "x2x_map5", "r2x_map5")
-    figure, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(summary)
-    x = np.arange(len(metrics))
-    for i, (variant, row) in enumerate(summary.iterrows()):
-        means = [row[("mean", m)] for m in metrics]
-        stds = [np.nan_to_num(row[("std", m)]) for m in metrics]
-        ax.bar(x + i * width, means, width, yerr=stds, capsize=2, label=str(variant))
-    ax.set_xticks(x + width * (len(summary) - 1) / 2, metrics)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    ax.set_title("ablation (mean ± std over seeds)", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
 @flow(name="ablate", flow_run_name=_run_name)
 def ablate_flow(
     store: str,
     out: str,
     seeds: list[int] | None = None,
     variants: list[str] | None = None,
-    preset_name: str = "tiny",
+    training: ClipTrainSettings = ClipTrainSettings(),
     heatmap_version: str = "v1",
-    weight: float = 0.7,
-    epochs: int | None = None,
     torch_threads: int = 1,
 ) -> dict[str, Any]:
     """Train and evaluate the paper's ablation grid; mean ± std table over seeds.
@@ -167,10 +118,10 @@ def ablate_flow(
         out: output folder; a rerun skips finished runs.
         seeds: training seeds (default 0, 1, 2).
         variants: subset of baseline, daug, hybrid, daug+hybrid (default all).
-        preset_name: tiny or paper.
+        training: the preset and overrides every run starts from; each variant sets the
+            heatmap mode, w (1 without the hybrid loss; else ``training.weight``, default the
+            preset's 0.7: 0.7 classification, 0.8 retrieval in the paper) and the seed.
         heatmap_version: heatmap version to read.
-        weight: w of the hybrid variants (0.7 classification, 0.8 retrieval in the paper).
-        epochs: override the preset's epochs.
         torch_threads: torch threads per process (runs go two at a time on the task
             runner's threads; one torch thread each keeps both cores busy without the
             collapse measured for 2 threads under contention). 0 keeps torch's default.
@@ -191,9 +142,7 @@ def ablate_flow(
     key = artifact_key("ablate", Path(store).name)
     progress = ProgressReporter(f"{key}-progress", len(chosen) * len(seeds), "ablation runs")
     futures = [
-        ablation_run.submit(
-            store, target, variant, seed, preset_name, heatmap_version, weight, epochs
-        )
+        ablation_run.submit(store, target, variant, seed, training, heatmap_version)
         for variant in chosen
         for seed in seeds
     ]
@@ -207,15 +156,10 @@ def ablate_flow(
     flat = summary.copy()
     flat.columns = [f"{c[0]}_{c[1]}" if c[1] else c[0] for c in flat.columns]
     flat.to_csv(target / "ablation.csv", index_label="variant")
-    markdown = results_markdown(summary, seeds)
+    markdown = report.results_markdown(summary, seeds)
     (target / "RESULTS.md").write_text(f"# Ablation on {store}\n\n{markdown}\n")
-    plot_ablation(summary, target / "ablation.png")
-    table_artifact(f"{key}-runs", runs.round(4), "Headline metrics of every (variant, seed).")
-    create_markdown_artifact(
-        key=f"{key}-summary",
-        markdown=f"## ablate: {store}\n\n{markdown}\n\n"
-        f"![ablation]({(target / 'ablation.png').resolve().as_uri()})\n",
-    )
+    chart = report.plot_ablation(summary, target / "ablation.png")
+    report.publish(key, store, runs, markdown, chart)
     logger.info("ablation finished:\n%s", markdown)
     return {
         "out": str(target.resolve()),

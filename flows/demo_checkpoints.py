@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daug_core.checkpoints import checkpoint_sha256
-from flows.precompute import CLASSIFIER_DIR, GENERATOR_DIR
+from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, checkpoint_sha256
 from storage.batches import select, selection_sha256
 from storage.image_store import ImageStore
 from storage.labels import SUPER_CLASS_COLUMNS

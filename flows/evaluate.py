@@ -14,7 +14,6 @@ Queries are the test split; the retrieval database is train + validate images. W
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,13 +26,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from sklearn.metrics import roc_curve
 
 from daug_core.checkpoints import checkpoint_sha256
 from daug_core.clip_model import build_tokenizer
@@ -47,14 +43,14 @@ from daug_core.clip_training import (
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import ClassificationAuc, classification_auc
 from daug_core.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
-from flows.monitoring import artifact_key, table_artifact
+from flows.reports import evaluation as report
+from flows.reports.artifacts import artifact_key
+from flows.reports.files import write_json
 from flows.train import prompt_tokens
 from storage.contrastive_dataset import ContrastiveDataset, make_loader
 from storage.image_store import ImageStore
-from storage.ingest import store_fit_mode
 from storage.labels import CHEXPERT_LABELS
 from storage.status import record_evaluation
-from storage.synthetic.ground_truth import GroundTruthMasks
 
 log = logging.getLogger(__name__)
 CLASS_KS = (1, 3, 5, 10)
@@ -199,96 +195,6 @@ def metrics_dict(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-# ---- plots ----------------------------------------------------------------------------------
-def plot_roc_curves(evaluation: Evaluation, path: Path) -> None:
-    t = evaluation.test.embedded
-    figure, ax = plt.subplots(figsize=(5.5, 5))
-    for c, name in enumerate(CHEXPERT_LABELS):
-        auc = evaluation.classification.per_class[name]
-        if math.isnan(auc):
-            continue
-        keep = ~np.isnan(t.labels[:, c])
-        fpr, tpr, _ = roc_curve(t.labels[keep, c], t.probabilities[keep, c])
-        ax.plot(fpr, tpr, label=f"{name} ({auc:.2f})", linewidth=1)
-    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"test ROC, macro AUC {evaluation.classification.macro:.3f}", fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
-def plot_precision_at_k(evaluation: Evaluation, path: Path) -> None:
-    figure, ax = plt.subplots(figsize=(5, 3.5))
-    for label, result in (
-        ("image→image", evaluation.image_to_image),
-        ("report→image", evaluation.report_to_image),
-    ):
-        ks = [r.k for r in result.results]
-        ax.plot(ks, [r.map_official for r in result.results], "-o", label=f"{label} mAP@k")
-        ax.plot(ks, [r.wmap for r in result.results], "--s", label=f"{label} wmAP@k")
-    ax.set_xlabel("k")
-    ax.set_ylabel("mean average precision")
-    ax.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
-def plot_examples(
-    loaded: ClipCheckpoint,
-    store: str | Path,
-    heatmap_version: str | None,
-    test: SplitEmbedding,
-    truth: Path | None,
-    path: Path,
-    count: int = 6,
-) -> None:
-    """Test images, their heatmap channels and, with ``truth``, the union of their lesion
-    masks fitted to the store's geometry."""
-    targets = list(loaded.heatmap_targets) or None
-    dataset = ContrastiveDataset(
-        store,
-        "test",
-        heatmap_version=heatmap_version if targets else None,
-        heatmap_targets=targets,
-    )
-    masks = GroundTruthMasks.open(truth) if truth else None
-    fit = store_fit_mode(ImageStore.open(store, read_only=True))
-    rows = min(count, len(dataset))
-    k = len(loaded.heatmap_targets)
-    cols = 1 + k + (1 if masks is not None else 0)
-    figure, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.7 * rows), squeeze=False)
-    for r in range(rows):
-        item = dataset[r]
-        image = item["image"][0].numpy()
-        axes[r, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].set_ylabel(item["dicom_id"][:10], fontsize=6)
-        for c in range(k):
-            axes[r, 1 + c].imshow(image, cmap="gray", vmin=0, vmax=1)
-            axes[r, 1 + c].imshow(item["heatmaps"][c].numpy(), cmap="jet", alpha=0.5)
-            if r == 0:
-                axes[r, 1 + c].set_title(loaded.heatmap_targets[c], fontsize=7)
-        if masks is not None:
-            union = np.zeros_like(image)
-            if item["dicom_id"] in masks:
-                fitted = masks.masks(item["dicom_id"], image.shape[0], fit)
-                union = np.asarray(fitted.any(axis=0), dtype=np.float32)
-            axes[r, -1].imshow(image, cmap="gray", vmin=0, vmax=1)
-            axes[r, -1].imshow(np.ma.masked_equal(union, 0), cmap="autumn", alpha=0.6)
-            if r == 0:
-                axes[r, -1].set_title("lesion masks", fontsize=7)
-    axes[0, 0].set_title("image", fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     store: str | Path,
@@ -327,9 +233,9 @@ def evaluate_checkpoint(
     ]
     pd.DataFrame(retrieval).to_csv(target / "retrieval.csv", index=False)
     if plots:
-        plot_roc_curves(evaluation, target / "roc_curves.png")
-        plot_precision_at_k(evaluation, target / "precision_at_k.png")
-        plot_examples(
+        report.plot_roc_curves(evaluation, target / "roc_curves.png")
+        report.plot_precision_at_k(evaluation, target / "precision_at_k.png")
+        report.plot_examples(
             loaded,
             store,
             version,
@@ -338,25 +244,8 @@ def evaluate_checkpoint(
             target / "examples.png",
         )
     metrics["seconds"] = round(time.perf_counter() - start, 2)
-    tmp = target / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-    tmp.replace(target / "metrics.json")
+    write_json(metrics, target / "metrics.json")
     return metrics
-
-
-def headline_markdown(headline: dict[str, float]) -> str:
-    names = {
-        "auc_macro": "classification AUC, macro",
-        "auc_weighted": "classification AUC, weighted",
-        "x2x_map5": "image→image mAP@5 (official: absent classes = 0)",
-        "x2x_wmap5": "image→image wmAP@5",
-        "r2x_map5": "report→image mAP@5 (official)",
-        "r2x_wmap5": "report→image wmAP@5",
-        "i2r_recall5": "image→report Recall@5",
-    }
-    lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {names[k]} | {v:.4f} |" for k, v in headline.items()]
-    return "\n".join(lines)
 
 
 @flow(name="evaluate", flow_run_name=_run_name)
@@ -379,27 +268,18 @@ def evaluate_flow(
     logger = get_run_logger()
     metrics = evaluate_checkpoint(checkpoint, store, out, heatmap_version, truth)
     target = Path(out) if out else Path(checkpoint).parent
-    key = artifact_key("evaluate", Path(checkpoint).parent.name)
-    per_class = pd.DataFrame(
-        {
-            "class": list(CHEXPERT_LABELS),
-            "auc": [metrics["classification"]["per_class"][c] for c in CHEXPERT_LABELS],
-            "positives": [metrics["classification"]["positives"][c] for c in CHEXPERT_LABELS],
-        }
-    )
-    table_artifact(f"{key}-auc", per_class.round(4), "Per-class test ROC AUC (empty: undefined).")
-    plots = "\n\n".join(
-        f"![{name}]({(target / name).resolve().as_uri()})"
-        for name in ("roc_curves.png", "precision_at_k.png", "examples.png")
-    )
-    create_markdown_artifact(
-        key=f"{key}-summary",
-        markdown=f"## evaluate: {checkpoint}\n\n"
-        f"{metrics['test_items']} test queries, {metrics['database_items']} database images, "
-        f"mode {metrics['heatmap_mode']}, w = {metrics['loss_weight']}.\n\n"
-        f"{headline_markdown(metrics['headline'])}\n\n{plots}\n",
+    report.publish(
+        artifact_key("evaluate", Path(checkpoint).parent.name), checkpoint, target, metrics
     )
     # The store remembers its last evaluation (`daug status`, reprocess metric deltas).
     record_evaluation(ImageStore.open(store), target / "metrics.json", metrics)
-    logger.info("evaluation of %s: %s", checkpoint, metrics["headline"])
+    headline = metrics["headline"]
+    logger.info(
+        "evaluation of %s: AUC macro %.3f, x2x mAP@5 %.3f, r2x mAP@5 %.3f",
+        checkpoint,
+        headline["auc_macro"],
+        headline["x2x_map5"],
+        headline["r2x_map5"],
+    )
+    logger.debug("evaluation headline: %s", headline)
     return metrics

@@ -21,15 +21,15 @@ import torch
 
 from daug_core.checkpoints import load_classifier, load_unet
 from daug_core.config import DiffusionConfig
-from daug_core.guidance import Target
-from daug_core.heatmaps import compute_heatmaps
-from flows.model_input import to_model_space
+from daug_core.heatmaps import HeatmapResult, compute_heatmaps
+from daug_core.model_input import to_model_space
+from daug_core.targets import Target
 from storage.precompute import BatchOutcome, HeatmapFailure, ImageBatch, ItemFailure
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerSpec:
     """What a worker loads: checkpoint folders, the config (with the translation numbers to
     use), targets in channel order, and its share of the machine."""
@@ -68,10 +68,15 @@ class HeatmapWorker:
         """The worker's process id (operations: find or kill an actor's process)."""
         return os.getpid()
 
+    def compute(self, images: np.ndarray, config: DiffusionConfig | None = None) -> HeatmapResult:
+        """Heatmaps of store pixels (B, S, S) in [0, 1] for the spec's targets, with ``config``
+        (default: the spec's; the quality sweep passes other translation numbers)."""
+        cfg = config or self.spec.config
+        x0 = to_model_space(images, cfg.image_size).to(self.device)
+        return compute_heatmaps(self.unet, self.classifier, x0, self.targets, cfg)
+
     def _compute(self, images: np.ndarray) -> np.ndarray:
-        x0 = to_model_space(images, self.spec.config.image_size).to(self.device)
-        result = compute_heatmaps(self.unet, self.classifier, x0, self.targets, self.spec.config)
-        return result.heatmaps.detach().cpu().numpy()
+        return self.compute(images).heatmaps.detach().cpu().numpy()
 
     def __call__(self, batch: ImageBatch) -> BatchOutcome:
         start = time.perf_counter()

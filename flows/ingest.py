@@ -11,20 +11,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from flows.monitoring import ProgressReporter, artifact_key, table_artifact
+from flows.reports.artifacts import ProgressReporter, artifact_key, table_artifact
 from storage.geometry import FitMode
 from storage.image_store import ImageStore
 from storage.ingest import (
-    IngestConfig,
     ShardResult,
     ShardWork,
     ingest_shard,
     plan_ingest,
     summarise_store,
 )
-from storage.labels import UncertaintyPolicy
+from storage.ingest_config import IngestConfig
 from storage.locks import StoreLock
-from storage.release import FRONTAL_VIEWS, ReaderConfig, ReleaseReader
+from storage.release import ReleaseReader
 
 
 def _run_name() -> str:
@@ -50,19 +49,7 @@ def ingest_shard_task(
 
 
 @flow(name="ingest", flow_run_name=_run_name)
-def ingest_flow(
-    release: str,
-    store: str,
-    size: int = 256,
-    shard_items: int = 64,
-    sharded: bool = False,
-    labeler: Literal["chexpert", "negbio"] = "chexpert",
-    views: list[str] | None = None,
-    uncertainty: str = "u-zeros",
-    image_format: Literal["auto", "dicom", "jpg"] = "auto",
-    fit: str = "pad",
-    retry_quarantined: bool = False,
-) -> dict[str, Any]:
+def ingest_flow(release: str, store: str, ingest: IngestConfig = IngestConfig()) -> dict[str, Any]:
     """Read RELEASE (MIMIC-CXR or MIMIC-CXR-JPG layout) into the image store STORE.
 
     Idempotent and resumable: finished items are skipped, a killed run is completed by
@@ -72,33 +59,14 @@ def ingest_flow(
     Args:
         release: release root (holds ``files/`` and the ``mimic-cxr-2.0.0-*.csv[.gz]``).
         store: image store directory (created when missing).
-        size: side S of the stored S x S images (fixed per store).
-        shard_items: items per shard: the unit of work, of retries and of ``done`` chunks.
-        sharded: use Zarr sharding (one file per shard) instead of one file per image.
-        labeler: which label CSV to use.
-        views: ViewPosition values to keep; default frontal (PA, AP, AP AXIAL); [] for all.
-        uncertainty: u-zeros, u-ones or ignore (uncertain labels masked).
-        image_format: auto-detected from the files unless given.
-        fit: pad (keep the whole image) or crop (fill the square).
-        retry_quarantined: try quarantined items again (after fixing their files).
+        ingest: the store's geometry (size, shard_items, sharded: fixed when it is created),
+            the fit, the reader (labeler, views: default frontal, [] all; uncertainty policy;
+            image format) and whether to retry quarantined items.
     """
-    config = IngestConfig(
-        size=size,
-        fit=FitMode(fit),
-        shard_items=shard_items,
-        sharded=sharded,
-        reader=ReaderConfig(
-            labeler=labeler,
-            views=FRONTAL_VIEWS if views is None else tuple(views),
-            uncertainty=UncertaintyPolicy(uncertainty),
-            image_format=image_format,
-        ),
-        retry_quarantined=retry_quarantined,
-    )
-    reader = ReleaseReader(release, config.reader)
+    reader = ReleaseReader(release, ingest.reader)
     Path(store).mkdir(parents=True, exist_ok=True)  # the lock file lives in it
     with StoreLock(Path(store), owner="ingest"):
-        return _ingest_locked(release, store, config, reader)
+        return _ingest_locked(release, store, ingest, reader)
 
 
 def _ingest_locked(
@@ -154,7 +122,13 @@ def _ingest_locked(
         raise RuntimeError(
             f"{len(failed)} shard(s) failed after retries; rerun to resume: {failed[:5]}"
         )
-    logger.info("ingest finished: %s", run)
+    logger.info(
+        "ingest finished: %d ingested, %d quarantined, %d shard(s) failed",
+        run["ingested"],
+        run["quarantined"],
+        run["failed_shards"],
+    )
+    logger.debug("ingest run: %s", run)
     return run | {
         "plan": plan.counts,
         "store": str(Path(store).resolve()),

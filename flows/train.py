@@ -13,7 +13,6 @@ AUC), checkpoints every epoch and resumes from the last one. Output folder ``OUT
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -24,23 +23,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from daug_core.checkpoints import checkpoint_sha256
 from daug_core.clip_config import (
-    ClassLoss,
+    ClipTrainSettings,
     ContrastiveConfig,
-    HeatmapMode,
     contrastive_config_to_dict,
-    contrastive_preset,
 )
 from daug_core.clip_model import build_tokenizer
 from daug_core.clip_training import (
@@ -59,7 +51,8 @@ from daug_core.clip_training import (
 )
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import classification_auc
-from flows.monitoring import ProgressReporter, artifact_key, table_artifact
+from flows.reports import training as report
+from flows.reports.artifacts import ProgressReporter, artifact_key
 from storage.contrastive_dataset import (
     AugmentConfig,
     ContrastiveDataset,
@@ -88,40 +81,9 @@ METRIC_COLUMNS = {
 def _run_name() -> str:
     params = flow_run.parameters
     store = Path(str(params.get("store", "store"))).name
-    return f"train-{store}-{params.get('mode', 'channel')}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-
-
-@dataclass(frozen=True)
-class TrainOverrides:
-    """Command-line overrides of the preset (None keeps the preset's value)."""
-
-    mode: HeatmapMode | None = None
-    weight: float | None = None
-    class_loss: ClassLoss | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    seed: int | None = None
-    pretrained: str | None = None
-
-
-def contrastive_config(preset_name: str, overrides: TrainOverrides) -> ContrastiveConfig:
-    """The preset with the given overrides (validated by the configs' own checks)."""
-    config = contrastive_preset(preset_name)
-    model = config.model
-    if overrides.mode is not None:
-        model = dataclasses.replace(model, heatmap_mode=overrides.mode)
-    if overrides.pretrained is not None:
-        model = dataclasses.replace(model, pretrained=overrides.pretrained)
-    loss = config.loss
-    for name in ("weight", "class_loss"):
-        if getattr(overrides, name) is not None:
-            loss = dataclasses.replace(loss, **{name: getattr(overrides, name)})
-    training = config.training
-    for name in ("epochs", "batch_size", "learning_rate", "seed"):
-        if getattr(overrides, name) is not None:
-            training = dataclasses.replace(training, **{name: getattr(overrides, name)})
-    return dataclasses.replace(config, model=model, loss=loss, training=training)
+    training = params.get("training")
+    mode = getattr(training, "heatmap_mode", None) or "default"
+    return f"train-{store}-{mode}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def heatmap_channels(config: ContrastiveConfig) -> tuple[str, ...] | None:
@@ -265,13 +227,14 @@ def train_contrastive(
             best = row
             save_clip_checkpoint(out / BEST, model, config, info | {"selected_by": _rule(row)})
         _write_history(out, history)
-        log.info("epoch %d: %s", epoch, row)
+        log.info("%s", report.epoch_line(row))
+        log.debug("epoch %d: %s", epoch, row)
         if on_epoch is not None:
             on_epoch(row)
 
     assert best is not None
     frame = pd.DataFrame(history, columns=list(METRIC_COLUMNS))
-    plot_curves(frame, out / "loss_curves.png")
+    report.plot_clip_curves(frame, out / "loss_curves.png")
     result = TrainResult(
         out=out,
         epochs_run=training.epochs - first_epoch + 1,
@@ -329,59 +292,33 @@ def _write_history(out: Path, history: list[dict[str, float]]) -> None:
     DirectoryTables(out).write("metrics", pd.DataFrame(history, columns=list(METRIC_COLUMNS)))
 
 
-def plot_curves(history: pd.DataFrame, path: Path) -> None:
-    figure, (losses, aucs) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for column, style in (("train_loss", "-o"), ("val_loss", "-s")):
-        losses.plot(history["epoch"], history[column], style, label=column, markersize=3)
-    losses.set_xlabel("epoch")
-    losses.set_ylabel("hybrid loss")
-    losses.legend()
-    aucs.plot(history["epoch"], history["val_macro_auc"], "-o", markersize=3)
-    aucs.set_xlabel("epoch")
-    aucs.set_ylabel("validation macro AUC")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
 @flow(name="train", flow_run_name=_run_name)
 def train_flow(
     store: str,
     out: str,
-    mode: HeatmapMode = "channel",
-    preset_name: str = "tiny",
+    training: ClipTrainSettings = ClipTrainSettings(),
     heatmap_version: str = "v1",
-    weight: float | None = None,
-    class_loss: ClassLoss | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    learning_rate: float | None = None,
-    seed: int | None = None,
-    pretrained: str | None = None,
     missing_heatmaps: MissingHeatmaps = "exclude",
+    torch_threads: int = 0,
 ) -> dict[str, Any]:
     """Train the heatmap-augmented CLIP model on STORE's train split into OUT (resumable).
 
     Args:
-        store: image store (with heatmaps in ``STORE/heatmaps/<heatmap_version>`` unless
-            ``mode`` is ``none``).
+        store: image store (with heatmaps in ``STORE/heatmaps/<heatmap_version>`` unless the
+            heatmap mode is ``none``).
         out: output folder; rerunning with the same config resumes after the last epoch.
-        mode: how heatmaps enter the image: none | channel | add | append.
-        preset_name: tiny (64 px, CPU) or paper (ViT-B/32 at 256 px).
+        training: preset (tiny: 64 px, CPU; paper: ViT-B/32 at 256 px) and overrides: heatmap
+            mode (none | channel | add | append), hybrid loss weight and class loss, epochs,
+            batch size, learning rate, seed, a local pretrained open_clip file.
         heatmap_version: the heatmap version to read.
-        weight: w of the hybrid loss (1 = CLIP loss only); default the preset's 0.7.
-        class_loss: bce | paired.
-        epochs / batch_size / learning_rate / seed: override the preset's training numbers.
-        pretrained: a local open_clip checkpoint file (.pt or .safetensors).
         missing_heatmaps: exclude (and count) items whose heatmaps are not done, or fail.
+        torch_threads: torch threads of this process (0: torch's default).
     """
     logger = get_run_logger()
-    config = contrastive_config(
-        preset_name,
-        TrainOverrides(
-            mode, weight, class_loss, epochs, batch_size, learning_rate, seed, pretrained
-        ),
-    )
+    config = training.config()
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    mode = config.model.heatmap_mode
     key = artifact_key("train", Path(store).name, mode)
     progress = ProgressReporter(f"{key}-progress", config.training.epochs, "epochs")
     existing = Path(out) / LAST / "clip.json"
@@ -395,30 +332,7 @@ def train_flow(
         on_epoch=lambda row: progress.advance(1),
         missing_heatmaps=missing_heatmaps,
     )
-    table_artifact(
-        f"{key}-metrics",
-        result.history.round(4),
-        f"Per-epoch losses and validation macro AUC of {out}.",
-    )
-    create_markdown_artifact(
-        key=f"{key}-summary",
-        markdown="\n".join(
-            [
-                f"## train: {store} ({mode}, preset {preset_name})",
-                "",
-                f"Train items {result.train_items}, validate items {result.validate_items}; "
-                f"excluded {result.excluded}.",
-                f"Best epoch {result.best_epoch} (selection value {result.best_metric:.4f}); "
-                f"{result.epochs_run} epoch(s) run in {result.seconds:.1f} s.",
-                "",
-                f"![loss curves]({(Path(out) / 'loss_curves.png').resolve().as_uri()})",
-                "",
-                f"Checkpoint: `{(Path(out) / BEST).resolve()}`",
-            ]
-        ),
-    )
-    logger.info("training finished: best epoch %d in %s", result.best_epoch, out)
-    return {
+    summary = {
         "out": str(Path(out).resolve()),
         "best": str((Path(out) / BEST).resolve()),
         "best_epoch": result.best_epoch,
@@ -429,3 +343,17 @@ def train_flow(
         "final": result.history.iloc[-1].to_dict(),
         "seconds": round(result.seconds, 2),
     }
+    report.publish_clip(
+        key,
+        store,
+        out,
+        summary
+        | {
+            "history": result.history,
+            "heatmap_mode": mode,
+            "preset": training.preset,
+            "best_metric": result.best_metric,
+        },
+    )
+    logger.info("training finished: best epoch %d in %s", result.best_epoch, out)
+    return summary

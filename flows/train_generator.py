@@ -6,25 +6,22 @@ progress, loss curves and the classifier's AUC per noise level as Prefect artifa
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from daug_core.checkpoints import (
+    CLASSIFIER_DIR,
+    GENERATOR_DIR,
     checkpoint_sha256,
     load_classifier_checkpoint,
     load_generator_checkpoint,
@@ -38,11 +35,13 @@ from daug_core.classifier_training import (
     init_classifier_state,
     train_classifier,
 )
-from daug_core.config import DiffusionConfig, TrainingConfig, preset
+from daug_core.config import DiffusionConfig, DiffusionTrainSettings, TrainingConfig
 from daug_core.generator import GeneratorState, init_generator_state, train_generator
+from daug_core.model_input import to_model_space
 from daug_core.training import StepReport, TrainingResult
-from flows.model_input import to_model_space
-from flows.monitoring import ProgressReporter, artifact_key, table_artifact
+from flows.reports import training as report
+from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.files import write_json
 from storage.batches import (
     Batch,
     Selection,
@@ -54,8 +53,6 @@ from storage.batches import (
 from storage.image_store import ImageStore
 from storage.labels import SUPER_CLASS_COLUMNS
 from storage.tables import DirectoryTables
-
-GENERATOR_DIR, CLASSIFIER_DIR = "generator", "classifier"
 
 
 def _run_name() -> str:
@@ -210,32 +207,11 @@ def train_classifier_task(
     )
 
 
-def plot_losses(out: Path) -> Path:
-    """Both loss curves (raw and a 50-step moving average) in one PNG."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, name in zip(axes, (GENERATOR_DIR, CLASSIFIER_DIR), strict=True):
-        table = pd.read_csv(out / f"{name}_losses.csv")
-        ax.plot(table["step"], table["loss"], alpha=0.3, label="loss")
-        ax.plot(table["step"], table["loss"].rolling(50, min_periods=1).mean(), label="mean of 50")
-        ax.set_title(f"{name} ({'DDPM eps MSE' if name == GENERATOR_DIR else 'masked BCE'})")
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.legend()
-    figure.tight_layout()
-    path = out / "loss_curves.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
 @flow(name="train-generator", flow_run_name=_run_name)
 def train_generator_flow(
     store: str,
     out: str,
-    preset_name: str = "tiny",
-    seed: int = 0,
-    generator_steps: int | None = None,
-    classifier_steps: int | None = None,
+    training: DiffusionTrainSettings = DiffusionTrainSettings(),
     eval_split: str = "validate",
 ) -> dict[str, Any]:
     """Train the DDPM generator and the noise-aware classifier on STORE's train split.
@@ -243,28 +219,31 @@ def train_generator_flow(
     Args:
         store: image store (its images are resized to the preset's size when they differ).
         out: checkpoint folder: ``generator/``, ``classifier/``, loss CSVs and plots.
-        preset_name: ``tiny`` (64 px, CPU minutes) or ``paper`` (512 px, GPU).
-        seed: seeds weights, noise and batch sampling (a resumed run continues identically).
-        generator_steps / classifier_steps: total steps to train to (default: the preset's).
+        training: preset (tiny: 64 px, CPU minutes; paper: 512 px), seed (weights, noise and
+            batch sampling; a resumed run continues identically) and the step counts to train
+            to (default: the preset's).
         eval_split: split on which the classifier's AUC per noise level is measured.
     """
     logger = get_run_logger()
-    config = preset(preset_name)
+    config = training.config()
     image_store = ImageStore.open(store, read_only=True)
     if image_store.size < config.image_size:
         raise ValueError(
             f"store {store} holds {image_store.size} px images; the "
-            f"{preset_name} preset needs at least {config.image_size} px"
+            f"{training.preset} preset needs at least {config.image_size} px"
         )
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     train = select(image_store, ["train"], SUPER_CLASS_COLUMNS)
     logger.info("training on %d images of %s", len(train.indices), store)
-    gen_steps = generator_steps or config.generator_training.num_steps
-    cls_steps = classifier_steps or config.classifier_training.num_steps
+    seed = training.seed
     runs = [
-        train_generator_task(image_store, train, config, out_path, seed, gen_steps),
-        train_classifier_task(image_store, train, config, out_path, seed, cls_steps),
+        train_generator_task(
+            image_store, train, config, out_path, seed, config.generator_training.num_steps
+        ),
+        train_classifier_task(
+            image_store, train, config, out_path, seed, config.classifier_training.num_steps
+        ),
     ]
 
     held_out = select(image_store, [eval_split], SUPER_CLASS_COLUMNS)
@@ -281,43 +260,17 @@ def train_generator_flow(
     metrics = pd.DataFrame(evaluation.rows())
     metrics.to_csv(out_path / "classifier_noise_levels.csv", index=False)
     by_level = metrics.groupby("timestep")[["auc", "accuracy"]].mean().reset_index()
-    plot = plot_losses(out_path)
-    key = artifact_key("train-generator", out_path.name)
-    table_artifact(
-        f"{key}-classifier-auc",
-        metrics,
-        f"Noise-aware classifier on {eval_split}: AUC and accuracy per class and t.",
-    )
-    create_markdown_artifact(
-        key=f"{key}-summary",
-        markdown="\n".join(
-            [
-                f"## train-generator: {store} -> {out}",
-                "",
-                "| model | steps | seconds | last loss | sha256 |",
-                "|---|---|---|---|---|",
-                *[
-                    f"| {r.name} | {r.steps_before} → {r.steps_after} | {r.seconds:.0f} | "
-                    f"{r.final_loss:.4f} | `{r.sha256[:16]}` |"
-                    for r in runs
-                ],
-                "",
-                "Classifier mean AUC by noise level t:",
-                "",
-                "```",
-                by_level.to_string(index=False, float_format="%.3f"),
-                "```",
-                "",
-                f"Loss curves: `{plot}`",
-            ]
-        ),
+    plot = report.plot_generator_losses(out_path)
+    report.publish_generator(
+        artifact_key("train-generator", out_path.name), store, out, runs, by_level, metrics, plot
     )
     summary = {
         "out": str(out_path.resolve()),
-        "preset": preset_name,
+        "preset": training.preset,
         "seed": seed,
+        "training": dataclasses.asdict(training),
         "training_data_sha256": selection_sha256(image_store, train),
-        "runs": [r.__dict__ for r in runs],
+        "runs": [dataclasses.asdict(r) for r in runs],
         "classifier_mean_auc_by_t": dict(
             zip(
                 by_level["timestep"].astype(int).tolist(),
@@ -327,6 +280,6 @@ def train_generator_flow(
         ),
         "loss_curves": str(plot),
     }
-    (out_path / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(summary, out_path / "train_summary.json")
     logger.info("classifier mean AUC by t: %s", summary["classifier_mean_auc_by_t"])
     return summary

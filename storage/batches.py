@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.image_store import ImageStore, ItemStatus
+from storage.image_store import ImageStore
 
 
 class EmptySelectionError(ValueError):
@@ -57,15 +57,8 @@ def selection_sha256(store: ImageStore, selection: Selection) -> str:
 
 
 def select(store: ImageStore, splits: Sequence[str], label_columns: Sequence[str]) -> Selection:
-    """Items that are ingested (``done`` and ok) and belong to ``splits``."""
-    items = store.items()
-    done = store.done_mask()
-    usable = (
-        (items["status"] == ItemStatus.OK.value)
-        & items["split"].isin(list(splits))
-        & done[items["index"].to_numpy()]
-    )
-    chosen = items[usable].sort_values("index")
+    """The usable items (:meth:`ImageStore.usable`) of ``splits``, with their labels."""
+    chosen = store.usable(splits)
     if chosen.empty:
         raise EmptySelectionError(f"{store.location}: no ingested items in splits {list(splits)}")
     return Selection(

@@ -115,7 +115,7 @@ class PackedStrings:
 
 
 # ---- augmentation ------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
     """Mild geometric augmentation applied identically to the image and its heatmaps.
 
@@ -240,9 +240,8 @@ class ContrastiveDataset(Dataset[ContrastiveItem]):
         items = store.items()
         in_splits = items["split"].isin(self.splits).to_numpy()
         status = items["status"].to_numpy()
-        done = store.done_mask()[items["index"].to_numpy()]
         quarantined = in_splits & (status == ItemStatus.QUARANTINED.value)
-        image_ok = in_splits & (status == ItemStatus.OK.value) & done
+        image_ok = in_splits & store.usable_mask(items)
         not_done = in_splits & ~quarantined & ~image_ok
 
         self.heatmap_targets: tuple[str, ...] = ()
@@ -256,10 +255,7 @@ class ContrastiveDataset(Dataset[ContrastiveItem]):
                     f"{heatmaps.location}: heatmaps are {heatmaps.size} px, images "
                     f"{store.size} px; train at one size (ingest or precompute again)"
                 )
-            heat_done = np.zeros(len(store), dtype=bool)
-            stored = heatmaps.done_mask()
-            heat_done[: len(stored)] = stored[: len(store)]
-            no_heatmap = image_ok & ~heat_done[items["index"].to_numpy()]
+            no_heatmap = image_ok & ~heatmaps.done_for(items["index"].to_numpy())
             if missing_heatmaps == "fail" and no_heatmap.any():
                 missing = items.loc[no_heatmap, "dicom_id"].tolist()
                 raise MissingHeatmapsError(

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from daug_core.config import ConfigError, TranslationConfig, dataclass_from_dict
 from storage.errors import StoreFormatError
 from storage.image_store import (
     ImageStore,
@@ -61,24 +62,32 @@ class ProvenanceMismatchError(StoreFormatError):
     """Existing heatmaps were computed differently from what a run asks for."""
 
 
-@dataclass(frozen=True)
+# Translation fields of the provenance layout written before it embedded TranslationConfig,
+# with the values a version written before the field existed holds (the official definition).
+_FLAT_TRANSLATION: dict[str, Any] = {
+    "mode": dataclasses.MISSING,
+    "scale": dataclasses.MISSING,
+    "level": dataclasses.MISSING,
+    "steps": dataclasses.MISSING,
+    "inversion_refinements": dataclasses.MISSING,
+    "clip_denoised": dataclasses.MISSING,
+    "difference": "minmax",
+    "smoothing_sigma": 0.0,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
 class HeatmapProvenance:
     """Everything that determines the heatmap values; two runs may share a version only if
-    these are equal. ``targets`` are in channel order (``"+No Finding"``, ...)."""
+    these are equal. ``targets`` are in channel order (``"+No Finding"``, ...); ``translation``
+    is the whole :class:`~daug_core.config.TranslationConfig` the heatmaps were computed with."""
 
     targets: tuple[str, ...]
-    mode: str
-    scale: float
-    level: int
-    steps: int
-    inversion_refinements: int
-    clip_denoised: bool
+    translation: TranslationConfig
     preset: str
     image_size: int
     generator_sha256: str
     classifier_sha256: str
-    difference: str = "minmax"  # how x0 and x_cf are compared (TranslationConfig.difference)
-    smoothing_sigma: float = 0.0  # Gaussian blur of the heatmap, px
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"targets": list(self.targets)}
@@ -86,29 +95,65 @@ class HeatmapProvenance:
     @property
     def definition(self) -> str:
         """The heatmap formula these settings give, in words."""
+        tr = self.translation
         base = {
             "minmax": "|minmax(x0) - minmax(x_cf)|",
             "raw": "|x0 - x_cf| / 2 (pixel units)",
-        }.get(self.difference, self.difference)
-        blur = f", Gaussian blur sigma {self.smoothing_sigma:g} px" if self.smoothing_sigma else ""
+        }.get(tr.difference, tr.difference)
+        blur = f", Gaussian blur sigma {tr.smoothing_sigma:g} px" if tr.smoothing_sigma else ""
         return f"{base} per target{blur}"
+
+    def summary(self) -> str:
+        """One line for people: preset, guidance numbers, definition, checkpoints."""
+        tr = self.translation
+        return (
+            f"preset {self.preset}, {tr.mode} s={tr.scale:g}, level {tr.level}, {tr.steps} steps, "
+            f"{tr.inversion_refinements} refinements, {tr.difference} difference, "
+            f"blur {tr.smoothing_sigma:g} px, {self.image_size} px, "
+            f"generator {self.generator_sha256[:12]}, classifier {self.classifier_sha256[:12]}"
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeatmapProvenance:
-        # Versions written before the heatmap definition became a setting lack its fields:
-        # they hold the official definition (minmax, no blur), which are the defaults.
-        names = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        """The stored attrs; versions written before the translation was embedded whole keep
+        its fields at the top level (and, older still, lack ``difference`` and
+        ``smoothing_sigma``: they hold the official minmax definition without blur)."""
+        data = dict(data)
+        if "translation" not in data:
+            required = [k for k, v in _FLAT_TRANSLATION.items() if v is dataclasses.MISSING]
+            missing = [k for k in required if k not in data]
+            if missing:
+                raise StoreFormatError(f"heatmap provenance lacks {missing}")
+            data["translation"] = {
+                k: data.pop(k) if k in data else default for k, default in _FLAT_TRANSLATION.items()
+            }
+        names = [f.name for f in dataclasses.fields(cls)]
         missing = [n for n in names if n not in data]
         if missing:
             raise StoreFormatError(f"heatmap provenance lacks {missing}")
-        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
-        values["targets"] = tuple(str(t) for t in values["targets"])
-        return cls(**values)
+        try:
+            translation = dataclass_from_dict(TranslationConfig, data["translation"])
+        except ConfigError as exc:
+            raise StoreFormatError(f"heatmap provenance: {exc}") from exc
+        return cls(
+            targets=tuple(str(t) for t in data["targets"]),
+            translation=translation,
+            preset=str(data["preset"]),
+            image_size=int(data["image_size"]),
+            generator_sha256=str(data["generator_sha256"]),
+            classifier_sha256=str(data["classifier_sha256"]),
+        )
 
     def differences(self, other: HeatmapProvenance) -> list[str]:
-        """``"name: stored -> requested"`` for every field that differs."""
-        mine, theirs = self.as_dict(), other.as_dict()
+        """``"name: stored -> requested"`` for every field that differs (translation fields
+        by their own names)."""
+        mine, theirs = _flat(self), _flat(other)
         return [f"{k}: {mine[k]!r} -> {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+
+
+def _flat(provenance: HeatmapProvenance) -> dict[str, Any]:
+    values = provenance.as_dict()
+    return values | values.pop("translation")
 
 
 def _check_version(version: str) -> None:
@@ -313,6 +358,16 @@ class HeatmapStore:
 
     def done_mask(self) -> np.ndarray:
         return np.asarray(self.done[:], dtype=bool)
+
+    def done_for(self, indices: Indices) -> np.ndarray:
+        """Whether each of ``indices`` has heatmaps (bool, same length). Items the version
+        has not grown to yet (ingested after its last run) have none."""
+        idx = np.asarray(indices, dtype=np.int64)
+        done = self.done_mask()
+        inside = idx < len(done)
+        result = np.zeros(len(idx), dtype=bool)
+        result[inside] = done[idx[inside]]
+        return result
 
     def invalidate(self, indices: Indices) -> None:
         """Forget the heatmaps of items whose pixels changed: clear ``heatmaps_done`` and

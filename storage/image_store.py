@@ -409,13 +409,27 @@ class ImageStore:
             self.tables.delete(name)
         return len(names)
 
+    def usable_mask(self, items: pd.DataFrame | None = None) -> np.ndarray:
+        """Per row of ``items`` (default: :meth:`items`), whether the item is usable: status ok
+        and its pixels done. The one definition every reader of the store uses."""
+        items = self.items() if items is None else items
+        done = self.done_mask()
+        ok = (items["status"] == ItemStatus.OK.value).to_numpy(dtype=bool)
+        return ok & done[items["index"].to_numpy(dtype=np.int64)]
+
+    def usable(self, splits: Sequence[str] | None = None) -> pd.DataFrame:
+        """The usable items (:meth:`usable_mask`) of ``splits`` (None: all), in index order."""
+        items = self.items()
+        keep = self.usable_mask(items)
+        if splits is not None:
+            keep &= items["split"].isin(list(splits)).to_numpy()
+        return items[keep].sort_values("index").reset_index(drop=True)
+
     def finished_mask(self, retry_quarantined: bool = False) -> np.ndarray:
-        """Items that need no more work: ``done`` and ok, retired, or quarantined (unless
-        retried). Not "usable": readers select ``status == ok`` and ``done``."""
+        """Items that need no more work: usable, retired, or quarantined (unless retried)."""
         items = self.items()
         status = items["status"].to_numpy()
-        done = self.done_mask()
-        finished = (status == ItemStatus.OK.value) & done[items["index"].to_numpy()]
+        finished = self.usable_mask(items)
         finished |= status == ItemStatus.RETIRED.value
         if not retry_quarantined:
             finished |= status == ItemStatus.QUARANTINED.value

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -19,22 +19,11 @@ import pandas as pd
 from storage.errors import ItemError, QuarantineReason, StoreFormatError
 from storage.geometry import FitMode, fit_to_square
 from storage.image_store import ImageStore, ItemStatus
+from storage.ingest_config import IngestConfig
 from storage.labels import SUPER_CLASS_COLUMNS
-from storage.release import ReaderConfig, ReleaseReader
+from storage.release import ReleaseReader
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """How images enter the store. ``size`` and ``shard_items`` are fixed per store."""
-
-    size: int = 256
-    fit: FitMode = FitMode.PAD
-    shard_items: int = 64
-    sharded: bool = False  # Zarr sharding: one file per shard instead of one per image
-    reader: ReaderConfig = field(default_factory=ReaderConfig)
-    retry_quarantined: bool = False
 
 
 def store_fit_mode(store: ImageStore) -> FitMode:

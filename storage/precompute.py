@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore, ItemStatus
+from storage.image_store import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,8 @@ def plan_heatmaps(
     heatmaps are not done, grouped by shard. Leftover parts of a crashed run are folded in
     first; items that failed before are skipped unless ``retry_failed``."""
     heatmaps.consolidate()
-    items = images.items()
-    image_done = images.done_mask()
-    usable = (items["status"] == ItemStatus.OK.value) & image_done[items["index"].to_numpy()]
-    if splits is not None:
-        usable &= items["split"].isin(list(splits))
-    chosen = items[usable].sort_values("index")
-    done = heatmaps.done_mask()
-    already = done[chosen["index"].to_numpy()]
+    chosen = images.usable(splits)
+    already = heatmaps.done_for(chosen["index"].to_numpy())
     todo = chosen[~already]
     failed = set(heatmaps.failures()["index"].tolist())
     skipped = todo["index"].isin(failed) if not retry_failed else todo["index"].isin(())

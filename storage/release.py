@@ -19,11 +19,11 @@ import pandas as pd
 
 from storage.decode import READERS
 from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
+from storage.ingest_config import ReaderConfig
 from storage.labels import (
     CHEXPERT_LABELS,
     LABEL_COLUMNS,
     SUPER_CLASS_COLUMNS,
-    UncertaintyPolicy,
     binarize,
     super_class_targets,
 )
@@ -38,7 +38,6 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "chexpert": ("subject_id", "study_id", *CHEXPERT_LABELS),
     "negbio": ("subject_id", "study_id", *CHEXPERT_LABELS),
 }
-FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP", "AP AXIAL")
 UNASSIGNED_SPLIT = "unassigned"
 INDEX_COLUMNS: tuple[str, ...] = (
     "dicom_id",
@@ -49,24 +48,6 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "source_path",
     "report_path",
 )
-
-
-@dataclass(frozen=True)
-class ReaderConfig:
-    """How a release becomes training items. Recorded in the store's provenance."""
-
-    labeler: Literal["chexpert", "negbio"] = "chexpert"
-    views: tuple[str, ...] = FRONTAL_VIEWS  # empty: every view, including lateral
-    uncertainty: UncertaintyPolicy = UncertaintyPolicy.U_ZEROS
-    image_format: Literal["auto", "dicom", "jpg"] = "auto"
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "labeler": self.labeler,
-            "views": list(self.views),
-            "uncertainty": self.uncertainty.value,
-            "image_format": self.image_format,
-        }
 
 
 @dataclass(frozen=True)

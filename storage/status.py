@@ -82,29 +82,20 @@ def store_status(store: ImageStore) -> StoreStatus:
     ).reindex(columns=list(STATES), fill_value=0)
     states.columns.name = None
     states.loc["total"] = states.sum(axis=0)
-    usable = np.zeros(len(store), dtype=bool)
-    ok = (items["status"] == ItemStatus.OK.value).to_numpy()
-    usable[items["index"].to_numpy()[ok]] = True
-    usable &= store.done_mask()
+    usable_indices = items["index"].to_numpy()[store.usable_mask(items)]
     versions = []
     for version in HeatmapStore.versions(store):
         heat = HeatmapStore(store, version)
         done = heat.done_mask()
         p = heat.provenance
-        summary = (
-            f"preset {p.preset}, {p.mode} s={p.scale:g}, level {p.level}, {p.steps} steps, "
-            f"{p.inversion_refinements} refinements, {p.difference} difference, "
-            f"blur {p.smoothing_sigma:g} px, {p.image_size} px, "
-            f"generator {p.generator_sha256[:12]}, classifier {p.classifier_sha256[:12]}"
-        )
         versions.append(
             HeatmapVersionStatus(
                 version=version,
                 done=int(done.sum()),
-                usable_done=int((done & usable[: len(done)]).sum()),
+                usable_done=int(heat.done_for(usable_indices).sum()),
                 failures=len(heat.failures()),
                 targets=p.targets,
-                summary=summary,
+                summary=p.summary(),
                 created=str(heat.attrs.get("created", "")),
             )
         )

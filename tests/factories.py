@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pandas as pd
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from daug_core.config import TranslationConfig
 from storage.heatmap_store import HeatmapProvenance
 from storage.labels import CHEXPERT_LABELS
 
@@ -164,17 +166,18 @@ def fake_heatmap_provenance(targets: Sequence[str], image_size: int) -> HeatmapP
     """Provenance for heatmaps no model computed (store, dataset and trainer tests)."""
     return HeatmapProvenance(
         targets=tuple(targets),
-        mode="softmax",
-        scale=100.0,
-        level=50,
-        steps=3,
-        inversion_refinements=0,
-        clip_denoised=False,
+        translation=TranslationConfig(level=50, steps=3, mode="softmax", scale=100.0),
         preset="tiny",
         image_size=image_size,
         generator_sha256="a" * 64,
         classifier_sha256="b" * 64,
     )
+
+
+def with_translation(provenance: HeatmapProvenance, **changes: object) -> HeatmapProvenance:
+    """``provenance`` with some translation numbers changed (another heatmap version)."""
+    translation = dataclasses.replace(provenance.translation, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(provenance, translation=translation)
 
 
 def write_random_checkpoints(root: Path, generator_seed: int = 0, classifier_seed: int = 1) -> Path:

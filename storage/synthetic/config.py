@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from daug_core.config import ConfigError, described
 from storage.labels import CHEXPERT_LABELS
 
 ImageFormat = Literal["dicom", "jpg"]
@@ -46,19 +47,21 @@ DEFAULT_COOCCURRENCE: tuple[tuple[str, str, float], ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SynthConfig:
     """What the synthetic release looks like. Every field has a sane default.
 
     Rates are probabilities per unit named in the field (patient, study or image).
     """
 
-    studies: int = 200
+    studies: int = described(200, "number of studies")
     # Nominal image side in pixels; each image's Rows/Columns vary independently around it.
-    size: int = 128
-    image_format: ImageFormat = "dicom"
+    size: int = described(128, "nominal image side in pixels")
+    image_format: ImageFormat = described(
+        "dicom", "dicom (MIMIC-CXR) or jpg (MIMIC-CXR-JPG)", option="format"
+    )
     # Write the four release CSVs as .csv.gz (like the real release) instead of .csv.
-    gzip_csv: bool = False
+    gzip_csv: bool = described(False, "write the CSVs as .csv.gz (like the real release)")
     # Std of additive Gaussian pixel noise on the [0, 1] phantom, scaled per patient by
     # 0.6-1.4. Kept modest: a previous trial found strong pixel noise drowned the lesions in
     # the diffusion heatmaps.
@@ -84,17 +87,17 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.studies < 1:
-            raise ValueError(f"SynthConfig.studies must be >= 1, got {self.studies}")
+            raise ConfigError(f"SynthConfig.studies must be >= 1, got {self.studies}")
         if not 32 <= self.size <= 4096:
-            raise ValueError(f"SynthConfig.size must be in [32, 4096], got {self.size}")
+            raise ConfigError(f"SynthConfig.size must be in [32, 4096], got {self.size}")
         if self.image_format not in ("dicom", "jpg"):
-            raise ValueError(f"SynthConfig.image_format must be dicom|jpg: {self.image_format!r}")
+            raise ConfigError(f"SynthConfig.image_format must be dicom|jpg: {self.image_format!r}")
         if not 0.0 <= self.noise <= 0.2:
-            raise ValueError(f"SynthConfig.noise must be in [0, 0.2], got {self.noise}")
+            raise ConfigError(f"SynthConfig.noise must be in [0, 0.2], got {self.noise}")
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions):
-            raise ValueError(f"SynthConfig.split_fractions invalid: {self.split_fractions}")
+            raise ConfigError(f"SynthConfig.split_fractions invalid: {self.split_fractions}")
         if abs(sum(self.split_fractions) - 1.0) > 1e-6:
-            raise ValueError(f"SynthConfig.split_fractions must sum to 1: {self.split_fractions}")
+            raise ConfigError(f"SynthConfig.split_fractions must sum to 1: {self.split_fractions}")
         for name, p in self.prevalences:
             _check_label(name, "prevalences")
             _check_rate(p, f"prevalences[{name}]")
@@ -117,12 +120,12 @@ class SynthConfig:
 
 def _check_label(name: str, where: str) -> None:
     if name not in RENDERABLE_FINDINGS:
-        raise ValueError(f"SynthConfig.{where}: {name!r} is not a renderable CheXpert finding")
+        raise ConfigError(f"SynthConfig.{where}: {name!r} is not a renderable CheXpert finding")
 
 
 def _check_rate(value: float, where: str) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"SynthConfig.{where} must be a probability in [0, 1], got {value}")
+        raise ConfigError(f"SynthConfig.{where} must be a probability in [0, 1], got {value}")
 
 
 SYNTH_PRESETS: Mapping[str, SynthConfig] = MappingProxyType(
@@ -135,3 +138,37 @@ SYNTH_PRESETS: Mapping[str, SynthConfig] = MappingProxyType(
         "bench": SynthConfig(studies=1000, size=128),
     }
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseChangeConfig:
+    """How much of the base release changes. Study fractions are of the base's studies,
+    ``pixel_fraction`` of its images; a positive fraction changes at least one."""
+
+    new_fraction: float = described(0.05, "new studies, fraction of the base's")
+    relabel_fraction: float = described(0.03, "studies with a flipped label")
+    report_fraction: float = described(0.02, "studies with a changed report")
+    pixel_fraction: float = described(0.02, "images with new pixels")
+    remove_fraction: float = described(0.02, "studies removed")
+    # Nominal side of the new studies' images; None: the base's (median of Rows, Columns).
+    size: int | None = described(None, "new images' side (default: the base's)")
+
+    def __post_init__(self) -> None:
+        for name in (
+            "new_fraction",
+            "relabel_fraction",
+            "report_fraction",
+            "pixel_fraction",
+            "remove_fraction",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"ReleaseChangeConfig.{name} must be in [0, 1], got {value}")
+        changed = self.relabel_fraction + self.report_fraction + self.remove_fraction
+        if changed > 0.9:
+            raise ConfigError(
+                f"relabel + report + remove fractions change {changed:.0%} of the studies; "
+                "keep them under 90 % so that pixel changes have studies left"
+            )
+        if self.size is not None and not 32 <= self.size <= 4096:
+            raise ConfigError(f"ReleaseChangeConfig.size must be in [32, 4096], got {self.size}")

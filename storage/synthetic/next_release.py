@@ -55,7 +55,7 @@ from storage.synthetic.cohort import (
     patient_seed,
     plan_cohort,
 )
-from storage.synthetic.config import ImageFormat, SynthConfig
+from storage.synthetic.config import ImageFormat, ReleaseChangeConfig, SynthConfig
 from storage.synthetic.ground_truth import GROUND_TRUTH_COLUMNS, MaskStore, write_labels
 from storage.synthetic.ids import STUDY_ID_RANGE, SUBJECT_ID_RANGE, patient_dir, report_path
 from storage.synthetic.jpeg_writer import write_jpeg
@@ -95,40 +95,6 @@ _ADDED_SENTENCES = (
     "No change since the wet read.",
 )
 _PIXEL_NOISE = 0.03  # std of the added noise, as a fraction of the image's stored range
-
-
-@dataclass(frozen=True)
-class ReleaseChangeConfig:
-    """How much of the base release changes. Study fractions are of the base's studies,
-    ``pixel_fraction`` of its images; a positive fraction changes at least one."""
-
-    new_fraction: float = 0.05
-    relabel_fraction: float = 0.03
-    report_fraction: float = 0.02
-    pixel_fraction: float = 0.02
-    remove_fraction: float = 0.02
-    # Nominal side of the new studies' images; None: the base's (median of Rows, Columns).
-    size: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in (
-            "new_fraction",
-            "relabel_fraction",
-            "report_fraction",
-            "pixel_fraction",
-            "remove_fraction",
-        ):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"ReleaseChangeConfig.{name} must be in [0, 1], got {value}")
-        changed = self.relabel_fraction + self.report_fraction + self.remove_fraction
-        if changed > 0.9:
-            raise ValueError(
-                f"relabel + report + remove fractions change {changed:.0%} of the studies; "
-                "keep them under 90 % so that pixel changes have studies left"
-            )
-        if self.size is not None and not 32 <= self.size <= 4096:
-            raise ValueError(f"ReleaseChangeConfig.size must be in [32, 4096], got {self.size}")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ def micro_config(**translation: object) -> DiffusionConfig:
         block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "DownBlock2D"),
     )
-    overrides: dict[str, object] = {"steps": 10, "max_batch": 5, **translation}
+    overrides: dict[str, object] = {"steps": 10, **translation}
+    max_batch = int(overrides.pop("max_batch", 5))  # type: ignore[call-overload]
     trans = dataclasses.replace(base.translation, **overrides)
     gen_training = dataclasses.replace(base.generator_training, learning_rate=1e-3, num_steps=40)
     clf_training = dataclasses.replace(base.classifier_training, learning_rate=2e-3, num_steps=40)
@@ -46,6 +47,7 @@ def micro_config(**translation: object) -> DiffusionConfig:
         translation=trans,
         generator_training=gen_training,
         classifier_training=clf_training,
+        inference=dataclasses.replace(base.inference, max_batch=max_batch),
     )
 
 

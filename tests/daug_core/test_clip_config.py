@@ -123,13 +123,18 @@ def test_local_checkpoint_names_are_accepted_without_the_file() -> None:
             "negative_prompts",
         ),
         (
-            lambda: ClipModelConfig("x", 64, 77, heatmap_mode="stack"),  # type: ignore[arg-type]
+            lambda: ClipModelConfig(
+                model_name="x", image_size=64, context_length=77, heatmap_mode="stack"
+            ),  # type: ignore[arg-type]
             "heatmap_mode",
         ),
-        (lambda: ClipModelConfig("x", 0, 77), "image_size"),
+        (lambda: ClipModelConfig(model_name="x", image_size=0, context_length=77), "image_size"),
         (
             lambda: ClipModelConfig(
-                "x", 60, 77, architecture=contrastive_preset("tiny").model.architecture
+                model_name="x",
+                image_size=60,
+                context_length=77,
+                architecture=contrastive_preset("tiny").model.architecture,
             ),
             "image_size",
         ),

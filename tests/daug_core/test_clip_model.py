@@ -311,7 +311,9 @@ def test_a_custom_architecture_cannot_take_a_builtin_name() -> None:
 
 
 def test_an_unknown_builtin_name_is_a_load_error() -> None:
-    config = ClipModelConfig("ViT-Q-99", image_size=64, context_length=77, heatmap_mode="none")
+    config = ClipModelConfig(
+        model_name="ViT-Q-99", image_size=64, context_length=77, heatmap_mode="none"
+    )
     with pytest.raises(ModelLoadError, match="ViT-Q-99"):
         build_clip_model(config, generator=torch.Generator())
 

@@ -11,9 +11,6 @@ from daug_core.config import DEFAULT_CLASS_NAMES
 from daug_core.ddim import invert_to_level
 from daug_core.generator import build_unet
 from daug_core.guidance import (
-    Target,
-    TargetError,
-    all_targets,
     guided_decode,
     make_cond_fn,
     target_log_prob,
@@ -21,6 +18,7 @@ from daug_core.guidance import (
     target_tensors,
 )
 from daug_core.schedule import alphas_cumprod
+from daug_core.targets import Target, TargetError, all_targets
 
 SIZE = 8
 P = SIZE * SIZE

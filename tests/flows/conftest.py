@@ -11,6 +11,7 @@ import torch
 from flows.ingest import ingest_flow
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
+from storage.ingest_config import IngestConfig, ReaderConfig
 from storage.synthetic import SynthConfig, write_synthetic_release
 from tests.factories import fake_heatmap_provenance
 
@@ -39,7 +40,11 @@ def contrastive_store(tmp_path_factory, prefect_server) -> Path:
     root = tmp_path_factory.mktemp("contrastive")
     release = write_synthetic_release(root / "synth", SynthConfig(studies=60, size=64), seed=8)
     path = root / "store"
-    ingest_flow(release=str(release.release_dir), store=str(path), size=64, views=[])
+    ingest_flow(
+        release=str(release.release_dir),
+        store=str(path),
+        ingest=IngestConfig(size=64, reader=ReaderConfig(views=())),
+    )
     splits = ImageStore.open(path).items()["split"].value_counts()
     assert splits["train"] >= 16 and splits["validate"] >= 4 and splits["test"] >= 4, splits
     write_heatmaps(path)

@@ -9,6 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from daug_core.clip_config import ClipTrainSettings
 from flows.ablate import ablate_flow
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -20,7 +21,7 @@ def test_grid_summary_files_and_a_reproducible_rerun(contrastive_store, tmp_path
         "out": str(tmp_path / "ablation"),
         "seeds": [0, 1],
         "variants": ["baseline", "daug+hybrid"],
-        "epochs": 1,
+        "training": ClipTrainSettings(epochs=1),
     }
     result = ablate_flow(**args)
     out = tmp_path / "ablation"

@@ -1,6 +1,14 @@
 """The `daug` command line: real subprocesses, exit codes and messages."""
 
+import dataclasses
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
 import pandas as pd
+import pytest
 
 from tests.factories import run_daug as daug
 
@@ -29,20 +37,20 @@ def test_ingest_of_a_missing_release_is_one_clear_error(tmp_path):
 
 def test_bad_format_option(tmp_path):
     result = daug("synth", str(tmp_path / "x"), "--format", "png")
-    assert result.returncode == 2 and "dicom or jpg" in result.stderr
+    assert result.returncode == 2 and "--format" in result.stderr
+    assert "'dicom'" in result.stderr and "'jpg'" in result.stderr
 
 
 def test_delete_heatmaps_asks_then_deletes_only_that_version(tmp_path):
-    import dataclasses
-
     from storage.heatmap_store import HeatmapStore
     from storage.image_store import ImageStore
+    from tests.factories import with_translation
     from tests.storage.test_heatmap_store import PROVENANCE
 
     images = ImageStore.create(tmp_path / "store", 16, shard_items=4)
     images.register(pd.DataFrame({"dicom_id": ["a", "b"], "split": ["train", "test"]}))
     HeatmapStore.create(images, PROVENANCE).mark_done([1])
-    HeatmapStore.create(images, dataclasses.replace(PROVENANCE, scale=10.0), version="v2")
+    HeatmapStore.create(images, with_translation(PROVENANCE, scale=10.0), version="v2")
     store = str(tmp_path / "store")
 
     unknown = daug("delete-heatmaps", store, "v9", "--yes")
@@ -59,8 +67,11 @@ def test_delete_heatmaps_asks_then_deletes_only_that_version(tmp_path):
 
 
 def test_train_and_evaluate_refuse_bad_options_before_starting_prefect(tmp_path):
-    bad_mode = daug("train", "--store", str(tmp_path), "--out", str(tmp_path / "o"), "--mode", "x")
-    assert bad_mode.returncode == 2 and "--mode must be one of" in bad_mode.stderr
+    bad_mode = daug(
+        "train", "--store", str(tmp_path), "--out", str(tmp_path / "o"), "--heatmap-mode", "x"
+    )
+    assert bad_mode.returncode == 2 and "--heatmap-mode" in bad_mode.stderr
+    assert "'channel'" in bad_mode.stderr
     no_store = daug("train", "--store", str(tmp_path / "none"), "--out", str(tmp_path / "o"))
     assert no_store.returncode == 2 and "error:" in no_store.stderr
     assert "Traceback" not in no_store.stderr
@@ -69,7 +80,8 @@ def test_train_and_evaluate_refuse_bad_options_before_starting_prefect(tmp_path)
 
 
 def test_demo_prints_the_heatmap_quality_headline_in_terminal_columns():
-    from flows.cli import _modes_table, _quality_headline
+    from flows.reports.demo import modes_table as _modes_table
+    from flows.reports.demo import quality_headline as _quality_headline
 
     def row(pg, auroc, off=0.0):
         return {
@@ -97,3 +109,112 @@ def test_demo_prints_the_heatmap_quality_headline_in_terminal_columns():
     assert modes[3].split() == ["-Pleural", "29", "0.600/0.800", "n/a/0.940", "0.000/0.000"]
     assert max(len(line) for line in headline + modes) <= 80
     assert _modes_table({"modes": None}) == ""
+
+
+# ---- the CLI is generated from, and held to, the flows and their settings -------------------
+def _plain(hint: Any) -> Any:
+    """A parameter type as the flow sees it: Annotated stripped, a CLI Path is a str."""
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    if hint is Path:
+        return str
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_plain(a) for a in typing.get_args(hint))]  # noqa: UP007
+    return hint
+
+
+def _commands() -> dict[str, Any]:
+    from flows.cli import app
+
+    return {c.name or c.callback.__name__: c.callback for c in app.registered_commands}
+
+
+def test_every_flow_parameter_is_reachable_from_its_command_with_the_same_name_and_type():
+    from flows.cli.app import load_flow
+
+    flows = {name: cb for name, cb in _commands().items() if getattr(cb, "__flow__", None)}
+    assert set(flows) == {
+        "ingest",
+        "train-generator",
+        "precompute",
+        "heatmap-quality",
+        "train",
+        "evaluate",
+        "ablate",
+        "reprocess",
+        "demo",
+    }
+    for name, command in flows.items():
+        flow = load_flow(command.__flow__)
+        flow_hints = typing.get_type_hints(flow.fn)
+        cli_hints = typing.get_type_hints(command.__wrapped__, include_extras=True)
+        for parameter in inspect.signature(flow.fn).parameters:
+            assert parameter in cli_hints, f"daug {name} lacks the flow's {parameter}"
+            assert _plain(cli_hints[parameter]) == _plain(flow_hints[parameter]), (
+                f"daug {name}: {parameter} is {cli_hints[parameter]} on the command line, "
+                f"{flow_hints[parameter]} in the flow"
+            )
+
+
+def test_settings_options_come_from_the_fields_with_their_help_and_choices():
+    from daug_core.heatmap_settings import HeatmapSettings
+    from flows.cli.options import settings_command
+    from flows.pool import PoolSettings
+
+    precompute = _commands()["precompute"]
+    assert precompute.__settings__ == {"heatmaps": HeatmapSettings, "pool": PoolSettings}
+    generated = set(inspect.signature(precompute).parameters)
+    fields = {f.name for f in dataclasses.fields(HeatmapSettings)}
+    fields |= {f.name for f in dataclasses.fields(PoolSettings)}
+    assert fields <= generated and "heatmaps" not in generated
+
+    def clash(heatmaps: HeatmapSettings, again: HeatmapSettings) -> None: ...
+
+    with pytest.raises(TypeError, match="--preset of again is also heatmaps's"):
+        settings_command(clash)
+
+    result = daug("precompute", "--help")
+    assert result.returncode == 0
+    help_text = result.stdout
+    for option in ("--scale", "--target", "--mode", "--batch-size", "--heatmap-version"):
+        assert option in help_text
+    assert "reconstruction error only" in help_text  # the scale field's own help
+    assert "softmax|sigmoid" in help_text and "HeatmapSettings settings" in help_text
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--scale", "nan"], "scale must be a finite number"),
+        (["--scale", "-5"], "scale must be a finite number"),
+        (["--steps", "400"], "steps <= level"),
+        (["--target", "+Fracture"], "unknown class 'Fracture'"),
+        (["--mode", "tanh"], "'softmax'"),
+        (["--cpus-per-actor", "0"], "cpus_per_actor"),
+    ],
+)
+def test_bad_settings_are_one_line_before_anything_starts(tmp_path, options, expected):
+    store = tmp_path / "missing-store"  # never opened: the settings are checked first
+    result = daug("precompute", "--store", str(store), "--checkpoints", str(tmp_path), *options)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not store.exists()
+
+
+def test_options_are_spelled_one_way_across_commands():
+    """A concept has one spelling: --heatmap-version everywhere, and --mode is the guidance mode
+    only (the contrastive model's is --heatmap-mode)."""
+    from flows.cli.options import option_spellings
+
+    spelled: dict[str, set[str]] = {}
+    used_by: dict[str, set[str]] = {}
+    for name, command in _commands().items():
+        for parameter in inspect.signature(command).parameters.values():
+            for option in option_spellings(parameter.name, parameter.annotation)[:1]:
+                spelled.setdefault(parameter.name, set()).add(option)
+                used_by.setdefault(option, set()).add(name)
+    assert spelled["heatmap_version"] == {"--heatmap-version"}
+    assert "--version" not in used_by
+    assert used_by["--mode"] == {"precompute", "heatmap-quality", "reprocess"}
+    assert "train" in used_by["--heatmap-mode"]
+    assert spelled["splits"] == {"--split"} and spelled["targets"] == {"--target"}

@@ -20,6 +20,7 @@ from flows.demo_checkpoints import (
 from flows.ingest import ingest_flow
 from storage.batches import select, selection_sha256
 from storage.image_store import ImageStore
+from storage.ingest_config import IngestConfig
 from storage.labels import SUPER_CLASS_COLUMNS
 from tests.factories import write_random_checkpoints
 
@@ -56,7 +57,11 @@ def stores(tmp_path_factory, synthetic_pair, prefect_server) -> dict[str, ImageS
     root = tmp_path_factory.mktemp("demo_checkpoints")
     # The same cohort as DICOM and as JPG: the same ids and labels, other source bytes.
     for name, release in zip(("dicom", "jpg"), synthetic_pair, strict=True):
-        ingest_flow(release=str(release), store=str(root / name), size=32, shard_items=8)
+        ingest_flow(
+            release=str(release),
+            store=str(root / name),
+            ingest=IngestConfig(size=32, shard_items=8),
+        )
     return {name: ImageStore.open(root / name, read_only=True) for name in ("dicom", "jpg")}
 
 
@@ -110,6 +115,10 @@ def test_shipped_checkpoints_apply_to_the_demos_own_release(tmp_path, prefect_se
         tmp_path / "synthetic", SynthConfig(studies=300, size=128), seed=0
     )
     store = tmp_path / "store"
-    ingest_flow(release=str(summary.release_dir), store=str(store), size=64, shard_items=32)
+    ingest_flow(
+        release=str(summary.release_dir),
+        store=str(store),
+        ingest=IngestConfig(size=64, shard_items=32),
+    )
     outcome = seed_checkpoints(ImageStore.open(store, read_only=True), tmp_path / "checkpoints")
     assert outcome.copied, outcome.reason

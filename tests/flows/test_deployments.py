@@ -29,6 +29,32 @@ def test_entrypoint_is_a_flow_that_accepts_the_parameters(deployment):
 
 def test_every_flow_has_a_deployment():
     entrypoints = {d["entrypoint"] for d in DEPLOYMENTS}
-    for path in sorted((ROOT / "flows").glob("*.py")):
+    for path in sorted((ROOT / "flows").rglob("*.py")):
         if "@flow(" in path.read_text():
-            assert any(e.startswith(f"flows/{path.name}:") for e in entrypoints), path.name
+            module = path.relative_to(ROOT).as_posix()
+            assert any(e.startswith(f"{module}:") for e in entrypoints), module
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_nested_settings_become_settings_objects(deployment):
+    """Prefect validates a deployment's nested parameters into the flow's settings classes
+    (their own checks run), so a worker gets typed objects, not dicts."""
+    import dataclasses
+
+    path, name = deployment["entrypoint"].split(":")
+    flow = load_flow_from_entrypoint(f"{ROOT / path}:{name}")
+    validated = flow.validate_parameters(deployment["parameters"])
+    for key, value in deployment["parameters"].items():
+        if isinstance(value, dict):
+            assert dataclasses.is_dataclass(validated[key]), key
+
+
+def test_a_bad_number_in_a_deployment_is_refused_naming_it():
+    from prefect.exceptions import ParameterTypeError
+
+    (precompute,) = [d for d in DEPLOYMENTS if d["name"] == "precompute"]
+    path, name = precompute["entrypoint"].split(":")
+    flow = load_flow_from_entrypoint(f"{ROOT / path}:{name}")
+    bad = precompute["parameters"] | {"heatmaps": {"preset": "paper", "scale": -1.0}}
+    with pytest.raises(ParameterTypeError, match="scale must be a finite number"):
+        flow.validate_parameters(bad)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from daug_core.clip_config import ClipTrainSettings
 from daug_core.clip_training import load_clip_checkpoint
 from flows.evaluate import evaluate, evaluate_flow
-from flows.train import TrainOverrides, contrastive_config, train_contrastive
+from flows.train import train_contrastive
 from storage.image_store import ImageStore
 from storage.labels import CHEXPERT_LABELS
 
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 @pytest.fixture(scope="module")
 def trained(contrastive_store, tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("evaluate") / "run"
-    config = contrastive_config("tiny", TrainOverrides(mode="channel", epochs=2, batch_size=8))
+    config = ClipTrainSettings(heatmap_mode="channel", epochs=2, batch_size=8).config()
     train_contrastive(contrastive_store, out, config)
     return out
 

@@ -16,30 +16,34 @@ import pandas as pd
 import pytest
 import torch
 
-from daug_core.config import preset
-from flows.heatmap_quality import (
-    default_compare_targets,
-    heatmap_quality_flow,
-    sweep_grid,
-)
-from flows.heatmap_scoring import target_mask
+from daug_core.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
-from flows.precompute import TranslationOverrides, heatmap_config
+from flows.pool import PoolSettings
+from flows.quality.flow import compared_settings, heatmap_quality_flow
+from flows.quality.scoring import target_mask
+from flows.quality.settings import SweepSettings
+from flows.quality.sweep import sweep_grid
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
+from storage.ingest_config import IngestConfig
 from storage.synthetic.ground_truth import GroundTruthMasks, MaskStore
 from tests.factories import run_daug, write_random_checkpoints
 
 SPLITS = ["test", "validate"]
-FAST: dict[str, Any] = {"level": 50, "steps": 3, "inversion_refinements": 0}
-TARGETS = list(default_compare_targets(preset("tiny")))
+FAST = HeatmapSettings(level=50, steps=3, inversion_refinements=0)
+ONE_ACTOR = PoolSettings(actors=1)
+TARGETS = list(compared_settings(FAST).targets)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, synthetic_pair, prefect_server, ray_session) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("heatmap_quality")
     store = root / "store"
-    ingest_flow(release=str(synthetic_pair[0]), store=str(store), size=64, shard_items=8)
+    ingest_flow(
+        release=str(synthetic_pair[0]),
+        store=str(store),
+        ingest=IngestConfig(size=64, shard_items=8),
+    )
     ckpt = write_random_checkpoints(root / "ckpt")
     truth = synthetic_pair[0].parent / "ground_truth"
     return {"root": root, "store": store, "ckpt": ckpt, "truth": truth}
@@ -53,11 +57,11 @@ def first_run(setup) -> dict[str, Any]:
         truth=str(setup["truth"]),
         checkpoints=str(setup["ckpt"]),
         splits=SPLITS,
-        sweep_items=4,
-        actors=1,
+        heatmaps=FAST,
+        sweep=SweepSettings(items=4),
+        pool=ONE_ACTOR,
         examples_per_target=2,
         out=str(setup["root"] / "run1"),
-        **FAST,
     )
 
 
@@ -90,8 +94,9 @@ def test_modes_are_computed_scored_and_compared(setup, first_run):
     for mode, run in first_run["modes"].items():
         heat = HeatmapStore(images, run["version"])
         assert run["version"].startswith(f"quality-{mode}-")
-        assert heat.provenance.mode == mode and heat.provenance.steps == 3
-        assert heat.provenance.level == 50 and list(heat.targets) == TARGETS
+        translation = heat.provenance.translation
+        assert translation.mode == mode and translation.steps == 3
+        assert translation.level == 50 and list(heat.targets) == TARGETS
         assert heat.done_mask().sum() == len(expected)  # only the chosen splits
         scores = pd.read_csv(run_dir / f"scores-{mode}.csv")
         assert len(scores) == len(expected) * len(TARGETS)
@@ -132,7 +137,7 @@ def test_modes_are_computed_scored_and_compared(setup, first_run):
 @pytest.mark.slow
 def test_sweep_rows_plots_and_summary_json(setup, first_run):
     run_dir = Path(first_run["run_dir"])
-    points = sweep_grid(heatmap_config("tiny", TranslationOverrides(**FAST)).translation)
+    points = sweep_grid(FAST.translation, SweepSettings())
     assert len(points) == 8
     sweep = pd.read_csv(run_dir / "sweep.csv")
     assert len(sweep) == len(first_run["sweep"]) == 8
@@ -166,11 +171,11 @@ def test_rerun_computes_nothing_and_gives_the_same_numbers(setup, first_run):
         truth=str(setup["truth"]),
         checkpoints=str(setup["ckpt"]),
         splits=SPLITS,
-        sweep=False,
-        actors=1,
+        heatmaps=FAST,
+        sweep=SweepSettings(enabled=False),
+        pool=ONE_ACTOR,
         examples_per_target=0,
         out=str(setup["root"] / "run2"),
-        **FAST,
     )
     images = ImageStore.open(setup["store"], read_only=True)
     for run in first_run["modes"].values():
@@ -189,7 +194,7 @@ def test_scoring_a_version_reports_an_item_without_masks(setup, first_run):
     result = heatmap_quality_flow(
         store=str(setup["store"]),
         truth=str(truth),
-        version=first_run["modes"]["softmax"]["version"],
+        heatmap_version=first_run["modes"]["softmax"]["version"],
         splits=SPLITS,
         examples_per_target=1,
     )
@@ -225,7 +230,7 @@ def test_cli_scores_a_version_and_prints_the_headline(setup, first_run, tmp_path
         str(setup["store"]),
         "--truth",
         str(setup["truth"]),
-        "--version",
+        "--heatmap-version",
         first_run["modes"]["sigmoid"]["version"],
         "--split",
         "test",
@@ -267,7 +272,7 @@ def test_cli_fails_fast_on_missing_inputs(tmp_path, synthetic_pair):
         str(tmp_path / "store"),
         "--truth",
         str(truth),
-        "--version",
+        "--heatmap-version",
         "v9",
     )
     assert no_version.returncode == 2 and "no heatmap version 'v9'" in no_version.stderr

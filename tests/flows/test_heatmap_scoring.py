@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.heatmap_scoring import (
+from flows.quality.scoring import (
     ItemKind,
     ScoringInputError,
     compare_summaries,

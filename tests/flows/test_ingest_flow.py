@@ -8,6 +8,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.ingest import ingest_flow
 from storage.image_store import ImageStore
+from storage.ingest_config import IngestConfig
 from tests.storage.test_ingest import BAD, bad_release
 
 
@@ -16,7 +17,10 @@ def flow_store(tmp_path_factory, prefect_server) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("flow")
     release = bad_release(root / "release")
     state = ingest_flow(
-        release=str(release), store=str(root / "store"), size=16, shard_items=4, return_state=True
+        release=str(release),
+        store=str(root / "store"),
+        ingest=IngestConfig(size=16, shard_items=4),
+        return_state=True,
     )
     # Artifact keys repeat across runs on one server: tests look up this run's by its id.
     return root / "store", state.result() | {"flow_run_id": state.state_details.flow_run_id}
@@ -52,5 +56,7 @@ def test_flow_publishes_progress_summary_and_quarantine_artifacts(flow_store):
 def test_rerun_of_the_flow_does_nothing_new(flow_store, prefect_server):
     store_path, _ = flow_store
     release = store_path.parent / "release"
-    again = ingest_flow(release=str(release), store=str(store_path), size=16, shard_items=4)
+    again = ingest_flow(
+        release=str(release), store=str(store_path), ingest=IngestConfig(size=16, shard_items=4)
+    )
     assert again["ingested"] == 0 and again["plan"]["to_ingest"] == 0

@@ -15,6 +15,7 @@ from prefect.settings import get_current_settings
 
 from flows.ingest import ingest_flow
 from storage.image_store import ImageStore
+from storage.ingest_config import IngestConfig, ReaderConfig
 from storage.synthetic import SynthConfig, write_synthetic_release
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,11 @@ def test_killed_ingest_resumes_to_the_same_store(tmp_path, prefect_server):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
 
     reference = tmp_path / "reference"
-    ingest_flow(release=str(release), store=str(reference), size=64, shard_items=2, views=[])
+    ingest_flow(
+        release=str(release),
+        store=str(reference),
+        ingest=IngestConfig(size=64, shard_items=2, reader=ReaderConfig(views=())),
+    )
     a, b = ImageStore.open(killed), ImageStore.open(reference)
     pd.testing.assert_frame_equal(a.items(), b.items())
     pd.testing.assert_frame_equal(a.quarantine(), b.quarantine())

@@ -189,9 +189,7 @@ def precompute_run(server, tmp_path_factory) -> dict[str, Any]:
         {
             "release": str(release.release_dir),
             "store": str(store),
-            "size": 64,
-            "shard_items": 4,
-            "sharded": False,
+            "ingest": {"size": 64, "shard_items": 4, "sharded": False},
         },
     )
     ckpt = write_random_checkpoints(root / "ckpt")
@@ -201,15 +199,14 @@ def precompute_run(server, tmp_path_factory) -> dict[str, Any]:
         {
             "store": str(store),
             "checkpoints": str(ckpt),
-            "preset_name": "tiny",
-            "targets": ["+No Finding", "+Pleural"],
-            "level": 50,
-            "steps": 3,
-            "inversion_refinements": 0,
-            "actors": 1,
-            "cpus_per_actor": 1.0,
-            "gpus_per_actor": 0.0,
-            "batch_size": 4,
+            "heatmaps": {
+                "preset": "tiny",
+                "targets": ["+No Finding", "+Pleural"],
+                "level": 50,
+                "steps": 3,
+                "inversion_refinements": 0,
+            },
+            "pool": {"actors": 1, "cpus_per_actor": 1.0, "gpus_per_actor": 0.0, "batch_size": 4},
         },
     )
     return {"ingest": ingested, "precompute": heatmaps, "store": store}
@@ -238,8 +235,13 @@ def test_the_run_shows_progress_summary_failures_and_plot_links(server, precompu
     assert ("table", "summary") in kinds and ("table", "failures") in kinds
     markdown = [a for a in artifacts if a.type == "markdown"]
     assert markdown and "examples.png" in str(markdown[0].data)
+    assert "data:image/jpeg;base64," in str(markdown[0].data)  # the image itself, not a link
+    assert "file://" not in str(markdown[0].data)
     progress = next(a for a in artifacts if a.type == "progress")
     assert float(progress.data) == 100.0
+    for artifact in artifacts:  # the run's Artifacts tab shows only cards: say what each is
+        assert artifact.description, artifact.key
+        assert len(str(artifact.data)) < 1_500_000, artifact.key
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)")
@@ -259,6 +261,36 @@ def test_flow_run_page_in_a_browser(server, precompute_run):
                 card = page.get_by_text(f"precompute-store-v1-{suffix}", exact=True)
                 card.first.wait_for(timeout=30_000)
             page.screenshot(path=str(shot), full_page=True)
+            images = _markdown_images(server, page, run.id)
         finally:
             browser.close()
     assert shot.stat().st_size > 20_000
+    assert images, "the run's markdown artifacts show no image"
+    broken = {src: width for src, width in images.items() if width <= 0}
+    assert not broken, f"images that did not load in the UI: {broken}"
+
+
+def _markdown_images(server: Server, page: Any, run_id: Any) -> dict[str, int]:
+    """naturalWidth of every image of every markdown artifact of the run, as the UI renders
+    each artifact's page (0 means the browser could not load it)."""
+    with server.client() as client:
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+    widths: dict[str, int] = {}
+    for artifact in (a for a in artifacts if a.type == "markdown"):
+        expected = str(artifact.data).count("![")
+        page.goto(f"{server.url}/artifacts/artifact/{artifact.id}", wait_until="networkidle")
+        page.wait_for_function(
+            f"document.querySelectorAll('img[alt]').length >= {expected}", timeout=30_000
+        )
+        page.wait_for_function(
+            "Array.from(document.images).every(i => i.complete)", timeout=30_000
+        )
+        for src, width in page.evaluate(
+            "Array.from(document.images).map(i => [i.currentSrc.slice(0, 60), i.naturalWidth])"
+        ):
+            widths[f"{artifact.key}: {src}"] = int(width)
+        if (artifact.key or "").endswith("examples"):
+            page.screenshot(path=str(ROOT / "docs" / "precompute-examples-artifact.png"))
+    return widths

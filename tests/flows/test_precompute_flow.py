@@ -6,6 +6,7 @@ so a resumed run must equal an uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,25 +19,23 @@ import zarr
 from daug_core.checkpoints import (
     checkpoint_sha256,
 )
+from daug_core.heatmap_settings import HeatmapSettings
 from flows.heatmap_actors import LocalHeatmapComputer, RayHeatmapPool, WorkerSpec
 from flows.ingest import ingest_flow
-from flows.precompute import (
-    TranslationOverrides,
-    default_targets,
-    heatmap_config,
-    heatmap_provenance,
-    precompute_flow,
-)
+from flows.pool import PoolSettings, actor_count
+from flows.precompute import heatmap_provenance, precompute_flow, worker_spec
 from storage.heatmap_store import HeatmapStore, ProvenanceMismatchError
 from storage.image_store import ImageStore
+from storage.ingest_config import IngestConfig
 from storage.precompute import ImageBatch, plan_heatmaps, precompute_shard
 from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
 
 TARGETS = ["+No Finding", "+Pleural", "+Lung Lesion"]
-FAST = {"level": 50, "steps": 3, "inversion_refinements": 0}
-RUN: dict[str, Any] = {"targets": TARGETS, **FAST, "batch_size": 4, "actors": 1, "examples": 3}
+FAST = HeatmapSettings(targets=tuple(TARGETS), level=50, steps=3, inversion_refinements=0)
+POOL = PoolSettings(batch_size=4, actors=1)
+RUN: dict[str, Any] = {"heatmaps": FAST, "pool": POOL, "examples": 3}
 NAN_ITEM = 2
 
 
@@ -46,7 +45,11 @@ def setup(tmp_path_factory, synthetic_pair, prefect_server, ray_session) -> dict
     resume test, and checkpoints of untrained tiny models."""
     root = tmp_path_factory.mktemp("precompute")
     store = root / "store"
-    ingest_flow(release=str(synthetic_pair[0]), store=str(store), size=64, shard_items=8)
+    ingest_flow(
+        release=str(synthetic_pair[0]),
+        store=str(store),
+        ingest=IngestConfig(size=64, shard_items=8),
+    )
     images = ImageStore.open(store)
     assert images.done_mask()[NAN_ITEM]
     images.write_images([NAN_ITEM], np.full((1, 64, 64), np.nan))  # a corrupted item
@@ -78,7 +81,7 @@ def test_end_to_end_writes_finite_heatmaps_flags_and_provenance(setup, first_run
 
     group = zarr.open_group(setup["store"], mode="r")["heatmaps/v1"]
     provenance = group.attrs["provenance"]
-    assert provenance["targets"] == TARGETS and provenance["steps"] == 3
+    assert provenance["targets"] == TARGETS and provenance["translation"]["steps"] == 3
     assert provenance["generator_sha256"] == checkpoint_sha256(setup["ckpt"] / "generator")
     assert group["heatmaps"].shape == (len(images), 3, 64, 64)
     assert group.attrs["runs"][-1]["done"] == first_run["done"]
@@ -95,12 +98,13 @@ def test_rerun_computes_nothing_new(setup, first_run):
 
 def test_other_provenance_refuses_and_a_new_version_works(setup, first_run):
     args = {"store": str(setup["store"]), "checkpoints": str(setup["ckpt"])}
+    other = RUN | {"heatmaps": dataclasses.replace(FAST, scale=30.0)}
     with pytest.raises(ProvenanceMismatchError, match=r"scale: 10\.0 -> 30\.0"):
-        precompute_flow(**args, **(RUN | {"scale": 30.0}))
-    v2 = precompute_flow(**args, **(RUN | {"scale": 30.0}), version="v2", splits=["test"])
+        precompute_flow(**args, **other)
+    v2 = precompute_flow(**args, **other, heatmap_version="v2", splits=["test"])
     images = ImageStore.open(setup["store"], read_only=True)
     assert HeatmapStore.versions(images) == ["v1", "v2"]
-    assert HeatmapStore(images, "v2").provenance.scale == 30.0
+    assert HeatmapStore(images, "v2").provenance.translation.scale == 30.0
     assert HeatmapStore(images, "v1").done_mask().sum() == first_run["done"]
     items = images.items()
     tested = items[(items["split"] == "test") & images.done_mask()[items["index"]]]
@@ -110,19 +114,13 @@ def test_other_provenance_refuses_and_a_new_version_works(setup, first_run):
 def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, first_run):
     """Only the first shard is computed (as if the run died), then the flow does the rest."""
     images = ImageStore.open(setup["resume"])
-    config = heatmap_config("tiny", TranslationOverrides(**FAST))
-    provenance = heatmap_provenance(config, tuple(TARGETS), setup["ckpt"])
+    provenance = heatmap_provenance(FAST, setup["ckpt"])
     heat = HeatmapStore.open_or_create(images, provenance)
-    spec = WorkerSpec(
-        str(setup["ckpt"] / "generator"),
-        str(setup["ckpt"] / "classifier"),
-        config,
-        provenance.targets,
-    )
+    spec = worker_spec(FAST, provenance.targets, setup["ckpt"], POOL)
     pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
     first = plan_heatmaps(heat, images).shards[0]
     try:
-        precompute_shard(heat, images, first, pool, batch_size=RUN["batch_size"])
+        precompute_shard(heat, images, first, pool, batch_size=POOL.batch_size)
     finally:
         pool.shutdown()
     resumed = precompute_flow(store=str(setup["resume"]), checkpoints=str(setup["ckpt"]), **RUN)
@@ -137,14 +135,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, first_run):
 
 
 def test_worker_reports_bad_items_without_failing_the_batch(setup, monkeypatch):
-    config = heatmap_config("tiny", TranslationOverrides(**FAST))
-    spec = WorkerSpec(
-        str(setup["ckpt"] / "generator"), str(setup["ckpt"] / "classifier"), config, ("+Pleural",)
-    )
+    spec = pleural_spec(setup["ckpt"])
     threads = torch.get_num_threads()
     computer = LocalHeatmapComputer(spec)  # sets this process's torch threads to 1
     torch.set_num_threads(threads)
-    assert default_targets(config)[0] == "+No Finding" and len(default_targets(config)) == 7
+    defaults = HeatmapSettings().target_names(spec.config.class_names)
+    assert defaults[0] == "+No Finding" and len(defaults) == 7
     compute = computer.worker._compute
 
     def fails_on_dark_images(images: np.ndarray) -> np.ndarray:
@@ -162,10 +158,7 @@ def test_worker_reports_bad_items_without_failing_the_batch(setup, monkeypatch):
 
 
 def test_a_batch_that_raises_once_is_retried_item_by_item_and_succeeds(setup, monkeypatch):
-    config = heatmap_config("tiny", TranslationOverrides(**FAST))
-    spec = WorkerSpec(
-        str(setup["ckpt"] / "generator"), str(setup["ckpt"] / "classifier"), config, ("+Pleural",)
-    )
+    spec = pleural_spec(setup["ckpt"])
     threads = torch.get_num_threads()
     computer = LocalHeatmapComputer(spec)
     torch.set_num_threads(threads)
@@ -191,10 +184,7 @@ def test_pool_survives_an_actor_that_dies(setup):
     """Ray restarts a killed actor (models reloaded in __init__) and the pool goes on."""
     import ray
 
-    config = heatmap_config("tiny", TranslationOverrides(**FAST))
-    spec = WorkerSpec(
-        str(setup["ckpt"] / "generator"), str(setup["ckpt"] / "classifier"), config, ("+Pleural",)
-    )
+    spec = pleural_spec(setup["ckpt"])
     pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
     batch = ImageBatch(np.array([0, 1]), np.random.default_rng(0).random((2, 64, 64)))
     try:
@@ -211,10 +201,7 @@ def test_pool_replaces_an_actor_that_is_dead_for_good(setup):
     """With its restarts used up (no_restart), the actor is replaced and its batch redone."""
     import ray
 
-    config = heatmap_config("tiny", TranslationOverrides(**FAST))
-    spec = WorkerSpec(
-        str(setup["ckpt"] / "generator"), str(setup["ckpt"] / "classifier"), config, ("+Pleural",)
-    )
+    spec = pleural_spec(setup["ckpt"])
     pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
     batch = ImageBatch(np.array([0, 1]), np.random.default_rng(0).random((2, 64, 64)))
     try:
@@ -250,7 +237,7 @@ def test_a_killed_actor_process_mid_run_loses_nothing(setup, first_run, monkeypa
 
     monkeypatch.setattr(precompute_module, "RayHeatmapPool", KillingPool)
     run = precompute_flow(
-        store=str(setup["store"]), checkpoints=str(setup["ckpt"]), **RUN, version="killed"
+        store=str(setup["store"]), checkpoints=str(setup["ckpt"]), **RUN, heatmap_version="killed"
     )
     assert killed and run["done"] == first_run["done"] and run["failed"] == first_run["failed"]
     images = ImageStore.open(setup["store"], read_only=True)
@@ -262,7 +249,7 @@ def test_a_killed_actor_process_mid_run_loses_nothing(setup, first_run, monkeypa
 
 
 def test_model_input_maps_unit_pixels_to_minus_one_one_and_area_downscales():
-    from flows.model_input import to_model_space
+    from daug_core.model_input import to_model_space
 
     pixels = np.zeros((1, 128, 128), np.float32)
     pixels[0, :, 64:] = 1.0
@@ -277,9 +264,17 @@ def test_model_input_maps_unit_pixels_to_minus_one_one_and_area_downscales():
 
 
 def test_actor_count_fits_the_cluster(ray_session):
-    from flows.precompute import actor_count
+    assert actor_count(PoolSettings(actors=3)) == 3  # an explicit count is kept
+    assert actor_count(PoolSettings()) == 2  # the session's local Ray has 2 CPUs
+    assert actor_count(PoolSettings(cpus_per_actor=2.0)) == 1
+    assert actor_count(PoolSettings(gpus_per_actor=1.0)) == 1  # no GPU: one actor, never zero
 
-    assert actor_count(3, 1.0, 0.0) == 3  # an explicit count is kept
-    assert actor_count(0, 1.0, 0.0) == 2  # the session's local Ray has 2 CPUs
-    assert actor_count(0, 2.0, 0.0) == 1
-    assert actor_count(0, 1.0, 1.0) == 1  # no GPU: still one actor, never zero
+
+def pleural_spec(checkpoints: Path) -> WorkerSpec:
+    """A worker of the untrained models with the fast settings and one target."""
+    return WorkerSpec(
+        generator_dir=str(checkpoints / "generator"),
+        classifier_dir=str(checkpoints / "classifier"),
+        config=FAST.config(),
+        targets=("+Pleural",),
+    )

@@ -20,10 +20,13 @@ import pytest
 import zarr
 from prefect.settings import get_current_settings
 
+from daug_core.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
+from flows.pool import PoolSettings
 from flows.precompute import precompute_flow
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
+from storage.ingest_config import IngestConfig
 from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
@@ -45,7 +48,11 @@ def test_killed_precompute_resumes_to_the_same_heatmaps(
     import ray
 
     reference = tmp_path / "reference"
-    ingest_flow(release=str(synthetic_pair[0]), store=str(reference), size=64, shard_items=4)
+    ingest_flow(
+        release=str(synthetic_pair[0]),
+        store=str(reference),
+        ingest=IngestConfig(size=64, shard_items=4),
+    )
     killed = tmp_path / "killed"
     shutil.copytree(reference, killed)
     ckpt = write_random_checkpoints(tmp_path / "ckpt")
@@ -74,7 +81,14 @@ def test_killed_precompute_resumes_to_the_same_heatmaps(
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
 
-    precompute_flow(store=str(reference), checkpoints=str(ckpt), targets=TARGETS, **NUMBERS)
+    precompute_flow(
+        store=str(reference),
+        checkpoints=str(ckpt),
+        heatmaps=HeatmapSettings(
+            targets=tuple(TARGETS), level=100, steps=8, inversion_refinements=0
+        ),
+        pool=PoolSettings(batch_size=2, actors=1),
+    )
     resumed = HeatmapStore(ImageStore.open(killed, read_only=True))
     uninterrupted = HeatmapStore(ImageStore.open(reference, read_only=True))
     np.testing.assert_array_equal(resumed.done_mask(), uninterrupted.done_mask())

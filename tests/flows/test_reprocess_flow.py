@@ -15,12 +15,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from daug_core.clip_config import ClipTrainSettings
+from daug_core.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
+from flows.pool import PoolSettings
 from flows.precompute import precompute_flow
 from flows.reprocess import next_version_name, reprocess_flow
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
-from storage.release import ReaderConfig, ReleaseReader
+from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.release import ReleaseReader
 from storage.release_diff import file_sha256
 from storage.status import format_status, record_evaluation, store_status
 from storage.synthetic import SynthConfig, write_synthetic_release
@@ -30,8 +34,8 @@ from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
 
-HEAT = {"targets": ["+No Finding"], "level": 50, "steps": 3, "inversion_refinements": 0}
-POOL = {"actors": 1, "batch_size": 8}
+HEAT = HeatmapSettings(targets=("+No Finding",), level=50, steps=3, inversion_refinements=0)
+POOL = {"pool": PoolSettings(actors=1, batch_size=8)}
 CHANGES = ReleaseChangeConfig(
     new_fraction=0.1,
     relabel_fraction=0.1,
@@ -63,9 +67,11 @@ def setup(tmp_path_factory, prefect_server, ray_session) -> dict[str, Any]:
     ckpt = save_checkpoints(root / "ckpt", classifier_seed=1)
     store = root / "store"
     ingest_flow(
-        release=str(root / "base" / "release"), store=str(store), size=64, shard_items=16, views=[]
+        release=str(root / "base" / "release"),
+        store=str(store),
+        ingest=IngestConfig(size=64, shard_items=16, reader=ReaderConfig(views=())),
     )
-    full = precompute_flow(store=str(store), checkpoints=str(ckpt), **HEAT, **POOL)
+    full = precompute_flow(store=str(store), checkpoints=str(ckpt), heatmaps=HEAT, **POOL)
     images = ImageStore.open(store)
     everything = np.arange(len(images))
     truth = pd.read_csv(root / "next" / "ground_truth" / "changes.csv", dtype=str)
@@ -209,7 +215,7 @@ def test_other_checkpoints_write_a_new_heatmap_version_and_retraining_reports_de
         store=str(setup["store"]),
         checkpoints=str(other),
         retrain=True,
-        train_epochs=1,
+        training=ClipTrainSettings(epochs=1),
         evaluate=True,
         **POOL,
     )

@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from daug_core.clip_config import ClipModelConfig, contrastive_preset
 from daug_core.clip_model import ModelLoadError, build_clip_model
 from flows.ingest import ingest_flow
+from storage.ingest_config import IngestConfig, ReaderConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,10 @@ def test_fake_phi_reaches_no_store_file_artifact_or_log(
     store = tmp_path / "store"
     with caplog.at_level(logging.DEBUG):
         state = ingest_flow(
-            release=str(release), store=str(store), size=64, views=[], return_state=True
+            release=str(release),
+            store=str(store),
+            ingest=IngestConfig(size=64, reader=ReaderConfig(views=())),
+            return_state=True,
         )
     assert state.is_completed()
     texts = {str(p): p.read_text() for p in store.rglob("*") if p.suffix in {".csv", ".json"}}

@@ -13,6 +13,7 @@ from flows.ingest import ingest_flow
 from flows.precompute import precompute_flow
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
+from storage.ingest_config import IngestConfig
 from storage.locks import LOCK_NAME, StoreLock, StoreLockedError
 from storage.verify import verify_store
 from tests.factories import run_daug as daug
@@ -38,9 +39,7 @@ def ingested(request, tmp_path_factory, synthetic_pair, prefect_server) -> Path:
     ingest_flow(
         release=str(synthetic_pair[0]),
         store=str(store),
-        size=64,
-        shard_items=SHARD,
-        sharded=sharded,
+        ingest=IngestConfig(size=64, shard_items=SHARD, sharded=sharded),
     )
     return store
 
@@ -59,9 +58,7 @@ def test_verify_then_ingest_restores_a_corrupted_image(ingested, synthetic_pair)
     rerun = ingest_flow(
         release=str(synthetic_pair[0]),
         store=str(ingested),
-        size=64,
-        shard_items=SHARD,
-        sharded=sharded,
+        ingest=IngestConfig(size=64, shard_items=SHARD, sharded=sharded),
     )
     assert rerun["ingested"] == 1 and rerun["plan"]["to_ingest"] == 1
     again = ImageStore.open(ingested)
@@ -74,7 +71,9 @@ def test_verify_then_ingest_restores_a_corrupted_image(ingested, synthetic_pair)
 def test_ingest_refuses_a_store_locked_by_a_live_run(ingested, synthetic_pair):
     before = snapshot(ingested)
     with StoreLock(ingested, owner="precompute:v1"), pytest.raises(StoreLockedError) as refused:
-        ingest_flow(release=str(synthetic_pair[0]), store=str(ingested), size=64)
+        ingest_flow(
+            release=str(synthetic_pair[0]), store=str(ingested), ingest=IngestConfig(size=64)
+        )
     assert "precompute:v1" in str(refused.value) and f"pid {os.getpid()}" in str(refused.value)
     assert snapshot(ingested) == before
 

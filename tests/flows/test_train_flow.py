@@ -11,18 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
+from daug_core.clip_config import ClipTrainSettings
 from daug_core.clip_training import load_clip_checkpoint
-from flows.train import TrainOverrides, contrastive_config, train_contrastive, train_flow
+from flows.train import train_contrastive, train_flow
 from tests.flows.conftest import HEATMAP_TARGETS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def small(mode: str = "channel", epochs: int = 2, **changes: object):
-    config = contrastive_config(
-        "tiny",
-        TrainOverrides(mode=mode, epochs=epochs, batch_size=8, seed=3),  # type: ignore[arg-type]
-    )
+    config = ClipTrainSettings(
+        heatmap_mode=mode,  # type: ignore[arg-type]
+        epochs=epochs,
+        batch_size=8,
+        seed=3,
+    ).config()
     return (
         dataclasses.replace(config, training=dataclasses.replace(config.training, **changes))
         if changes
@@ -34,7 +37,9 @@ def test_flow_trains_lowers_the_loss_and_writes_its_outputs(contrastive_store, t
     store = contrastive_store
     out = tmp_path / "run"
     result = train_flow(
-        store=str(store), out=str(out), mode="channel", epochs=3, batch_size=8, seed=3
+        store=str(store),
+        out=str(out),
+        training=ClipTrainSettings(heatmap_mode="channel", epochs=3, batch_size=8, seed=3),
     )
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["epoch"].tolist() == [1, 2, 3]

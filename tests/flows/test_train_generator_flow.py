@@ -6,18 +6,27 @@ import pandas as pd
 import pytest
 
 from daug_core.checkpoints import checkpoint_sha256, load_generator_checkpoint
+from daug_core.config import DiffusionTrainSettings
 from flows.ingest import ingest_flow
 from flows.train_generator import train_generator_flow
+from storage.ingest_config import IngestConfig, ReaderConfig
 
 pytestmark = pytest.mark.slow
 
 
 def test_trains_checkpoints_and_resumes(tmp_path, synthetic_pair, prefect_server):
     store = tmp_path / "store"
-    ingest_flow(release=str(synthetic_pair[0]), store=str(store), size=64, shard_items=16, views=[])
+    ingest_flow(
+        release=str(synthetic_pair[0]),
+        store=str(store),
+        ingest=IngestConfig(size=64, shard_items=16, reader=ReaderConfig(views=())),
+    )
     out = tmp_path / "ckpt"
     first = train_generator_flow(
-        store=str(store), out=str(out), generator_steps=2, classifier_steps=3, eval_split="test"
+        store=str(store),
+        out=str(out),
+        training=DiffusionTrainSettings(generator_steps=2, classifier_steps=3),
+        eval_split="test",
     )
     gen, cls = first["runs"]
     assert (gen["steps_before"], gen["steps_after"]) == (0, 2)
@@ -31,7 +40,10 @@ def test_trains_checkpoints_and_resumes(tmp_path, synthetic_pair, prefect_server
     assert json.loads((out / "train_summary.json").read_text())["preset"] == "tiny"
 
     second = train_generator_flow(
-        store=str(store), out=str(out), generator_steps=4, classifier_steps=3, eval_split="test"
+        store=str(store),
+        out=str(out),
+        training=DiffusionTrainSettings(generator_steps=4, classifier_steps=3),
+        eval_split="test",
     )
     gen2, cls2 = second["runs"]
     assert (gen2["steps_before"], gen2["steps_after"]) == (2, 4)

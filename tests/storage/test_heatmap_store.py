@@ -21,7 +21,7 @@ from storage.precompute import (
     plan_heatmaps,
     precompute_shard,
 )
-from tests.factories import fake_heatmap_provenance
+from tests.factories import fake_heatmap_provenance, with_translation
 
 SIZE, SHARD, K, S = 16, 4, 3, 8
 PROVENANCE = fake_heatmap_provenance(("+No Finding", "+Pleural", "+Lung Lesion"), S)
@@ -90,7 +90,7 @@ def test_heatmaps_round_trip_and_done_follows_the_data(images):
 def test_same_provenance_reopens_other_provenance_refuses_naming_what_differs(images):
     HeatmapStore.create(images, PROVENANCE)
     assert HeatmapStore.open_or_create(images, PROVENANCE).provenance == PROVENANCE
-    other = dataclasses.replace(PROVENANCE, scale=10.0, generator_sha256="c" * 64)
+    other = dataclasses.replace(with_translation(PROVENANCE, scale=10.0), generator_sha256="c" * 64)
     with pytest.raises(ProvenanceMismatchError) as error:
         HeatmapStore.open_or_create(images, other)
     message = str(error.value)
@@ -109,17 +109,28 @@ def test_same_provenance_reopens_other_provenance_refuses_naming_what_differs(im
 
 
 def test_provenance_of_a_version_written_before_the_definition_setting_is_the_official_one():
-    # Versions from before `difference` / `smoothing_sigma` existed hold minmax, unblurred maps.
-    old = {k: v for k, v in PROVENANCE.as_dict().items()}
-    old.pop("difference"), old.pop("smoothing_sigma")
-    read = HeatmapProvenance.from_dict(old)
-    assert (read.difference, read.smoothing_sigma) == ("minmax", 0.0)
+    # Versions written before the translation was embedded whole keep its numbers at the top
+    # level; those from before `difference` / `smoothing_sigma` existed hold minmax maps.
+    flat = {k: v for k, v in PROVENANCE.as_dict().items() if k != "translation"}
+    flat |= {
+        k: v
+        for k, v in dataclasses.asdict(PROVENANCE.translation).items()
+        if k not in ("difference", "smoothing_sigma")
+    }
+    read = HeatmapProvenance.from_dict(flat)
+    assert read == PROVENANCE
+    assert (read.translation.difference, read.translation.smoothing_sigma) == ("minmax", 0.0)
     assert read.definition == "|minmax(x0) - minmax(x_cf)| per target"
-    raw = dataclasses.replace(PROVENANCE, difference="raw", smoothing_sigma=1.5)
+    raw = with_translation(PROVENANCE, difference="raw", smoothing_sigma=1.5)
     assert raw.definition == "|x0 - x_cf| / 2 (pixel units) per target, Gaussian blur sigma 1.5 px"
     assert "smoothing_sigma: 0.0 -> 1.5" in PROVENANCE.differences(raw)
+    assert HeatmapProvenance.from_dict(raw.as_dict()) == raw  # the layout written now
     with pytest.raises(StoreFormatError, match="lacks"):
-        HeatmapProvenance.from_dict({k: v for k, v in old.items() if k != "scale"})
+        HeatmapProvenance.from_dict({k: v for k, v in flat.items() if k != "scale"})
+    with pytest.raises(StoreFormatError, match="scale"):
+        bad = raw.as_dict()
+        bad["translation"]["scale"] = -1.0
+        HeatmapProvenance.from_dict(bad)
 
 
 def test_grows_with_the_image_store(images):

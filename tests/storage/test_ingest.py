@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from storage.image_store import ImageStore
-from storage.ingest import IngestConfig, ingest_shard, plan_ingest
+from storage.ingest import ingest_shard, plan_ingest
+from storage.ingest_config import IngestConfig
 from storage.release import ReleaseReader
 from tests.factories import MiniItem, dicom_bytes, dicom_id, gradient, write_mini_release
 

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
+from storage.ingest_config import ReaderConfig
 from storage.labels import UncertaintyPolicy
-from storage.release import ReaderConfig, ReleaseReader
+from storage.release import ReleaseReader
 from tests.factories import MiniItem, dicom_bytes, dicom_id, gradient, write_mini_release
 
 GOOD = dicom_bytes(gradient())

@@ -15,9 +15,10 @@ from storage.batches import EmptySelectionError
 from storage.contrastive_dataset import ContrastiveDataset
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
-from storage.ingest import IngestConfig, ingest_shard, plan_ingest
+from storage.ingest import ingest_shard, plan_ingest
+from storage.ingest_config import IngestConfig, ReaderConfig
 from storage.labels import CHEXPERT_LABELS, LABEL_COLUMNS
-from storage.release import ReaderConfig, ReleaseReader
+from storage.release import ReleaseReader
 from storage.release_diff import ChangeKind, diff_release, file_sha256
 from storage.release_update import apply_release_diff, record_release, release_history
 from storage.reports import parse_report

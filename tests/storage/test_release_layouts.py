@@ -3,8 +3,9 @@
 import numpy as np
 
 from storage.image_store import ImageStore
-from storage.ingest import IngestConfig, ingest_shard, plan_ingest
-from storage.release import ReaderConfig, ReleaseReader
+from storage.ingest import ingest_shard, plan_ingest
+from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.release import ReleaseReader
 
 
 def ingest(release, store_path, views=()):

@@ -2,24 +2,38 @@
 
 Progress goes to a Prefect progress artifact (the UI's live view) and, as a log record on
 the ``daug.progress`` logger, to whoever listens: the CLI draws a progress bar from it.
+
+Images in markdown artifacts are embedded as downscaled JPEG data URIs: the Prefect UI does not
+load ``file://`` links (checked in headless Chromium against Prefect 3.8: naturalWidth 0, "Not
+allowed to load local resource"), while a data URI renders in both UIs. The full-resolution
+file is named below each image. An artifact stays far below the 1.5 MB above which the server
+stores it but refuses to publish its events.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import re
 import time
+from pathlib import Path
 from typing import cast
 from uuid import UUID
 
 import pandas as pd
+from PIL import Image
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 
 progress_log = logging.getLogger("daug.progress")
+# A thumbnail's longest side and the budget of one embedded image (base64 text).
+THUMBNAIL_SIDE = 720
+IMAGE_BUDGET_BYTES = 160_000
 
 
 def artifact_key(*parts: str) -> str:
@@ -74,4 +88,32 @@ def table_artifact(key: str, table: pd.DataFrame, description: str) -> None:
     ]
     create_table_artifact(
         table=rows or [{"note": "nothing to report"}], key=key, description=description
+    )
+
+
+def markdown_artifact(key: str, markdown: str, description: str) -> None:
+    """A markdown artifact; ``description`` says what it shows (the run's Artifacts tab lists
+    only cards with their descriptions)."""
+    create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+
+def image_markdown(path: Path, alt: str) -> str:
+    """Markdown showing the PNG at ``path`` in the Prefect UI: a JPEG thumbnail as a data URI
+    (longest side at most :data:`THUMBNAIL_SIDE`, smaller until it fits
+    :data:`IMAGE_BUDGET_BYTES`), then the full-resolution file's path as text."""
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    side, quality = THUMBNAIL_SIDE, 85
+    while True:
+        thumb = image.copy()
+        thumb.thumbnail((side, side))
+        buffer = io.BytesIO()
+        thumb.save(buffer, format="JPEG", quality=quality, optimize=True)
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        if len(encoded) <= IMAGE_BUDGET_BYTES or side <= 120:
+            break
+        side, quality = int(side * 0.75), max(60, quality - 10)
+    return (
+        f"![{alt}](data:image/jpeg;base64,{encoded})\n\n"
+        f"*{alt}: full resolution in `{path.resolve()}`*"
     )

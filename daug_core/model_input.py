@@ -1,4 +1,5 @@
-"""Store pixels -> model input: the one mapping shared by training and heatmap workers."""
+"""Store pixels -> model input: the one mapping shared by training, heatmap workers and the
+quality sweep (store pixels in [0, 1], model space in [-1, 1] at the model's size)."""
 
 from __future__ import annotations
 

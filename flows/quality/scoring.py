@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from daug_core.config import DEFAULT_CLASS_NAMES
-from daug_core.guidance import Target
 from daug_core.localization import (
     LocalizationInputError,
     energy,
@@ -38,9 +37,10 @@ from daug_core.localization import (
     pixel_auroc,
     pointing_hit,
 )
+from daug_core.targets import Target
 from storage.geometry import FitMode
 from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore, ItemStatus
+from storage.image_store import ImageStore
 from storage.labels import CHEXPERT_LABELS, SUPER_CLASSES
 from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
 
@@ -254,6 +254,19 @@ def summarise_scores(scores: pd.DataFrame, targets: Sequence[str] | None = None)
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
+# The numbers a summary row is read by (headline tables, summary.json); the sweep reports the
+# lesion-image ones (it runs on lesion images only).
+HEADLINE_METRICS: tuple[str, ...] = (
+    "n_lesion",
+    "pointing_game",
+    "pixel_auroc",
+    "mass_inside",
+    "off_target_share",
+    "healthy_share",
+    "n_healthy",
+    "healthy_energy",
+)
+LESION_METRICS: tuple[str, ...] = HEADLINE_METRICS[:6]
 COMPARED_METRICS: tuple[str, ...] = (
     "pointing_game",
     "pixel_auroc",
@@ -293,18 +306,9 @@ def compare_summaries(
 def scorable_indices(
     image_store: ImageStore, heatmap_store: HeatmapStore, splits: Sequence[str] | None
 ) -> np.ndarray:
-    """Indices of ok items of ``splits`` (None: all) whose pixels and heatmaps are done."""
-    items = image_store.items()
-    index = items["index"].to_numpy(dtype=np.int64)
-    keep = (items["status"] == ItemStatus.OK.value).to_numpy(dtype=bool, copy=True)
-    if splits is not None:
-        keep &= items["split"].isin(list(splits)).to_numpy()
-    images_done = image_store.done_mask()
-    heat_done = heatmap_store.done_mask()
-    inside = index < len(heat_done)
-    keep &= inside & images_done[index]
-    keep[inside] &= heat_done[index[inside]]
-    return np.sort(index[keep])
+    """Indices of usable items of ``splits`` (None: all) that have heatmaps, sorted."""
+    index = image_store.usable(splits)["index"].to_numpy(dtype=np.int64)
+    return index[heatmap_store.done_for(index)]
 
 
 def score_heatmap_version(

@@ -1,0 +1,31 @@
+"""The ``daug`` command line: one subcommand per flow (the same function a deployment runs;
+without PREFECT_API_URL, Prefect starts a temporary local server for the run), with progress
+bars. One module per command group; their options are generated from the settings dataclasses
+(:mod:`flows.cli.options`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from flows.cli.app import app
+from flows.cli.console import console
+
+__all__ = ["app", "run"]
+# Importing a command module registers its commands; this order is the order of --help.
+COMMAND_MODULES = ("data", "diffusion", "contrastive", "operations", "demo")
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"flows.cli.{_name}")
+
+
+def run() -> None:
+    """Console entry point: known input errors print one clear line instead of a traceback."""
+    from daug_core.config import ConfigError
+    from storage.errors import ReleaseFormatError, StoreFormatError
+    from storage.synthetic import ReleaseExistsError
+
+    try:
+        app()
+    except (ReleaseFormatError, StoreFormatError, ReleaseExistsError, ConfigError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,63 @@
+"""Checks a command makes before it starts a flow (and with it a Prefect server): a missing
+store, release, checkpoint folder, ground truth or heatmap version is one clear line, now.
+
+The store machinery is imported here, on use, so that building the CLI stays cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from storage.image_store import ImageStore
+    from storage.ingest_config import ReaderConfig
+
+
+def require_store(store: Path) -> ImageStore:
+    """The image store at ``store``, opened read-only (a StoreFormatError says why not)."""
+    from storage.image_store import ImageStore
+
+    return ImageStore.open(store, read_only=True)
+
+
+def require_checkpoints(checkpoints: Path, hint: str = "--checkpoints") -> None:
+    """A train-generator output has generator/ and classifier/."""
+    from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR
+
+    for name in (GENERATOR_DIR, CLASSIFIER_DIR):
+        if not (checkpoints / name).is_dir():
+            raise typer.BadParameter(f"{checkpoints / name} does not exist", param_hint=hint)
+
+
+def require_release(release: Path, reader: ReaderConfig) -> None:
+    """The release root holds the CSVs ``reader`` reads (a ReleaseFormatError says which)."""
+    from storage.release import ReleaseReader
+
+    found = ReleaseReader(release, reader)
+    for kind in ("metadata", "split", reader.labeler):
+        found.csv_path(kind)
+
+
+def require_truth(truth: Path) -> None:
+    """A synthetic release's ground-truth folder (labels and masks.zarr)."""
+    from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
+
+    try:
+        GroundTruthMasks.open(truth)
+    except GroundTruthError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--truth") from None
+
+
+def require_heatmap_version(store: ImageStore, version: str, hint: str) -> None:
+    from storage.heatmap_store import HeatmapStore
+
+    versions = HeatmapStore.versions(store)
+    if version not in versions:
+        raise typer.BadParameter(
+            f"{store.location} has no heatmap version {version!r} "
+            f"(it has: {', '.join(versions) or 'none'})",
+            param_hint=hint,
+        )

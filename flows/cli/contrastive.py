@@ -1,0 +1,103 @@
+"""Contrastive commands: train the heatmap-augmented CLIP model, evaluate it, the ablation grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from daug_core.clip_config import ClipTrainSettings
+from flows.cli.app import command
+from flows.cli.checks import require_store
+from flows.cli.console import console
+from flows.cli.options import (
+    Group,
+    HeatmapVersionOption,
+    StoreOption,
+    TorchThreadsOption,
+)
+
+OutOption = Annotated[Path, typer.Option(help="output folder (rerun to resume)")]
+
+
+def show_headline(metrics: dict[str, Any]) -> None:
+    from flows.reports.evaluation import headline_markdown  # loaded with the flow already
+
+    console.print(headline_markdown(metrics["headline"]))
+
+
+def show_markdown(result: dict[str, Any]) -> None:
+    console.print(result["markdown"])
+
+
+PANEL = "Contrastive model"
+
+
+@command(PANEL, flow="flows.train:train_flow")
+def train(
+    store: StoreOption,
+    out: OutOption,
+    training: ClipTrainSettings,
+    heatmap_version: HeatmapVersionOption = "v1",
+    missing_heatmaps: Annotated[
+        Literal["exclude", "fail"],
+        typer.Option(help="exclude (and count) items without heatmaps, or fail"),
+    ] = "exclude",
+    torch_threads: TorchThreadsOption = 0,
+) -> None:
+    """Train the heatmap-augmented CLIP model with the hybrid loss (resumable)."""
+    require_store(store)
+
+
+@command(PANEL, flow="flows.evaluate:evaluate_flow", show=show_headline)
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="a train output's best/ (or last/) folder")],
+    store: StoreOption,
+    out: Annotated[Path | None, typer.Option(help="default: the checkpoint's parent")] = None,
+    heatmap_version: Annotated[
+        str | None, typer.Option(help="default: the version the model trained on")
+    ] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="synthetic ground truth folder, for the example grid")
+    ] = None,
+) -> None:
+    """Classification AUC, class-based retrieval mAP@k and pair Recall@k (EVALUATION.md)."""
+    if not (checkpoint / "clip.json").is_file():
+        raise typer.BadParameter(f"{checkpoint} holds no clip.json", param_hint="--checkpoint")
+    require_store(store)
+
+
+@command(PANEL, flow="flows.ablate:ablate_flow", show=show_markdown)
+def ablate(
+    store: StoreOption,
+    out: Annotated[Path, typer.Option(help="output folder (rerun skips finished runs)")],
+    # The variants set the heatmap mode and the seed of each run.
+    training: Annotated[
+        ClipTrainSettings,
+        Group(
+            only=(
+                "preset",
+                "weight",
+                "class_loss",
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "pretrained",
+            )
+        ),
+    ],
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seed", help="seeds (repeat); default 0 1 2")
+    ] = None,
+    variants: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant", help="baseline | daug | hybrid | daug+hybrid (repeat); default all"
+        ),
+    ] = None,
+    heatmap_version: HeatmapVersionOption = "v1",
+    torch_threads: TorchThreadsOption = 1,
+) -> None:
+    """The paper's ablation grid (baseline, +DAug, +hybrid loss, both) over seeds."""
+    require_store(store)

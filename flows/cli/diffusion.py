@@ -1,0 +1,123 @@
+"""Diffusion commands: train the generator and classifier, precompute heatmaps, score them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from daug_core.config import DiffusionTrainSettings
+from daug_core.heatmap_settings import HeatmapSettings
+from flows.cli.app import command
+from flows.cli.checks import (
+    require_checkpoints,
+    require_heatmap_version,
+    require_store,
+    require_truth,
+)
+from flows.cli.console import console
+from flows.cli.options import (
+    CheckpointsOption,
+    Group,
+    SplitsOption,
+    StoreOption,
+)
+from flows.pool import PoolSettings
+from flows.quality.settings import SweepSettings
+
+EvalSplitOption = Annotated[
+    str, typer.Option(help="split on which the classifier's AUC per noise level is measured")
+]
+
+
+PANEL = "Diffusion models and heatmaps"
+
+
+def show_quality(result: dict[str, Any]) -> None:
+    """The headline tables, the sweep's rows and where the run's files are."""
+    console.print(result["markdown"])
+    if result["sweep"]:
+        columns = ("label", "seconds_per_image", "pointing_game", "pixel_auroc")
+        console.print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+        for row in result["sweep"]:
+            cells = [
+                "n/a" if row[c] is None else (f"{row[c]:.3f}" if c != "label" else row[c])
+                for c in columns
+            ]
+            console.print("| " + " | ".join(cells) + " |")
+    console.print(f"\nrun folder: {result['run_dir']}")
+
+
+@command(PANEL, "train-generator", flow="flows.train_generator:train_generator_flow")
+def train_generator(
+    store: StoreOption,
+    out: Annotated[Path, typer.Option(help="checkpoint folder (resumed when it exists)")],
+    training: DiffusionTrainSettings,
+    eval_split: EvalSplitOption = "validate",
+) -> None:
+    """Train the DDPM generator and the noise-aware classifier (resumable)."""
+    require_store(store)
+
+
+@command(PANEL, flow="flows.precompute:precompute_flow")
+def precompute(
+    store: StoreOption,
+    checkpoints: CheckpointsOption,
+    heatmaps: HeatmapSettings,
+    pool: PoolSettings,
+    splits: SplitsOption = None,
+    heatmap_version: Annotated[
+        str, typer.Option(help="heatmap version to write (new settings: a new name)")
+    ] = "v1",
+    retry_failed: Annotated[bool, typer.Option(help="retry items that failed before")] = False,
+    examples: Annotated[int, typer.Option(help="items in the example overlay grid")] = 6,
+) -> None:
+    """Precompute DAug heatmaps for the ingested images of a store (resumable)."""
+    require_store(store)
+    require_checkpoints(checkpoints)
+
+
+@command(
+    PANEL, "heatmap-quality", flow="flows.quality.flow:heatmap_quality_flow", show=show_quality
+)
+def heatmap_quality(
+    store: StoreOption,
+    truth: Annotated[
+        Path, typer.Option(help="the release's ground truth folder (OUT/ground_truth)")
+    ],
+    heatmaps: HeatmapSettings,
+    sweep: Annotated[SweepSettings, Group(prefix="sweep")],
+    pool: PoolSettings,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(help="train-generator output (needed for --compare and --sweep)"),
+    ] = None,
+    heatmap_version: Annotated[
+        str | None, typer.Option(help="an existing heatmap version to score")
+    ] = None,
+    splits: SplitsOption = None,
+    compare: Annotated[
+        bool,
+        typer.Option(help="softmax vs sigmoid heatmaps (versions quality-<mode>-<hash>)"),
+    ] = True,
+    tolerance: Annotated[int, typer.Option(help="pointing-game tolerance in pixels")] = 2,
+    examples_per_target: Annotated[int, typer.Option(help="cases per target in the grids")] = 3,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default STORE/_runs/heatmap-quality-*)")
+    ] = None,
+) -> None:
+    """Score heatmaps against the synthetic lesion masks (pointing game, pixel AUROC, heat on
+    other lesions); softmax vs sigmoid guidance; a timed sweep of the translation numbers.
+    """
+    images = require_store(store)
+    require_truth(truth)
+    if heatmap_version is not None:
+        require_heatmap_version(images, heatmap_version, "--heatmap-version")
+    if checkpoints is not None:
+        require_checkpoints(checkpoints)
+    if heatmap_version is None and (checkpoints is None or not (compare or sweep.enabled)):
+        raise typer.BadParameter(
+            "nothing to score: give --heatmap-version, or --checkpoints with --compare or --sweep",
+            param_hint="--heatmap-version / --checkpoints",
+        )

@@ -1,0 +1,36 @@
+"""The quality sweep's settings, kept apart from the sweep's code so the CLI can build its
+options without loading the models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from daug_core.config import ConfigError, described
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSettings:
+    """Which translation numbers the sweep tries, on how many images, with how many threads.
+    Empty grids default to two values around the settings' own numbers (see
+    :func:`sweep_grid`)."""
+
+    enabled: bool = described(True, "time and score +No Finding over scale x level x steps")
+    items: int = described(12, "lesion images the sweep runs on")
+    scales: tuple[float, ...] = described(
+        (), "sweep scales (repeat; default scale/10, scale)", option="scale"
+    )
+    levels: tuple[int, ...] = described(
+        (), "sweep levels (repeat; default level/2, level)", option="level"
+    )
+    steps: tuple[int, ...] = described(
+        (), "sweep DDIM steps (repeat; default steps/2, steps)", option="step"
+    )
+    torch_threads: int = described(1, "torch threads of the in-process sweep (0: torch's)")
+
+    def __post_init__(self) -> None:
+        if self.items < 0 or self.torch_threads < 0:
+            raise ConfigError(f"SweepSettings: items and torch_threads must be >= 0: {self}")
+        if any(not s >= 0 for s in self.scales):
+            raise ConfigError(f"SweepSettings.scales must be >= 0: {self.scales}")
+        if any(v < 1 for v in (*self.levels, *self.steps)):
+            raise ConfigError(f"SweepSettings levels and steps must be >= 1: {self}")

@@ -1,0 +1,119 @@
+"""Settings objects: each validates its own ranges once, applies to its preset, round-trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from daug_core.clip_config import ClipTrainSettings, contrastive_preset
+from daug_core.config import (
+    ConfigError,
+    DiffusionTrainSettings,
+    InferenceConfig,
+    TranslationConfig,
+    config_from_dict,
+    config_to_dict,
+    preset,
+)
+from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.targets import TargetError
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"scale": math.nan}, "scale must be a finite number >= 0"),
+        ({"scale": -5.0}, "scale must be a finite number >= 0"),
+        ({"scale": math.inf}, "scale"),
+        ({"steps": 400}, "steps <= level"),  # the tiny preset's level is 300
+        ({"level": 1000}, "T-1"),
+        ({"steps": 0}, "steps"),
+        ({"inversion_refinements": -1}, "inversion_refinements"),
+        ({"smoothing_sigma": math.nan}, "smoothing_sigma"),
+        ({"smoothing_sigma": 17.0}, "smoothing_sigma"),
+        ({"mode": "tanh"}, "mode"),
+        ({"difference": "ratio"}, "difference"),
+        ({"preset": "huge"}, "unknown preset"),
+    ],
+)
+def test_heatmap_settings_refuse_bad_numbers_naming_them(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        HeatmapSettings(**changes)
+
+
+def test_heatmap_settings_apply_only_what_is_given():
+    settings = HeatmapSettings(scale=0.0, steps=5)
+    tiny = preset("tiny")
+    config = settings.config()
+    assert config.translation.scale == 0.0  # no guidance is a choice, not a silent default
+    assert config.translation.steps == 5
+    assert config.translation.level == tiny.translation.level
+    assert dataclasses.replace(config, translation=tiny.translation) == tiny
+    paper = HeatmapSettings(preset="paper").config()
+    assert paper.translation == preset("paper").translation and paper.image_size == 512
+
+
+def test_targets_are_checked_canonicalised_and_default_to_all_classes():
+    names = preset("tiny").class_names
+    assert HeatmapSettings().target_names(names) == tuple(f"+{n}" for n in names)
+    given = HeatmapSettings(targets=("+no finding", "-Pleural"))
+    assert given.target_names(names) == ("+No Finding", "-Pleural")
+    with pytest.raises(TargetError, match="unknown class"):
+        HeatmapSettings(targets=("+Fracture",))
+    with pytest.raises(TargetError, match="repeat"):
+        HeatmapSettings(targets=("+Pleural", "+pleural"))
+    with pytest.raises(TargetError, match="must start with"):
+        HeatmapSettings(targets=("Pleural",))
+    assert issubclass(TargetError, ConfigError)  # one clear error line on the CLI
+
+
+def test_settings_of_a_translation_reproduce_it():
+    translation = TranslationConfig(level=200, steps=7, scale=3.5, difference="raw")
+    settings = HeatmapSettings.of("tiny", ("+No Finding",), translation)
+    assert settings.translation == translation
+    assert settings.config().inference == preset("tiny").inference  # not part of the settings
+
+
+def test_max_batch_is_not_a_translation_number_and_old_configs_still_load():
+    config = preset("tiny")
+    assert not hasattr(config.translation, "max_batch")
+    assert config.inference == InferenceConfig(max_batch=64)
+    assert preset("paper").inference.max_batch == 8
+    stored = config_to_dict(config)
+    assert config_from_dict(json.loads(json.dumps(stored))) == config
+    old = json.loads(json.dumps(stored))  # as checkpoints of 2026-12-01 stored it
+    old.pop("inference")
+    old["translation"]["max_batch"] = 16
+    assert config_from_dict(old).inference.max_batch == 16
+    with pytest.raises(ConfigError, match="max_batch"):
+        InferenceConfig(max_batch=0)
+
+
+def test_diffusion_train_settings_set_the_step_counts():
+    settings = DiffusionTrainSettings(generator_steps=12, seed=4)
+    config = settings.config()
+    assert config.generator_training.num_steps == 12
+    assert config.classifier_training.num_steps == preset("tiny").classifier_training.num_steps
+    with pytest.raises(ConfigError, match="classifier_steps"):
+        DiffusionTrainSettings(classifier_steps=0)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        DiffusionTrainSettings(preset="huge")  # type: ignore[arg-type]
+
+
+def test_clip_train_settings_override_the_preset():
+    settings = ClipTrainSettings(heatmap_mode="append", weight=1.0, epochs=2, seed=9)
+    config = settings.config()
+    base = contrastive_preset("tiny")
+    assert config.model.heatmap_mode == "append" and config.loss.weight == 1.0
+    assert (config.training.epochs, config.training.seed) == (2, 9)
+    assert config.training.learning_rate == base.training.learning_rate
+    assert ClipTrainSettings().config() == base
+    with pytest.raises(ConfigError, match="weight"):
+        ClipTrainSettings(weight=1.5)
+    with pytest.raises(ConfigError, match="batch_size"):
+        ClipTrainSettings(batch_size=1)
+    with pytest.raises(ConfigError, match="local checkpoint"):
+        ClipTrainSettings(pretrained="openai")
