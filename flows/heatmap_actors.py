@@ -1,30 +1,43 @@
-"""Heatmap workers: the UNet and classifier loaded once, batches of store images in, heatmaps out.
+"""Heatmap workers: the UNet and classifier loaded once; shards of a store in, heatmaps out.
 
-:class:`HeatmapWorker` is a plain callable class; :class:`RayHeatmapPool` runs N of them as
-Ray actors (``ray`` is imported only there), :class:`LocalHeatmapComputer` runs one in the
-calling process. Both implement :class:`storage.precompute.HeatmapComputer`.
+:class:`HeatmapWorker` is a plain class: ``worker(batch)`` computes one batch of images, and
+``worker.run_shard(task)`` does a whole shard the way the cluster runs it: it opens the stores
+at their URLs, reads its images, computes, and writes heatmaps, failures and ``done`` flags
+itself (checking the store's lease before each commit), returning only counts. As Ray actors
+(:func:`start_actors`, ``ray`` imported only there) they need nothing on their node but the
+package: checkpoints are fetched by URL into a node-local cache and checked against the
+sha256 the provenance records (:mod:`storage.checkpoint_cache`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from daug_core.checkpoints import load_classifier, load_unet
+from daug_core.checkpoints import checkpoint_sha256, load_classifier, load_unet
 from daug_core.config import DiffusionConfig
 from daug_core.heatmaps import HeatmapResult, compute_heatmaps
 from daug_core.model_input import to_model_space
 from daug_core.targets import Target
-from storage.precompute import BatchOutcome, HeatmapFailure, ImageBatch, ItemFailure
+from storage.checkpoint_cache import cached_checkpoint
+from storage.heatmap_store import HeatmapStore
+from storage.image_store import ImageStore
+from storage.lease import check_holder
+from storage.precompute import (
+    BatchOutcome,
+    HeatmapFailure,
+    HeatmapShardResult,
+    ImageBatch,
+    ItemFailure,
+    ShardTask,
+    precompute_shard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +47,15 @@ class WorkerSpec:
     """What a worker loads: checkpoint folders, the config (with the translation numbers to
     use), targets in channel order, and its share of the machine."""
 
-    generator_dir: str
+    generator_dir: str  # a local folder or a URL
     classifier_dir: str
     config: DiffusionConfig
     targets: tuple[str, ...]
     torch_threads: int = 1
     device: str = "cpu"
+    # The weights' sha256 (the heatmap provenance's); given, a worker loads only those.
+    generator_sha256: str | None = None
+    classifier_sha256: str | None = None
 
 
 class HeatmapWorker:
@@ -50,8 +66,11 @@ class HeatmapWorker:
         torch.set_num_threads(max(1, spec.torch_threads))
         self.spec = spec
         self.device = torch.device(spec.device)
-        self.unet = load_unet(spec.generator_dir, use_ema=True, device=self.device)
-        self.classifier = load_classifier(spec.classifier_dir, device=self.device)
+        generator = _local_checkpoint(spec.generator_dir, spec.generator_sha256)
+        classifier = _local_checkpoint(spec.classifier_dir, spec.classifier_sha256)
+        self.unet = load_unet(generator, use_ema=True, device=self.device)
+        self.classifier = load_classifier(classifier, device=self.device)
+        self._stores: dict[tuple[str, str], tuple[ImageStore, HeatmapStore]] = {}
         names = tuple(self.classifier.config.class_names)
         if names != spec.config.class_names:
             raise ValueError(
@@ -67,6 +86,31 @@ class HeatmapWorker:
     def pid(self) -> int:
         """The worker's process id (operations: find or kill an actor's process)."""
         return os.getpid()
+
+    def node(self) -> str:
+        """The Ray node this worker runs on (tests: actors spread over nodes)."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
+    def run_shard(self, task: ShardTask) -> HeatmapShardResult:
+        """Compute, write and commit one shard (see :func:`storage.precompute.precompute_shard`),
+        reading and writing the stores at ``task.store`` itself."""
+        images, heatmaps = self._open(task.store, task.heatmap_version)
+        fence = None
+        if task.lease_holder is not None and images.root is not None:
+            root, holder = images.root, task.lease_holder
+            fence = lambda: check_holder(root, holder)  # noqa: E731
+        return precompute_shard(heatmaps, images, task.work, self, task.batch_size, fence)
+
+    def _open(self, store: str, version: str) -> tuple[ImageStore, HeatmapStore]:
+        key = (store, version)
+        if key not in self._stores:
+            images = ImageStore.open(store)
+            self._stores[key] = (images, HeatmapStore(images, version))
+        images, heatmaps = self._stores[key]
+        heatmaps.grow()
+        return images, heatmaps
 
     def compute(self, images: np.ndarray, config: DiffusionConfig | None = None) -> HeatmapResult:
         """Heatmaps of store pixels (B, S, S) in [0, 1] for the spec's targets, with ``config``
@@ -124,85 +168,79 @@ class HeatmapWorker:
         return heat, np.asarray(kept, dtype=np.int64), failures
 
 
-class LocalHeatmapComputer:
-    """One worker in the calling process (tests, notebooks). Note: sets torch's thread count
-    for the whole process."""
+@dataclass(frozen=True)
+class ActorGroup:
+    """Heatmap actors that started (models loaded) and those still waiting for a node."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.worker = HeatmapWorker(spec)
-
-    def map_batches(self, batches: Sequence[ImageBatch]) -> Iterator[BatchOutcome]:
-        for batch in batches:
-            yield self.worker(batch)
+    ready: list[Any]
+    waiting: dict[Any, Any]  # ready() reference -> actor
 
 
-class RayHeatmapPool:
-    """``actors`` Ray actors each holding a :class:`HeatmapWorker`; batches go round-robin.
+def start_actors(
+    spec: WorkerSpec,
+    count: int,
+    cpus_per_actor: float,
+    gpus_per_actor: float,
+    resources: dict[str, float] | None = None,
+    placement_timeout: float = 600.0,
+) -> ActorGroup:
+    """``count`` Ray actors holding a :class:`HeatmapWorker` each, spread over the nodes.
 
-    Thread-safe (the flow's shard tasks share one pool). Ray restarts an actor that dies
-    (``max_restarts``) and resubmits its pending call once. An actor that is dead for good
-    (restarts used up, or its node gone) is replaced by a new one and its batch is sent
-    again, once; if that fails too, the exception reaches the shard task, whose Prefect
-    retries redo the shard on the (replaced) actors.
+    Waits until all are up or ``placement_timeout`` seconds pass; then starts with those that
+    are up (the rest join as the cluster, or its autoscaler, finds room: the dispatcher keeps
+    watching them) and raises :class:`PlacementError` when none could be placed. Ray restarts
+    an actor whose process or node dies (``max_restarts``) and retries its call
+    (``max_task_retries``); the retried shard skips the batches already committed.
     """
+    import ray
 
-    def __init__(
-        self, spec: WorkerSpec, actors: int, cpus_per_actor: float, gpus_per_actor: float
-    ) -> None:
-        import ray
-
-        if actors < 1:
-            raise ValueError(f"need at least one actor, got {actors}")
-        self._remote_cls: Any = ray.remote(
-            num_cpus=cpus_per_actor,
-            num_gpus=gpus_per_actor,
-            max_restarts=2,
-            max_task_retries=1,
-        )(HeatmapWorker)
-        self.spec = spec
-        self.actors: list[Any] = [self._remote_cls.remote(spec) for _ in range(actors)]
-        ray.get([a.ready.remote() for a in self.actors])
-        self.replaced = 0
-        self._next = itertools.cycle(range(actors))
-        self._lock = threading.Lock()
-
-    def _slot(self) -> int:
-        with self._lock:
-            return next(self._next)
-
-    def _replace(self, slot: int, dead: Any) -> Any:
-        """A new actor in ``slot`` unless another thread already replaced ``dead``."""
-        import ray
-
-        with self._lock:
-            if self.actors[slot] is dead:
-                log.warning("heatmap actor %d is dead; starting a replacement", slot)
-                self.actors[slot] = self._remote_cls.remote(self.spec)
-                self.replaced += 1
-            actor = self.actors[slot]
-        ray.get(actor.ready.remote())
-        return actor
-
-    def map_batches(self, batches: Sequence[ImageBatch]) -> Iterator[BatchOutcome]:
-        import ray
-        from ray.exceptions import RayActorError
-
-        calls = []
-        for batch in batches:
-            slot = self._slot()
-            actor = self.actors[slot]
-            calls.append((slot, actor, actor.__call__.remote(batch)))
-        for (slot, actor, ref), batch in zip(calls, batches, strict=True):
-            try:
-                outcome: BatchOutcome = ray.get(ref)
-            except RayActorError as exc:
-                log.warning("batch lost with its actor (%s); resubmitting once", exc)
-                outcome = ray.get(self._replace(slot, actor).__call__.remote(batch))
-            yield outcome
-
-    def shutdown(self) -> None:
-        import ray
-
-        for actor in self.actors:
+    if count < 1:
+        raise ValueError(f"need at least one actor, got {count}")
+    remote: Any = ray.remote(
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor,
+        resources=dict(resources or {}),
+        max_restarts=4,
+        max_task_retries=4,
+        scheduling_strategy="SPREAD",
+    )(HeatmapWorker)
+    actors = [remote.remote(spec) for _ in range(count)]
+    waiting = {actor.ready.remote(): actor for actor in actors}
+    done, _ = ray.wait(list(waiting), num_returns=count, timeout=placement_timeout)
+    ready = []
+    for ref in done:
+        ray.get(ref)  # a model that fails to load raises here, naming the checkpoint
+        ready.append(waiting.pop(ref))
+    if not ready:
+        for actor in actors:
             ray.kill(actor)
-        self.actors = []
+        raise PlacementError(
+            f"asked for {count} heatmap actor(s) with {cpus_per_actor:g} CPU, "
+            f"{gpus_per_actor:g} GPU{_resources_text(resources)} each; the cluster placed none "
+            f"after {placement_timeout:.0f} s (it has {ray.cluster_resources()})"
+        )
+    if waiting:
+        log.warning(
+            "asked for %d heatmap actors, the cluster can place %d after %.0f s; starting with "
+            "them, the others join when it has room",
+            count,
+            len(ready),
+            placement_timeout,
+        )
+    return ActorGroup(ready, waiting)
+
+
+class PlacementError(RuntimeError):
+    """The Ray cluster could not start a single heatmap actor in time."""
+
+
+def _resources_text(resources: dict[str, float] | None) -> str:
+    return "".join(f", {v:g} {k}" for k, v in (resources or {}).items())
+
+
+def _local_checkpoint(where: str, sha256: str | None) -> str:
+    """A local folder with the checkpoint (fetched into the node's cache when ``where`` is a
+    URL), its weights checked against ``sha256`` when given."""
+    if sha256 is None:
+        return where
+    return str(cached_checkpoint(where, sha256, checkpoint_sha256))

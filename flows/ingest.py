@@ -22,7 +22,8 @@ from storage.ingest import (
     summarise_store,
 )
 from storage.ingest_config import IngestConfig
-from storage.locks import StoreLock
+from storage.lease import StoreLease
+from storage.location import Location
 from storage.release import ReleaseReader
 
 
@@ -54,7 +55,7 @@ def ingest_flow(release: str, store: str, ingest: IngestConfig = IngestConfig())
 
     Idempotent and resumable: finished items are skipped, a killed run is completed by
     rerunning it. Bad items go to STORE/quarantine.csv and never stop the run. The run holds
-    STORE/.daug.lock while it writes: another writer on the same store is refused.
+    the store's lease while it writes (storage/lease.py): another writer is refused.
 
     Args:
         release: release root (holds ``files/`` and the ``mimic-cxr-2.0.0-*.csv[.gz]``).
@@ -64,8 +65,8 @@ def ingest_flow(release: str, store: str, ingest: IngestConfig = IngestConfig())
             image format) and whether to retry quarantined items.
     """
     reader = ReleaseReader(release, ingest.reader)
-    Path(store).mkdir(parents=True, exist_ok=True)  # the lock file lives in it
-    with StoreLock(Path(store), owner="ingest"):
+    Location.of(store).makedirs()  # the lease lives in it
+    with StoreLease(store, owner="ingest"):
         return _ingest_locked(release, store, ingest, reader)
 
 

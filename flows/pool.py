@@ -21,8 +21,17 @@ class PoolSettings:
     actors: int = described(0, "Ray actors holding the models (0: one per CPU, or per GPU)")
     cpus_per_actor: float = described(1.0, "CPUs (= torch threads) per actor")
     gpus_per_actor: float = described(0.0, "GPUs per actor (0: CPU)")
+    resources: tuple[str, ...] = described(
+        (),
+        'custom Ray resources per actor, "NAME=AMOUNT" (repeat), e.g. a node label',
+        option="resource",
+    )
     ray_address: str | None = described(
         None, "Ray cluster to use (default: RAY_ADDRESS, else a local 2-CPU Ray)"
+    )
+    in_flight: int = described(2, "shard tasks queued on each actor (2: no gap between them)")
+    placement_timeout: float = described(
+        600.0, "seconds to wait for actors to be placed before starting with those that are"
     )
 
     def __post_init__(self) -> None:
@@ -30,8 +39,28 @@ class PoolSettings:
             raise ConfigError(f"PoolSettings.batch_size must be >= 1, got {self.batch_size}")
         if self.actors < 0:
             raise ConfigError(f"PoolSettings.actors must be >= 0, got {self.actors}")
+        if self.in_flight < 1:
+            raise ConfigError(f"PoolSettings.in_flight must be >= 1, got {self.in_flight}")
         check_finite("PoolSettings", "cpus_per_actor", self.cpus_per_actor, 0.01)
         check_finite("PoolSettings", "gpus_per_actor", self.gpus_per_actor, 0.0)
+        check_finite("PoolSettings", "placement_timeout", self.placement_timeout, 0.0)
+        self.resource_map()  # "NAME=AMOUNT" checked here
+
+    def resource_map(self) -> dict[str, float]:
+        """The custom resources as Ray takes them."""
+        found: dict[str, float] = {}
+        for text in self.resources:
+            name, sep, amount = text.partition("=")
+            try:
+                value = float(amount)
+            except ValueError:
+                value = -1.0
+            if not sep or not name.strip() or not value > 0:
+                raise ConfigError(
+                    f"PoolSettings.resources: {text!r} is not NAME=AMOUNT with AMOUNT > 0"
+                )
+            found[name.strip()] = value
+        return found
 
     @property
     def torch_threads(self) -> int:
@@ -58,13 +87,16 @@ def connect_ray(address: str | None) -> bool:
 
 
 def actor_count(pool: PoolSettings) -> int:
-    """``pool.actors``, or with 0 as many as the Ray cluster fits: one single-threaded actor
-    per core measured best here (benchmarks/RESULTS.md), one per GPU on GPU nodes."""
+    """``pool.actors``, or with 0 as many as the Ray cluster fits (CPUs, GPUs and custom
+    resources per actor): one single-threaded actor per core measured best here
+    (benchmarks/RESULTS.md), one per GPU on GPU nodes."""
     if pool.actors > 0:
         return pool.actors
     import ray
 
-    resources = ray.cluster_resources()
+    available = ray.cluster_resources()
+    fits = [available.get("CPU", 1) // pool.cpus_per_actor]
     if pool.gpus_per_actor > 0:
-        return max(1, int(resources.get("GPU", 0) // pool.gpus_per_actor))
-    return max(1, int(resources.get("CPU", 1) // pool.cpus_per_actor))
+        fits.append(available.get("GPU", 0) // pool.gpus_per_actor)
+    fits += [available.get(name, 0) // amount for name, amount in pool.resource_map().items()]
+    return max(1, int(min(fits)))

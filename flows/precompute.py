@@ -10,33 +10,31 @@ computed, one :class:`~flows.heatmap_actors.PoolSettings`.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, checkpoint_sha256
 from daug_core.heatmap_settings import HeatmapSettings
-from flows.heatmap_actors import RayHeatmapPool, WorkerSpec
+from flows.dispatch import DispatchReport, dispatch
+from flows.heatmap_actors import WorkerSpec, start_actors
 from flows.pool import PoolSettings, actor_count, connect_ray
 from flows.reports import precompute as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.files import RunFolder
+from storage.checkpoint_cache import cached_checkpoint
 from storage.heatmap_store import DEFAULT_VERSION, HeatmapProvenance, HeatmapStore
 from storage.image_store import ImageStore
-from storage.locks import StoreLock
-from storage.precompute import (
-    HeatmapComputer,
-    HeatmapShardResult,
-    HeatmapShardWork,
-    plan_heatmaps,
-    precompute_shard,
-)
+from storage.lease import StoreLease
+from storage.location import Location
+from storage.precompute import ShardTask, plan_heatmaps
 from storage.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -44,53 +42,58 @@ log = logging.getLogger(__name__)
 
 def _run_name() -> str:
     params = flow_run.parameters
-    store = Path(str(params.get("store", "store"))).name
+    store = Location.of(str(params.get("store", "store"))).name
     version = params.get("heatmap_version", DEFAULT_VERSION)
     return f"precompute-{store}-{version}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
-def heatmap_provenance(settings: HeatmapSettings, checkpoints: Path) -> HeatmapProvenance:
-    """Provenance of heatmaps computed with ``settings`` from the checkpoints in
-    ``checkpoints`` (generator/ and classifier/)."""
+def heatmap_provenance(
+    settings: HeatmapSettings, checkpoints: str | os.PathLike[str]
+) -> HeatmapProvenance:
+    """Provenance of heatmaps computed with ``settings`` from the checkpoints at
+    ``checkpoints`` (a train-generator output folder or its URL: generator/, classifier/)."""
     config = settings.config()
+    root = Location.of(checkpoints)
     return HeatmapProvenance(
         targets=settings.target_names(config.class_names),
         translation=config.translation,
         preset=config.name,
         image_size=config.image_size,
-        generator_sha256=checkpoint_sha256(checkpoints / GENERATOR_DIR),
-        classifier_sha256=checkpoint_sha256(checkpoints / CLASSIFIER_DIR),
+        generator_sha256=checkpoint_digest(root.child(GENERATOR_DIR)),
+        classifier_sha256=checkpoint_digest(root.child(CLASSIFIER_DIR)),
     )
+
+
+def checkpoint_digest(where: Location) -> str:
+    """The weights' sha256 of a checkpoint folder; one on object storage is fetched into this
+    node's cache first (and then found there by the workers of this node)."""
+    if where.is_local:
+        return checkpoint_sha256(where.local_path())
+    with tempfile.TemporaryDirectory(prefix="daug-checkpoint-") as tmp:
+        digest = checkpoint_sha256(where.get_to(Path(tmp) / where.name))
+    cached_checkpoint(where, digest, checkpoint_sha256)
+    return digest
 
 
 def worker_spec(
-    settings: HeatmapSettings, targets: tuple[str, ...], checkpoints: Path, pool: PoolSettings
+    settings: HeatmapSettings,
+    provenance: HeatmapProvenance,
+    checkpoints: str | os.PathLike[str],
+    pool: PoolSettings,
 ) -> WorkerSpec:
-    """What each actor loads: the checkpoints, the settings' config and targets."""
+    """What each actor loads: the checkpoints (path or URL, with the sha256 they must have),
+    the settings' config and the targets."""
+    root = Location.of(checkpoints)
     return WorkerSpec(
-        generator_dir=str(checkpoints / GENERATOR_DIR),
-        classifier_dir=str(checkpoints / CLASSIFIER_DIR),
+        generator_dir=root.child(GENERATOR_DIR).url,
+        classifier_dir=root.child(CLASSIFIER_DIR).url,
         config=settings.config(),
-        targets=targets,
+        targets=provenance.targets,
         torch_threads=pool.torch_threads,
         device=pool.device,
+        generator_sha256=provenance.generator_sha256,
+        classifier_sha256=provenance.classifier_sha256,
     )
-
-
-@task(
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    cache_policy=NO_CACHE,
-    task_run_name="heatmaps-shard-{work.shard}",
-)
-def precompute_shard_task(
-    heatmaps: HeatmapStore,
-    images: ImageStore,
-    work: HeatmapShardWork,
-    computer: HeatmapComputer,
-    batch_size: int,
-) -> HeatmapShardResult:
-    return precompute_shard(heatmaps, images, work, computer, batch_size)
 
 
 @flow(name="precompute", flow_run_name=_run_name)
@@ -109,8 +112,8 @@ def precompute_flow(
     Idempotent and resumable: done items are skipped; a killed run is completed by rerunning
     it. A version holds one provenance: other checkpoints, targets or guidance numbers are
     refused unless written to a new ``heatmap_version``. Items that fail are listed in
-    ``heatmaps/HEATMAP_VERSION/failures.csv`` and never stop the run. The run holds STORE/.daug.lock
-    while it writes: another writer on the same store is refused.
+    ``heatmaps/HEATMAP_VERSION/failures.csv`` and never stop the run. The run holds the
+    store's lease while it writes (storage/lease.py): another writer is refused.
 
     Args:
         store: image store directory (from the ingest flow).
@@ -125,15 +128,15 @@ def precompute_flow(
         examples: items shown in the example overlay grid.
     """
     started = time.perf_counter()
-    ckpt = Path(checkpoints)
-    provenance = heatmap_provenance(heatmaps, ckpt)
-    with StoreLock(Path(store), owner=f"precompute:{heatmap_version}"):
-        return _precompute_locked(
+    provenance = heatmap_provenance(heatmaps, checkpoints)
+    with StoreLease(store, owner=f"precompute:{heatmap_version}") as lease:
+        return _precompute_leased(
             store,
             heatmap_version,
-            worker_spec(heatmaps, provenance.targets, ckpt, pool),
+            worker_spec(heatmaps, provenance, checkpoints, pool),
             provenance,
             pool,
+            lease,
             splits=splits,
             retry_failed=retry_failed,
             examples=examples,
@@ -141,19 +144,20 @@ def precompute_flow(
         )
 
 
-def _precompute_locked(
+def _precompute_leased(
     store: str,
     version: str,
     spec: WorkerSpec,
     provenance: HeatmapProvenance,
     pool: PoolSettings,
+    lease: StoreLease,
     *,
     splits: list[str] | None,
     retry_failed: bool,
     examples: int,
     started: float,
 ) -> dict[str, Any]:
-    """The writing part of :func:`precompute_flow`, run while holding the store's lock."""
+    """The writing part of :func:`precompute_flow`, run while holding the store's lease."""
     logger = get_run_logger()
     image_store = ImageStore.open(store)
     heatmap_store = HeatmapStore.open_or_create(image_store, provenance, version)
@@ -168,39 +172,53 @@ def _precompute_locked(
         len(plan.shards),
     )
 
-    key = artifact_key("precompute", Path(store).name, version)
+    key = artifact_key("precompute", Location.of(store).name, version)
     progress = ProgressReporter(f"{key}-progress", plan.pending, "items with heatmaps")
-    results: list[HeatmapShardResult] = []
-    failed_shards: list[str] = []
+    dispatched = DispatchReport()
     compute_started = time.perf_counter()
     actors = pool.actors
     if plan.shards:
         started_ray = connect_ray(pool.ray_address)
-        actors = actor_count(pool)
-        ray_pool = RayHeatmapPool(spec, actors, pool.cpus_per_actor, pool.gpus_per_actor)
-        logger.info("%d heatmap actor(s) ready after %.1f s", actors, time.perf_counter() - started)
-        compute_started = time.perf_counter()
         try:
-            futures = [
-                precompute_shard_task.submit(
-                    heatmap_store, image_store, work, ray_pool, pool.batch_size
+            group = start_actors(
+                spec,
+                actor_count(pool),
+                pool.cpus_per_actor,
+                pool.gpus_per_actor,
+                pool.resource_map(),
+                pool.placement_timeout,
+            )
+            actors = len(group.ready) + len(group.waiting)
+            logger.info(
+                "%d heatmap actor(s) ready after %.1f s",
+                len(group.ready),
+                time.perf_counter() - started,
+            )
+            compute_started = time.perf_counter()
+            tasks = [
+                ShardTask(
+                    store=image_store.location,
+                    heatmap_version=version,
+                    work=work,
+                    batch_size=pool.batch_size,
+                    lease_holder=lease.holder if lease.held else None,
                 )
                 for work in plan.shards
             ]
-            sizes = {id(f): len(w.indices) for f, w in zip(futures, plan.shards, strict=True)}
-            for future in as_completed(futures):
-                try:
-                    results.append(future.result())
-                except Exception as exc:  # retried by Prefect first; then reported
-                    failed_shards.append(f"{future.task_run_id}: {exc}")
-                    logger.error("shard task %s failed after retries: %s", future.task_run_id, exc)
-                progress.advance(sizes[id(future)])
+            dispatched = dispatch(
+                tasks,
+                group.ready,
+                group.waiting,
+                in_flight=pool.in_flight,
+                on_result=lambda result, task: progress.advance(len(task.work.indices)),
+            )
         finally:
-            ray_pool.shutdown()
             if started_ray:
                 import ray
 
                 ray.shutdown()
+    results = dispatched.results
+    failed_shards = [f"shard {s}: {error}" for s, error in sorted(dispatched.failed.items())]
     compute_seconds = time.perf_counter() - compute_started
     heatmap_store.consolidate()
 
@@ -208,11 +226,11 @@ def _precompute_locked(
         results, provenance.targets, plan.already_done, plan.skipped_failed, compute_seconds
     )
     done_now = sum(r.done for r in results)
-    run_dir = Path(store) / "_runs" / f"precompute-{version}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = f"precompute-{version}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    run_dir = RunFolder(Location.of(store).child("_runs", stamp))
     summary.to_csv(run_dir / "summary.csv", index=False)
     example_indices = np.flatnonzero(heatmap_store.done_mask())[: max(0, examples)]
-    grid = report.plot_examples(image_store, heatmap_store, example_indices, run_dir)
+    grid = report.plot_examples(image_store, heatmap_store, example_indices, run_dir.local)
     failures = heatmap_store.failures()
     run = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -223,12 +241,15 @@ def _precompute_locked(
         "failed_shards": len(failed_shards),
         "seconds": round(compute_seconds, 2),
         "actors": actors,
+        "lost_actors": dispatched.lost_actors,
+        "retried_shards": dispatched.retried,
         "batch_size": pool.batch_size,
         "max_batch": spec.config.inference.max_batch,
         "splits": splits,
     }
     heatmap_store.record_run(run)
-    report.publish(key, store, version, provenance, summary, failures, run, grid, run_dir)
+    report.publish(key, store, version, provenance, summary, failures, run, grid, run_dir.url)
+    run_dir.sync()
     if failed_shards:
         raise RuntimeError(
             f"{len(failed_shards)} shard(s) failed after retries; rerun to resume: "
@@ -243,14 +264,14 @@ def _precompute_locked(
     )
     logger.debug("precompute run: %s", run)
     return run | {
-        "store": str(Path(store).resolve()),
+        "store": image_store.location,
         "version": version,
         "targets": list(provenance.targets),
         "selected": plan.selected,
         "skipped_failed": plan.skipped_failed,
         "failures": len(failures),
-        "run_dir": str(run_dir.resolve()),
-        "examples": str(grid) if grid else None,
+        "run_dir": run_dir.url,
+        "examples": run_dir.location.child(grid.name).url if grid else None,
         "image_class_per_second": (
             done_now * len(provenance.targets) / compute_seconds if compute_seconds > 0 else 0.0
         ),

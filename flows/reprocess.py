@@ -53,7 +53,7 @@ from flows.train import train_contrastive
 from storage.heatmap_store import DEFAULT_VERSION, HeatmapStore
 from storage.image_store import ImageStore
 from storage.ingest_config import IngestConfig
-from storage.locks import StoreLock
+from storage.lease import StoreLease
 from storage.release import ReleaseReader
 from storage.release_diff import ChangeKind, ReleaseDiff, diff_release
 from storage.release_update import apply_release_diff, record_release
@@ -198,7 +198,7 @@ def reprocess_flow(
     IngestConfig.from_store(ImageStore.open(store, read_only=True))  # ingested, or fail now
     # Diff and apply under one hold of the store's lock: the diff is applied to the store
     # it was computed from. The subflows take the lock themselves.
-    with StoreLock(Path(store), owner="reprocess"):
+    with StoreLease(store, owner="reprocess"):
         tick = time.perf_counter()
         image_store = ImageStore.open(store)
         ingest = IngestConfig.from_store(image_store)
@@ -298,7 +298,7 @@ def _heatmap_phase(
             pool=pool,
             heatmap_version=choice.version,
         )
-    with StoreLock(Path(store), owner="reprocess"):
+    with StoreLease(store, owner="reprocess"):
         ImageStore.open(store).group.attrs.update({CURRENT_HEATMAPS_ATTR: choice.version})
     return outcome
 
@@ -335,7 +335,7 @@ def _evaluate_phase(
         log.warning("evaluate: no model to evaluate (no retrain, no earlier evaluation)")
         return None, None
     metrics = evaluate_checkpoint(checkpoint, store, target, plots=False)
-    with StoreLock(Path(store), owner="reprocess"):
+    with StoreLease(store, owner="reprocess"):
         evaluation = record_evaluation(ImageStore.open(store), target / "metrics.json", metrics)
     return evaluation, metric_deltas(
         previous["headline"] if previous else None, metrics["headline"]

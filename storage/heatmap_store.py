@@ -388,16 +388,20 @@ class HeatmapStore:
         return read_items(self.heatmaps, indices)
 
     # ---- failures -----------------------------------------------------------------------
-    def _part_name(self, shard: int) -> str:
-        return f"{self._tables_prefix}_parts/shard-{shard:08d}"
+    def _part_name(self, shard: int, part: int | None) -> str:
+        name = f"{self._tables_prefix}_parts/shard-{shard:08d}"
+        return name if part is None else f"{name}-{part:012d}"
 
-    def write_failures_part(self, shard: int, failures: pd.DataFrame) -> None:
-        """The failed items of one shard (index, dicom_id, reason), atomically; written even
-        when empty so that consolidation sees which shards were attempted."""
+    def write_failures_part(
+        self, shard: int, failures: pd.DataFrame, part: int | None = None
+    ) -> None:
+        """The failed items of one shard, or of one batch of it (``part``: its first index),
+        as one whole table (index, dicom_id, reason); written even when empty so that
+        consolidation sees what was attempted."""
         table = failures.reindex(columns=list(FAILURE_DTYPES))
         if (table["index"] // self.shard_items != shard).any():
             raise ValueError(f"shard {shard} failures hold indices of other shards")
-        self.image_store.tables.write(self._part_name(shard), table)
+        self.image_store.tables.write(self._part_name(shard, part), table)
 
     def failures(self) -> pd.DataFrame:
         """Items that failed and are not done since (index, dicom_id, reason)."""

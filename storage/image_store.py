@@ -8,7 +8,7 @@ Layout (readable with plain ``zarr`` and ``pandas``)::
     STORE/items.csv        one row per item; ``index`` is the row in ``images``
     STORE/quarantine.csv   dicom_id, source_path, reason for every item not ingested
     STORE/_parts/          per-shard results not yet folded into items.csv (transient)
-    STORE/.daug.lock       held by the run writing the store (storage/locks.py)
+    STORE/_lease/          the writer lease of the run writing the store (storage/lease.py)
 
 Chunks of ``images`` and ``done`` carry a CRC-32C (:func:`pixel_compressors`); stores made
 before that have none and still open (storage/verify.py reports them as unchecksummed).
@@ -23,6 +23,7 @@ set *and* its status says so, so a crash at any point leaves work that a rerun r
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,9 +37,10 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from storage.errors import StoreFormatError
 from storage.labels import CHEXPERT_LABELS, LABEL_COLUMNS, SUPER_CLASS_COLUMNS
+from storage.location import Location
 from storage.provenance import code_version
 from storage.release import INDEX_COLUMNS
-from storage.tables import DirectoryTables, MemoryTables, TableBackend
+from storage.tables import MemoryTables, TableBackend, tables_at
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ def set_flags(array: zarr.Array, indices: Indices) -> None:
 def clear_flags(array: zarr.Array, indices: Indices) -> None:
     """Set a (N,) bool array to False at ``indices``, rewriting each touched chunk whole
     (read, modify, write) so the chunk's other flags are kept. The caller holds the store's
-    lock (storage/locks.py): no other run writes the chunk meanwhile."""
+    lease (storage/lease.py): no other run writes the chunk meanwhile."""
     idx = np.unique(np.asarray(indices, dtype=np.int64))
     step = int(array.chunks[0])
     for chunk in np.unique(idx // step):
@@ -158,7 +160,8 @@ def read_items(array: zarr.Array, indices: Indices) -> np.ndarray:
 class ImageStore:
     """Images of one size S in a Zarr group, with their item and quarantine tables."""
 
-    def __init__(self, group: zarr.Group, tables: TableBackend, location: str) -> None:
+    def __init__(self, group: zarr.Group, tables: TableBackend, root: Location | None) -> None:
+        location = root.url if root is not None else "<memory>"
         attrs = group.attrs.asdict()
         if attrs.get("format") != STORE_FORMAT:
             raise StoreFormatError(f"{location} is not a {STORE_FORMAT} (attrs: {attrs})")
@@ -169,7 +172,8 @@ class ImageStore:
             )
         self.group = group
         self.tables = tables
-        self.location = location
+        self.root = root  # where the store lives; None in memory
+        self.location = location  # the same, as text for messages
         self.size = int(str(attrs["size"]))
         self.shard_items = int(str(attrs["shard_items"]))
         self.images = self._array(group, "images")
@@ -178,8 +182,8 @@ class ImageStore:
 
     @property
     def directory(self) -> Path | None:
-        """The store's folder; None for an in-memory store."""
-        return self.tables.root if isinstance(self.tables, DirectoryTables) else None
+        """The store's local folder; None for an in-memory store or one on an object store."""
+        return self.root.local_path() if self.root is not None and self.root.is_local else None
 
     @staticmethod
     def _array(group: zarr.Group, name: str) -> zarr.Array:
@@ -232,43 +236,50 @@ class ImageStore:
 
     @classmethod
     def create(
-        cls, path: Path | str, size: int, shard_items: int = 64, sharded: bool = False
+        cls,
+        where: str | os.PathLike[str] | Location,
+        size: int,
+        shard_items: int = 64,
+        sharded: bool = False,
     ) -> ImageStore:
-        """A new, empty store at ``path`` (which must not hold a store yet)."""
-        path = Path(path)
-        if (path / "zarr.json").exists():
-            raise StoreFormatError(f"{path} already holds a store; open it instead")
-        path.mkdir(parents=True, exist_ok=True)
-        group = cls._initialise(zarr.storage.LocalStore(path), size, shard_items, sharded)
-        return cls(group, DirectoryTables(path), str(path))
+        """A new, empty store at ``where`` (a path or URL that must not hold a store yet)."""
+        root = Location.of(where)
+        if root.child("zarr.json").exists():
+            raise StoreFormatError(f"{root} already holds a store; open it instead")
+        root.makedirs()
+        group = cls._initialise(root.zarr_store(), size, shard_items, sharded)
+        return cls(group, tables_at(root), root)
 
     @classmethod
-    def open(cls, path: Path | str, read_only: bool = False) -> ImageStore:
-        path = Path(path)
-        if not (path / "zarr.json").is_file():
-            raise StoreFormatError(f"{path} is not an image store (no zarr.json)")
-        group = zarr.open_group(
-            zarr.storage.LocalStore(path, read_only=read_only), mode="r" if read_only else "r+"
-        )
-        return cls(group, DirectoryTables(path), str(path))
+    def open(cls, where: str | os.PathLike[str] | Location, read_only: bool = False) -> ImageStore:
+        """The store at ``where`` (a local path or a URL such as ``s3://bucket/store``)."""
+        root = Location.of(where)
+        if not root.child("zarr.json").is_file():
+            raise StoreFormatError(f"{root} is not an image store (no zarr.json)")
+        group = zarr.open_group(root.zarr_store(read_only), mode="r" if read_only else "r+")
+        return cls(group, tables_at(root), root)
 
     @classmethod
     def open_or_create(
-        cls, path: Path | str, size: int, shard_items: int = 64, sharded: bool = False
+        cls,
+        where: str | os.PathLike[str] | Location,
+        size: int,
+        shard_items: int = 64,
+        sharded: bool = False,
     ) -> ImageStore:
         """Open an existing store (its size must match) or create one."""
-        path = Path(path)
-        if not (path / "zarr.json").exists():
-            return cls.create(path, size, shard_items, sharded)
-        store = cls.open(path)
+        root = Location.of(where)
+        if not root.child("zarr.json").exists():
+            return cls.create(root, size, shard_items, sharded)
+        store = cls.open(root)
         if store.size != size:
-            raise StoreFormatError(f"{path} holds {store.size} px images, asked for {size} px")
+            raise StoreFormatError(f"{root} holds {store.size} px images, asked for {size} px")
         return store
 
     @classmethod
     def in_memory(cls, size: int, shard_items: int = 64, sharded: bool = False) -> ImageStore:
         group = cls._initialise(zarr.storage.MemoryStore(), size, shard_items, sharded)
-        return cls(group, MemoryTables(), "<memory>")
+        return cls(group, MemoryTables(), None)
 
     # ---- provenance ---------------------------------------------------------------------
     @property

@@ -1,8 +1,16 @@
 """Image store -> heatmap store: plan the pending items by shard, then compute one shard.
 
-Plain functions with no orchestration: the Prefect flow (flows/precompute.py) runs
-:func:`precompute_shard` as one task per shard with a Ray actor pool as the
-:class:`HeatmapComputer`; a notebook or test can pass an in-process computer instead.
+Plain functions with no orchestration. :func:`precompute_shard` runs where the models are: a
+Ray actor (flows/heatmap_actors.py) given a :class:`ShardTask` opens the stores by their URL
+and reads, computes and writes its shard itself, so only item indices go out and counts come
+back; a notebook or test calls it in-process with any batch computer.
+
+A shard is written by one worker at a time (the dispatcher never hands a shard to two), and
+within it each batch commits on its own: heatmaps, the batch's failure part, then its
+``heatmaps_done`` flags. A worker lost mid-shard therefore loses at most the batch in flight;
+its retry skips the committed batches. Batches lie on a fixed grid of the shard
+(``batch_size`` consecutive indices), so a resumed shard computes exactly the batches an
+uninterrupted run would, whatever finished before.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -57,10 +65,11 @@ class BatchOutcome:
     seconds: float
 
 
-class HeatmapComputer(Protocol):
-    """Computes batches, possibly in parallel; yields outcomes in the order of ``batches``."""
+class BatchComputer(Protocol):
+    """Heatmaps for one batch of store images (a :class:`~flows.heatmap_actors.HeatmapWorker`
+    is one); a bad item never fails its batch, it comes back as a failure."""
 
-    def map_batches(self, batches: Sequence[ImageBatch]) -> Iterator[BatchOutcome]: ...
+    def __call__(self, batch: ImageBatch) -> BatchOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,18 @@ class HeatmapPlan:
     @property
     def pending(self) -> int:
         return sum(len(s.indices) for s in self.shards)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardTask:
+    """What a worker needs to do one shard: where the stores are (URLs or paths), the
+    version, the pending items, the batch size, and the lease holder it commits under."""
+
+    store: str
+    heatmap_version: str
+    work: HeatmapShardWork
+    batch_size: int
+    lease_holder: str | None = None  # None: no fencing (in-memory stores, tests)
 
 
 @dataclass(frozen=True)
@@ -121,65 +142,74 @@ def plan_heatmaps(
     return HeatmapPlan(shards, len(chosen), int(already.sum()), int(skipped.sum()))
 
 
-def shard_batches(images: ImageStore, work: HeatmapShardWork, batch_size: int) -> list[ImageBatch]:
-    """The shard's items in index order, ``batch_size`` at a time (the same split every run,
-    so a resumed run sees the batches an uninterrupted one would)."""
+def shard_batches(
+    work: HeatmapShardWork, shard_items: int, batch_size: int
+) -> list[np.ndarray]:
+    """The shard's pending indices grouped on the grid of ``batch_size`` consecutive indices
+    from the shard's start (so batches do not depend on what was done before)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     indices = np.asarray(work.indices, dtype=np.int64)
-    return [
-        ImageBatch(chunk, images.read_images(chunk))
-        for chunk in (indices[i : i + batch_size] for i in range(0, len(indices), batch_size))
-    ]
+    cell = (indices - work.shard * shard_items) // batch_size
+    return [indices[cell == c] for c in np.unique(cell)]
 
 
 def precompute_shard(
     heatmaps: HeatmapStore,
     images: ImageStore,
     work: HeatmapShardWork,
-    computer: HeatmapComputer,
+    computer: BatchComputer,
     batch_size: int,
+    before_commit: Callable[[], None] | None = None,
 ) -> HeatmapShardResult:
-    """Compute and write the heatmaps of one shard; failed items go to its failure part.
+    """Compute and write the heatmaps of one shard, batch by batch; failed items go to the
+    batch's failure part. Items done meanwhile (by an earlier try of this shard) are skipped.
 
-    Write order: heatmaps (as batches arrive), the shard's failure part, then
-    ``heatmaps_done``.
+    Per batch: heatmaps, failure part, ``before_commit()`` (the lease's fencing check: a
+    worker whose run lost its lease raises there and commits nothing), ``heatmaps_done``.
     """
     start = time.perf_counter()
     dicom_of = dict(zip(work.indices, work.dicom_ids, strict=True))
     k = len(heatmaps.targets)
-    done: list[np.ndarray] = []
+    done_count = 0
     failures: list[ItemFailure] = []
     heat_sum = np.zeros(k, dtype=np.float64)
     compute_seconds = 0.0
-    outcomes: Iterable[BatchOutcome] = computer.map_batches(shard_batches(images, work, batch_size))
-    for outcome in outcomes:
+    already = heatmaps.done_for(np.asarray(work.indices, dtype=np.int64))
+    pending = HeatmapShardWork(
+        shard=work.shard,
+        indices=tuple(i for i, d in zip(work.indices, already, strict=True) if not d),
+        dicom_ids=tuple(i for i, d in zip(work.dicom_ids, already, strict=True) if not d),
+    )
+    for indices in shard_batches(pending, images.shard_items, batch_size):
+        outcome = computer(ImageBatch(indices, images.read_images(indices)))
         compute_seconds += outcome.seconds
-        failures.extend(outcome.failures)
         if len(outcome.indices):
             heatmaps.write_heatmaps(outcome.indices, outcome.heatmaps)
-            done.append(np.asarray(outcome.indices, dtype=np.int64))
             heat_sum += outcome.heatmaps.astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
-    for failure in failures:
-        log.warning(
-            "heatmaps failed for item %d (%s): %s",
-            failure.index,
-            dicom_of.get(failure.index),
-            failure.reason,
+        for failure in outcome.failures:
+            log.warning(
+                "heatmaps failed for item %d (%s): %s",
+                failure.index,
+                dicom_of.get(failure.index),
+                failure.reason,
+            )
+        table = pd.DataFrame(
+            {
+                "index": [f.index for f in outcome.failures],
+                "dicom_id": [dicom_of.get(f.index, "") for f in outcome.failures],
+                "reason": [f.reason for f in outcome.failures],
+            }
         )
-    table = pd.DataFrame(
-        {
-            "index": [f.index for f in failures],
-            "dicom_id": [dicom_of.get(f.index, "") for f in failures],
-            "reason": [f.reason for f in failures],
-        }
-    )
-    heatmaps.write_failures_part(work.shard, table)
-    done_indices = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
-    heatmaps.mark_done(done_indices)
+        heatmaps.write_failures_part(work.shard, table, part=int(indices[0]))
+        if before_commit is not None:
+            before_commit()
+        heatmaps.mark_done(outcome.indices)
+        done_count += len(outcome.indices)
+        failures.extend(outcome.failures)
     return HeatmapShardResult(
         shard=work.shard,
-        done=len(done_indices),
+        done=done_count,
         failed=dict(Counter(f.reason.split(":", 1)[0] for f in failures)),
         heat_sum=tuple(float(h) for h in heat_sum),
         seconds=time.perf_counter() - start,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from storage.location import Location
+
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` beside ``path``, then rename it over ``path``: a reader sees the old
@@ -103,6 +105,37 @@ class DirectoryTables(TableBackend):
 
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
+
+
+class ObjectTables(TableBackend):
+    """``<root>/<name>.csv`` objects at a :class:`~storage.location.Location` (an object store,
+    or any fsspec URL): each table is written whole in one PUT, the object store's atomic
+    replace; there is no temporary object and no rename."""
+
+    def __init__(self, root: Location) -> None:
+        self.root = root
+
+    def read_text(self, name: str) -> str | None:
+        place = self.root.child(f"{name}.csv")
+        try:
+            return place.read_text()
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, name: str, text: str) -> None:
+        self.root.child(f"{name}.csv").write_text(text)
+
+    def names(self, prefix: str) -> list[str]:
+        return [n.removesuffix(".csv") for n in self.root.list(prefix) if n.endswith(".csv")]
+
+    def delete(self, name: str) -> None:
+        self.root.child(f"{name}.csv").delete()
+
+
+def tables_at(root: Location) -> TableBackend:
+    """The table backend for a store's folder: files renamed into place on a local disk,
+    whole objects elsewhere."""
+    return DirectoryTables(root.local_path()) if root.is_local else ObjectTables(root)
 
 
 class MemoryTables(TableBackend):

@@ -18,7 +18,7 @@ With ``repair`` the flag of every reported item is cleared (a flag chunk that ca
 is rewritten as all-clear), so the next ``daug ingest`` re-ingests the image (its status
 stays ``ok`` but it is no longer ``done``, see :meth:`ImageStore.finished_mask`) and the
 next ``daug precompute`` recomputes the heatmaps. The whole run holds the store's lock
-(storage/locks.py), so no writer changes a flag chunk between the read and the write.
+(storage/lease.py), so no writer changes a flag chunk between the read and the write.
 
 Stores written before chunks carried checksums still verify: only undecodable and
 non-finite chunks can be found there, and :attr:`VerifyReport.unchecksummed` names them.
@@ -40,7 +40,7 @@ from zarr.codecs import Crc32cCodec, ShardingCodec
 
 from storage.heatmap_store import HEATMAPS_GROUP, HeatmapStore
 from storage.image_store import ImageStore, clear_flags
-from storage.locks import StoreLock
+from storage.lease import StoreLease
 from storage.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def verify_store(
     docstring); with ``repair`` clear the flags of the reported ones. Holds the store's lock,
     and appends ``{at, checked, corrupted, cleared, repair, code_version}`` to the store's
     ``verifications`` attribute. ``progress(done, total)`` is called as items are read."""
-    with StoreLock.for_store(store, owner="verify"):
+    with StoreLease.for_store(store, owner="verify"):
         pairs = _pairs(store)
         findings = _Findings()
         finished = [(pair, _finished_items(pair, findings)) for pair in pairs]

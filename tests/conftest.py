@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -38,9 +42,63 @@ def synthetic_pair(tmp_path_factory):
     return dicom.release_dir, jpg.release_dir
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray for the session (starting one costs 3-5 s and ~800 MB).
+def s3_server() -> Iterator[str]:
+    """An S3-compatible server on 127.0.0.1 (moto's server mode, the one s3fs and zarr test
+    against), in its own process for the session. Clients find it the standard way:
+    AWS_ENDPOINT_URL (botocore), FSSPEC_S3_ENDPOINT_URL (fsspec) and dummy credentials, set
+    here for this process and everything it starts (Ray workers, CLI subprocesses)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert server.poll() is None, "moto server exited"
+                assert time.monotonic() < deadline, "moto server did not start in 30 s"
+                time.sleep(0.2)
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": url,
+                "FSSPEC_S3_ENDPOINT_URL": url,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server) -> str:
+    """``s3://daug-test`` on the loopback server."""
+    import fsspec
+
+    fsspec.filesystem("s3").mkdir("daug-test")
+    return "s3://daug-test"
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server) -> Iterator[None]:
+    """One local Ray for the session (starting one costs 3-5 s and ~800 MB), started after
+    the S3 server so that its workers inherit the endpoint.
 
     The proxy variables stop Ray probing a cloud metadata address at start-up; no_proxy
     (above) keeps the Prefect test server reachable.

@@ -34,14 +34,14 @@ def delete_heatmaps(
     """Delete one heatmap version (its arrays and tables); nothing else deletes heatmaps."""
     from storage.heatmap_store import HeatmapStore
     from storage.image_store import ImageStore
-    from storage.locks import StoreLock
+    from storage.lease import StoreLease
 
     images = ImageStore.open(store)
     require_heatmap_version(images, version, "VERSION")
     done = int(HeatmapStore(images, version).done_mask().sum())
     if not yes:
         typer.confirm(f"delete heatmaps {version} of {store} ({done} items done)?", abort=True)
-    with StoreLock.for_store(images, owner=f"delete-heatmaps:{version}"):
+    with StoreLease.for_store(images, owner=f"delete-heatmaps:{version}"):
         HeatmapStore.delete_version(images, version)
     console.print(f"deleted heatmaps {version} ({done} items) from {store}")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from storage.location import Location
 from storage.tables import replace_atomically
 
 
@@ -38,3 +41,38 @@ def _jsonable(value: Any) -> Any:
 
 def write_text(text: str, path: Path) -> Path:
     return replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+class RunFolder:
+    """A run's output folder at a path or URL. Files are written into :attr:`local` (the folder
+    itself on a local disk; a staging folder for an object store) and, for a URL, uploaded by
+    :meth:`sync` (each file one whole object). :meth:`pull` first copies down what a URL
+    already holds (resuming a training run)."""
+
+    def __init__(self, where: str | os.PathLike[str] | Location) -> None:
+        self.location = Location.of(where)
+        if self.location.is_local:
+            self.local = self.location.local_path()
+        else:
+            self.local = Path(tempfile.mkdtemp(prefix="daug-run-"))
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    def __truediv__(self, name: str) -> Path:
+        return self.local / name
+
+    def pull(self) -> None:
+        if not self.location.is_local and self.location.exists():
+            self.location.fs.get(self.location.path + "/", str(self.local) + "/", recursive=True)
+
+    def sync(self) -> None:
+        if self.location.is_local:
+            return
+        for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
+            if path.name.startswith("."):
+                continue
+            target = self.location.child(path.relative_to(self.local).as_posix())
+            target.write_bytes(path.read_bytes())

@@ -92,7 +92,7 @@ def publish(
     failures: pd.DataFrame,
     counts: dict[str, Any],
     grid: Path | None,
-    run_dir: Path,
+    run_dir: str,
 ) -> None:
     """The run's artifacts: summary and failure tables, and the markdown with the grid."""
     tr = provenance.translation
@@ -117,7 +117,7 @@ def publish(
                 "",
                 image_markdown(grid, "example heatmaps") if grid else "No examples yet.",
                 "",
-                f"Run folder: `{run_dir.resolve()}`",
+                f"Run folder: `{run_dir}`",
             ]
         ),
         f"Heatmaps {version}: settings, counts and an image/heatmap grid of finished items.",

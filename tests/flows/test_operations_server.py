@@ -284,9 +284,7 @@ def _markdown_images(server: Server, page: Any, run_id: Any) -> dict[str, int]:
         page.wait_for_function(
             f"document.querySelectorAll('img[alt]').length >= {expected}", timeout=30_000
         )
-        page.wait_for_function(
-            "Array.from(document.images).every(i => i.complete)", timeout=30_000
-        )
+        page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
         for src, width in page.evaluate(
             "Array.from(document.images).map(i => [i.currentSrc.slice(0, 60), i.naturalWidth])"
         ):

@@ -14,7 +14,8 @@ from flows.precompute import precompute_flow
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.ingest_config import IngestConfig
-from storage.locks import LOCK_NAME, StoreLock, StoreLockedError
+from storage.lease import LEASE_FOLDER, StoreLease, StoreLockedError, latest_record
+from storage.location import Location
 from storage.verify import verify_store
 from tests.factories import run_daug as daug
 from tests.storage.test_heatmap_store import fill_images
@@ -24,11 +25,11 @@ SHARD = 8
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under ``root`` (but the lock) with its mtime and bytes."""
+    """Every file under ``root`` (but the lease) with its mtime and bytes."""
     return {
         str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != LOCK_NAME
+        if p.is_file() and LEASE_FOLDER not in p.relative_to(root).parts
     }
 
 
@@ -65,12 +66,12 @@ def test_verify_then_ingest_restores_a_corrupted_image(ingested, synthetic_pair)
     assert again.done_mask()[victim] and again.finished_mask().all()
     np.testing.assert_array_equal(again.read_image(victim), original)
     assert verify_store(again).clean
-    assert not (ingested / LOCK_NAME).exists()
+    assert latest_record(Location.of(ingested).child(LEASE_FOLDER)).released
 
 
 def test_ingest_refuses_a_store_locked_by_a_live_run(ingested, synthetic_pair):
     before = snapshot(ingested)
-    with StoreLock(ingested, owner="precompute:v1"), pytest.raises(StoreLockedError) as refused:
+    with StoreLease(ingested, owner="precompute:v1"), pytest.raises(StoreLockedError) as refused:
         ingest_flow(
             release=str(synthetic_pair[0]), store=str(ingested), ingest=IngestConfig(size=64)
         )
@@ -84,7 +85,7 @@ def test_precompute_refuses_a_store_locked_by_a_live_run(ingested, tmp_path):
         (checkpoints / name).mkdir(parents=True)
         (checkpoints / name / "weights.safetensors").write_bytes(name.encode())
     before = snapshot(ingested)
-    with StoreLock(ingested, owner="ingest"), pytest.raises(StoreLockedError, match="'ingest'"):
+    with StoreLease(ingested, owner="ingest"), pytest.raises(StoreLockedError, match="'ingest'"):
         precompute_flow(store=str(ingested), checkpoints=str(checkpoints))
     assert snapshot(ingested) == before
     assert HeatmapStore.versions(ImageStore.open(ingested)) == []
@@ -108,7 +109,7 @@ def test_daug_verify_exit_codes(tmp_path):
     assert repaired.returncode == 1 and "cleared 1 done flags" in repaired.stderr
     assert not ImageStore.open(path).done_mask()[4]
 
-    with StoreLock(path, owner="ingest"):
+    with StoreLease(path, owner="ingest"):
         locked = daug("verify", str(path))
     assert locked.returncode == 2 and "error:" in locked.stderr and "'ingest'" in locked.stderr
     assert "Traceback" not in locked.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from storage.precompute import (
     ItemFailure,
     plan_heatmaps,
     precompute_shard,
+    shard_batches,
 )
 from tests.factories import fake_heatmap_provenance, with_translation
 
@@ -180,15 +181,14 @@ class FakeComputer:
         self.fail = set(fail)
         self.seen: list[int] = []
 
-    def map_batches(self, batches: Sequence[ImageBatch]) -> Iterator[BatchOutcome]:
-        for batch in batches:
-            self.seen.extend(int(i) for i in batch.indices)
-            ok = np.array([i for i in batch.indices if i not in self.fail], dtype=np.int64)
-            heat = np.broadcast_to(ok[:, None, None, None] / 100.0, (len(ok), K, S, S))
-            failures = tuple(
-                ItemFailure(int(i), "compute_error: boom") for i in batch.indices if i in self.fail
-            )
-            yield BatchOutcome(ok, heat.astype(np.float16), failures, 0.01)
+    def __call__(self, batch: ImageBatch) -> BatchOutcome:
+        self.seen.append(len(batch.indices))
+        ok = np.array([i for i in batch.indices if i not in self.fail], dtype=np.int64)
+        heat = np.broadcast_to(ok[:, None, None, None] / 100.0, (len(ok), K, S, S))
+        failures = tuple(
+            ItemFailure(int(i), "compute_error: boom") for i in batch.indices if i in self.fail
+        )
+        return BatchOutcome(ok, heat.astype(np.float16), failures, 0.01)
 
 
 def test_plan_selects_ingested_items_of_the_splits_by_shard(images):
@@ -218,3 +218,26 @@ def test_shard_writes_heatmaps_failures_and_done_and_a_rerun_skips_them(images):
     precompute_shard(store, images, retry.shards[0], FakeComputer(), batch_size=2)
     store.consolidate()
     assert store.failures().empty and store.done_mask()[5]
+
+
+def test_batches_lie_on_the_shard_grid_and_commit_one_by_one(images):
+    """A shard interrupted after its first batch resumes with exactly the other batches (so a
+    resumed run computes what an uninterrupted one would), and a fencing check that fails
+    commits nothing further."""
+    store = HeatmapStore.create(images, PROVENANCE)
+    work = plan_heatmaps(store, images).shards[0]  # shard 0 of 4 items: 0, 2, 3 (1 quarantined)
+    assert [b.tolist() for b in shard_batches(work, images.shard_items, 2)] == [[0], [2, 3]]
+    commits: list[int] = []
+
+    def fence_after_first() -> None:
+        commits.append(1)
+        if len(commits) > 1:
+            raise RuntimeError("lease lost")
+
+    with pytest.raises(RuntimeError, match="lease lost"):
+        precompute_shard(store, images, work, FakeComputer(), 2, before_commit=fence_after_first)
+    assert np.flatnonzero(store.done_mask()).tolist() == [0]  # the second batch never committed
+    computer = FakeComputer()
+    result = precompute_shard(store, images, work, computer, batch_size=2)
+    assert computer.seen == [2] and result.done == 2  # only the batch that was not committed
+    assert np.flatnonzero(store.done_mask()).tolist() == [0, 2, 3]

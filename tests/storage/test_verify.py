@@ -12,7 +12,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ShardingCodec
 
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import STORE_FORMAT, STORE_FORMAT_VERSION, ImageStore
-from storage.locks import StoreLock, StoreLockedError
+from storage.lease import StoreLease, StoreLockedError
 from storage.verify import PROBLEM_COLUMNS, has_checksums, verify_store
 from tests.storage.test_heatmap_store import PROVENANCE, SHARD, SIZE, fill_images
 
@@ -153,7 +153,7 @@ def test_damaged_done_chunk_unfinishes_its_whole_shard(store):
 
 
 def test_verify_refuses_while_another_run_holds_the_lock(store):
-    with StoreLock.for_store(store, owner="ingest"), pytest.raises(StoreLockedError):
+    with StoreLease.for_store(store, owner="ingest"), pytest.raises(StoreLockedError):
         verify_store(store)
     assert "verifications" not in store.attrs
 
