@@ -30,7 +30,9 @@ from flows.evaluate import evaluate_checkpoint
 from flows.reports import ablation as report
 from flows.reports.ablation import HEADLINE
 from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.files import RunFolder
 from flows.train import BEST, train_contrastive
+from storage.location import Location
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ VARIANTS = (
 
 
 def _run_name() -> str:
-    store = Path(str(flow_run.parameters.get("store", "store"))).name
+    store = Location.of(str(flow_run.parameters.get("store", "store"))).name
     return f"ablate-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
@@ -137,9 +139,10 @@ def ablate_flow(
         )
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    target = Path(out)
-    target.mkdir(parents=True, exist_ok=True)
-    key = artifact_key("ablate", Path(store).name)
+    folder = RunFolder(out)  # a URL: runs train into a local copy, uploaded as they finish
+    folder.pull()
+    target = folder.local
+    key = artifact_key("ablate", Location.of(store).name)
     progress = ProgressReporter(f"{key}-progress", len(chosen) * len(seeds), "ablation runs")
     futures = [
         ablation_run.submit(store, target, variant, seed, training, heatmap_version)
@@ -149,6 +152,7 @@ def ablate_flow(
     rows = []
     for future in as_completed(futures):
         rows.append(future.result())
+        folder.sync()
         progress.advance(1)
     runs = pd.DataFrame(rows).sort_values(["variant", "seed"]).reset_index(drop=True)
     runs.to_csv(target / "ablation_runs.csv", index=False)
@@ -160,9 +164,10 @@ def ablate_flow(
     (target / "RESULTS.md").write_text(f"# Ablation on {store}\n\n{markdown}\n")
     chart = report.plot_ablation(summary, target / "ablation.png")
     report.publish(key, store, runs, markdown, chart)
+    folder.sync()
     logger.info("ablation finished:\n%s", markdown)
     return {
-        "out": str(target.resolve()),
+        "out": folder.url,
         "runs": len(runs),
         "markdown": markdown,
         "summary": flat.reset_index().to_dict("records"),

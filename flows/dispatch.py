@@ -7,9 +7,9 @@ ends, with no round trip to the driver), takes results in the order they finish
 counts: no pixels pass through the driver. Actors that were still waiting for a node when the
 run started join as soon as they are up.
 
-An actor whose process or node dies is restarted by Ray, which retries its calls; a retried
-shard skips the batches it had committed. An actor dead for good (restarts used up) is
-dropped and its shards go back to the queue, at most ``attempts`` times each; a shard whose
+An actor whose process or node dies is dropped: its shards go back to the queue (at most
+``attempts`` tries each; a retried shard skips the batches it had committed) and, with
+``replace``, a replacement is asked for, which joins when the cluster places it. A shard whose
 task raises an error of its own (not a lost actor) is retried the same way, then reported.
 """
 
@@ -48,6 +48,7 @@ def dispatch(
     in_flight: int = 2,
     attempts: int = 3,
     on_result: Callable[[HeatmapShardResult, ShardTask], None] | None = None,
+    replace: Callable[[], tuple[Any, Any]] | None = None,
 ) -> DispatchReport:
     """Run every task on the actors (see the module docstring); returns when all are done or
     failed for good."""
@@ -99,11 +100,14 @@ def dispatch(
         load[slot] -= 1
         try:
             result: HeatmapShardResult = ray.get(ref)
-        except RayActorError as exc:  # dead for good: restarts used up, or its node gone
+        except RayActorError as exc:  # its process died, or its node is gone
             if slots[slot] is not None:
                 log.warning("heatmap actor %d is gone (%s); its shards go back", slot, exc)
                 slots[slot] = None
                 report.lost_actors += 1
+                if replace is not None and report.lost_actors <= 2 * len(actors):
+                    ref, actor = replace()
+                    joining[ref] = actor
             retry(task, attempt, f"actor lost: {exc}")
         except RayTaskError as exc:
             log.error("shard %d failed (try %d of %d): %s", task.work.shard, attempt, attempts, exc)

@@ -45,11 +45,12 @@ from daug_core.metrics import ClassificationAuc, classification_auc
 from daug_core.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
 from flows.reports import evaluation as report
 from flows.reports.artifacts import artifact_key
-from flows.reports.files import write_json
+from flows.reports.files import RunFolder, write_json
 from flows.train import prompt_tokens
 from storage.contrastive_dataset import ContrastiveDataset, make_loader
 from storage.image_store import ImageStore
 from storage.labels import CHEXPERT_LABELS
+from storage.location import Location
 from storage.status import record_evaluation
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ PAIR_KS = (1, 5, 10)
 
 def _run_name() -> str:
     params = flow_run.parameters
-    checkpoint = Path(str(params.get("checkpoint", "checkpoint")))
+    checkpoint = Location.of(str(params.get("checkpoint", "checkpoint")))
     return f"evaluate-{checkpoint.parent.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
@@ -196,24 +197,27 @@ def metrics_dict(evaluation: Evaluation) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Location,
     store: str | Path,
-    out: str | Path | None = None,
+    out: str | Path | Location | None = None,
     heatmap_version: str | None = None,
     truth: str | Path | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
     """Evaluate and write metrics.json, the CSV tables and the plots; returns metrics.json."""
     start = time.perf_counter()
-    loaded = load_clip_checkpoint(checkpoint)
+    source = Location.of(checkpoint)
+    local = RunFolder(source)
+    local.pull()  # a checkpoint on object storage is read from a local copy
+    loaded = load_clip_checkpoint(local.local)
     version = heatmap_version or loaded.info.get("heatmap_version")
-    target = Path(out) if out else Path(checkpoint).parent
-    target.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(Location.of(out) if out else source.parent)
+    target = folder.local
     evaluation = evaluate(loaded, store, version)
     metrics = {
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "checkpoint_sha256": checkpoint_sha256(checkpoint),
-        "store": str(Path(store).resolve()),
+        "checkpoint": source.url,
+        "checkpoint_sha256": checkpoint_sha256(local.local),
+        "store": Location.of(store).url,
         "heatmap_version": version if loaded.heatmap_targets else None,
         "heatmap_mode": loaded.config.model.heatmap_mode,
         "heatmap_targets": list(loaded.heatmap_targets),
@@ -245,6 +249,7 @@ def evaluate_checkpoint(
         )
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     write_json(metrics, target / "metrics.json")
+    folder.sync()
     return metrics
 
 
@@ -267,12 +272,11 @@ def evaluate_flow(
     """
     logger = get_run_logger()
     metrics = evaluate_checkpoint(checkpoint, store, out, heatmap_version, truth)
-    target = Path(out) if out else Path(checkpoint).parent
-    report.publish(
-        artifact_key("evaluate", Path(checkpoint).parent.name), checkpoint, target, metrics
-    )
+    target = RunFolder(Location.of(out) if out else Location.of(checkpoint).parent)
+    key = artifact_key("evaluate", Location.of(checkpoint).parent.name)
+    report.publish(key, checkpoint, target.local, metrics)
     # The store remembers its last evaluation (`daug status`, reprocess metric deltas).
-    record_evaluation(ImageStore.open(store), target / "metrics.json", metrics)
+    record_evaluation(ImageStore.open(store), target.location.child("metrics.json").url, metrics)
     headline = metrics["headline"]
     logger.info(
         "evaluation of %s: AUC macro %.3f, x2x mAP@5 %.3f, r2x mAP@5 %.3f",

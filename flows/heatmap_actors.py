@@ -168,6 +168,80 @@ class HeatmapWorker:
         return heat, np.asarray(kept, dtype=np.int64), failures
 
 
+class HeatmapActors:
+    """Ray actors holding a :class:`HeatmapWorker` each, spread over the nodes, each with
+    ``cpus`` CPUs, ``gpus`` GPUs and the custom ``resources``.
+
+    :meth:`start` places ``count`` of them, waiting up to ``placement_timeout`` seconds: the run
+    starts with those that are up and the others join as the cluster (or its autoscaler)
+    finds room; none at all raises :class:`PlacementError`. An actor whose process or node
+    dies is not restarted in place (a node-bound restart could wait forever for a lost node's
+    resources): the dispatcher hands its shards to the others and :meth:`spawn` asks for a
+    replacement, which joins when placed. A retried shard skips its committed batches.
+    """
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        cpus: float,
+        gpus: float,
+        resources: dict[str, float] | None = None,
+    ) -> None:
+        import ray
+
+        self.spec = spec
+        self.cpus, self.gpus, self.resources = cpus, gpus, dict(resources or {})
+        self._remote: Any = ray.remote(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            resources=self.resources,
+            max_restarts=0,
+            scheduling_strategy="SPREAD",
+        )(HeatmapWorker)
+        self.started: list[Any] = []
+
+    def spawn(self) -> tuple[Any, Any]:
+        """A new actor and the reference that resolves once its models are loaded."""
+        actor = self._remote.remote(self.spec)
+        self.started.append(actor)
+        return actor.ready.remote(), actor
+
+    def start(self, count: int, placement_timeout: float = 600.0) -> ActorGroup:
+        import ray
+
+        if count < 1:
+            raise ValueError(f"need at least one actor, got {count}")
+        waiting = dict(self.spawn() for _ in range(count))
+        done, _ = ray.wait(list(waiting), num_returns=count, timeout=placement_timeout)
+        ready = []
+        for ref in done:
+            ray.get(ref)  # a model that fails to load raises here, naming the checkpoint
+            ready.append(waiting.pop(ref))
+        if not ready:
+            self.shutdown()
+            raise PlacementError(
+                f"asked for {count} heatmap actor(s) with {self.cpus:g} CPU, {self.gpus:g} "
+                f"GPU{_resources_text(self.resources)} each; the cluster placed none after "
+                f"{placement_timeout:.0f} s (it has {ray.cluster_resources()})"
+            )
+        if waiting:
+            log.warning(
+                "asked for %d heatmap actors, the cluster can place %d after %.0f s; starting "
+                "with them, the others join when it has room",
+                count,
+                len(ready),
+                placement_timeout,
+            )
+        return ActorGroup(ready, waiting)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.started:
+            ray.kill(actor)
+        self.started = []
+
+
 @dataclass(frozen=True)
 class ActorGroup:
     """Heatmap actors that started (models loaded) and those still waiting for a node."""
@@ -183,51 +257,10 @@ def start_actors(
     gpus_per_actor: float,
     resources: dict[str, float] | None = None,
     placement_timeout: float = 600.0,
-) -> ActorGroup:
-    """``count`` Ray actors holding a :class:`HeatmapWorker` each, spread over the nodes.
-
-    Waits until all are up or ``placement_timeout`` seconds pass; then starts with those that
-    are up (the rest join as the cluster, or its autoscaler, finds room: the dispatcher keeps
-    watching them) and raises :class:`PlacementError` when none could be placed. Ray restarts
-    an actor whose process or node dies (``max_restarts``) and retries its call
-    (``max_task_retries``); the retried shard skips the batches already committed.
-    """
-    import ray
-
-    if count < 1:
-        raise ValueError(f"need at least one actor, got {count}")
-    remote: Any = ray.remote(
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor,
-        resources=dict(resources or {}),
-        max_restarts=4,
-        max_task_retries=4,
-        scheduling_strategy="SPREAD",
-    )(HeatmapWorker)
-    actors = [remote.remote(spec) for _ in range(count)]
-    waiting = {actor.ready.remote(): actor for actor in actors}
-    done, _ = ray.wait(list(waiting), num_returns=count, timeout=placement_timeout)
-    ready = []
-    for ref in done:
-        ray.get(ref)  # a model that fails to load raises here, naming the checkpoint
-        ready.append(waiting.pop(ref))
-    if not ready:
-        for actor in actors:
-            ray.kill(actor)
-        raise PlacementError(
-            f"asked for {count} heatmap actor(s) with {cpus_per_actor:g} CPU, "
-            f"{gpus_per_actor:g} GPU{_resources_text(resources)} each; the cluster placed none "
-            f"after {placement_timeout:.0f} s (it has {ray.cluster_resources()})"
-        )
-    if waiting:
-        log.warning(
-            "asked for %d heatmap actors, the cluster can place %d after %.0f s; starting with "
-            "them, the others join when it has room",
-            count,
-            len(ready),
-            placement_timeout,
-        )
-    return ActorGroup(ready, waiting)
+) -> tuple[HeatmapActors, ActorGroup]:
+    """``count`` :class:`HeatmapActors` started (see there)."""
+    actors = HeatmapActors(spec, cpus_per_actor, gpus_per_actor, resources)
+    return actors, actors.start(count, placement_timeout)
 
 
 class PlacementError(RuntimeError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -29,7 +28,7 @@ from storage.release import ReleaseReader
 
 def _run_name() -> str:
     params = flow_run.parameters
-    release = Path(str(params.get("release", "release"))).name
+    release = Location.of(str(params.get("release", "release"))).name
     return f"ingest-{release}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
@@ -66,7 +65,7 @@ def ingest_flow(release: str, store: str, ingest: IngestConfig = IngestConfig())
     """
     reader = ReleaseReader(release, ingest.reader)
     Location.of(store).makedirs()  # the lease lives in it
-    with StoreLease(store, owner="ingest"):
+    with StoreLease(store, owner="ingest", must_exist=False):
         return _ingest_locked(release, store, ingest, reader)
 
 
@@ -79,7 +78,7 @@ def _ingest_locked(
     plan = plan_ingest(image_store, reader, config)
     logger.info("plan: %s in %d shards", plan.counts, len(plan.shards))
 
-    key = artifact_key("ingest", Path(store).name)
+    key = artifact_key("ingest", Location.of(store).name)
     progress = ProgressReporter(f"{key}-progress", plan.pending, "items ingested")
     futures = [
         ingest_shard_task.submit(image_store, reader, work, plan.image_format, config.fit)
@@ -100,7 +99,7 @@ def _ingest_locked(
     summary = summarise_store(image_store)
     quarantined_now = sum(sum(r.quarantined.values()) for r in results)
     run = {
-        "release": str(Path(release).resolve()),
+        "release": Location.of(release).url,
         "reader": config.reader.as_dict(),
         "fit": config.fit.value,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -132,6 +131,6 @@ def _ingest_locked(
     logger.debug("ingest run: %s", run)
     return run | {
         "plan": plan.counts,
-        "store": str(Path(store).resolve()),
+        "store": Location.of(store).url,
         "image_format": plan.image_format,
     }

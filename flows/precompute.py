@@ -180,7 +180,7 @@ def _precompute_leased(
     if plan.shards:
         started_ray = connect_ray(pool.ray_address)
         try:
-            group = start_actors(
+            pool_actors, group = start_actors(
                 spec,
                 actor_count(pool),
                 pool.cpus_per_actor,
@@ -205,13 +205,17 @@ def _precompute_leased(
                 )
                 for work in plan.shards
             ]
-            dispatched = dispatch(
-                tasks,
-                group.ready,
-                group.waiting,
-                in_flight=pool.in_flight,
-                on_result=lambda result, task: progress.advance(len(task.work.indices)),
-            )
+            try:
+                dispatched = dispatch(
+                    tasks,
+                    group.ready,
+                    group.waiting,
+                    in_flight=pool.in_flight,
+                    on_result=lambda result, task: progress.advance(len(task.work.indices)),
+                    replace=pool_actors.spawn,
+                )
+            finally:
+                pool_actors.shutdown()
         finally:
             if started_ray:
                 import ray

@@ -29,7 +29,6 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -48,12 +47,13 @@ from flows.precompute import heatmap_provenance
 from flows.precompute import precompute_flow as precompute_subflow
 from flows.reports import reprocess as report
 from flows.reports.artifacts import artifact_key
-from flows.reports.files import write_json, write_text
+from flows.reports.files import RunFolder, write_json, write_text
 from flows.train import train_contrastive
 from storage.heatmap_store import DEFAULT_VERSION, HeatmapStore
 from storage.image_store import ImageStore
 from storage.ingest_config import IngestConfig
 from storage.lease import StoreLease
+from storage.location import Location
 from storage.release import ReleaseReader
 from storage.release_diff import ChangeKind, ReleaseDiff, diff_release
 from storage.release_update import apply_release_diff, record_release
@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 def _run_name() -> str:
     params = flow_run.parameters
-    release = Path(str(params.get("release", "release"))).name
+    release = Location.of(str(params.get("release", "release"))).name
     return f"reprocess-{release}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
@@ -94,7 +94,7 @@ class HeatmapPlanChoice:
 
 
 def choose_heatmap_version(
-    store: ImageStore, checkpoints: Path, requested: str | None, settings: HeatmapSettings
+    store: ImageStore, checkpoints: str, requested: str | None, settings: HeatmapSettings
 ) -> HeatmapPlanChoice:
     """Keep the current (or ``requested``) version when the checkpoints and its own settings
     give its provenance again; otherwise the next free version, with the differences as
@@ -144,7 +144,7 @@ def retrain_config(store: ImageStore, training: ClipTrainSettings) -> Contrastiv
     """The config of the store's last evaluated model (the same model on the new data; the
     settings' epochs override its epochs), else the settings' config."""
     previous = last_evaluation(store)
-    meta = Path(str(previous["checkpoint"])) / MODEL_JSON if previous else None
+    meta = Location.of(str(previous["checkpoint"])).child(MODEL_JSON) if previous else None
     if meta is not None and meta.is_file():
         config = contrastive_config_from_dict(json.loads(meta.read_text())["config"])
         if training.epochs is None:
@@ -193,7 +193,7 @@ def reprocess_flow(
     logger = get_run_logger()
     started = datetime.now(UTC)
     seconds: dict[str, float] = {}
-    run_dir = Path(store) / "_runs" / f"reprocess-{started:%Y%m%d-%H%M%S}"
+    run_dir = RunFolder(Location.of(store).child("_runs", f"reprocess-{started:%Y%m%d-%H%M%S}"))
 
     IngestConfig.from_store(ImageStore.open(store, read_only=True))  # ingested, or fail now
     # Diff and apply under one hold of the store's lock: the diff is applied to the store
@@ -229,7 +229,7 @@ def reprocess_flow(
     trained: dict[str, Any] | None = None
     if retrain:
         tick = time.perf_counter()
-        out = Path(train_out) if train_out else run_dir / "clip"
+        out = Location.of(train_out) if train_out else run_dir.location.child("clip")
         trained = _train_phase(store, out, training, version)
         seconds["train"] = time.perf_counter() - tick
 
@@ -240,19 +240,19 @@ def reprocess_flow(
         evaluation, deltas = _evaluate_phase(store, trained, run_dir)
         seconds["evaluate"] = time.perf_counter() - tick
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     changed = diff.changes[diff.changes["kind"] != ChangeKind.UNCHANGED.value]
     changed.to_csv(run_dir / "changes.csv", index=False)
     markdown = report.report_markdown(
-        diff, store, applied, seconds, ingested, heat, deltas, run_dir
+        diff, store, applied, seconds, ingested, heat, deltas, run_dir.url
     )
     write_text(markdown + "\n", run_dir / "report.md")
-    report.publish(artifact_key("reprocess", Path(store).name), markdown, changed, diff.release_id)
+    key = artifact_key("reprocess", Location.of(store).name)
+    report.publish(key, markdown, changed, diff.release_id)
     computed = (heat or {}).get("result")
     summary = {
-        "release": str(Path(release).resolve()),
+        "release": Location.of(release).url,
         "release_id": diff.release_id,
-        "store": str(Path(store).resolve()),
+        "store": Location.of(store).url,
         "counts": diff.counts(),
         "applied": applied.as_dict(),
         "release_entry": release_entry,
@@ -265,9 +265,10 @@ def reprocess_flow(
         "evaluation": evaluation,
         "metric_deltas": deltas.to_dict("records") if deltas is not None else None,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "run_dir": str(run_dir.resolve()),
+        "run_dir": run_dir.url,
     }
     write_json(summary, run_dir / "summary.json")
+    run_dir.sync()
     logger.info("reprocess finished: %s", {k: summary[k] for k in ("counts", "seconds")})
     return summary | {"ingest": ingested, "precompute": computed}
 
@@ -282,7 +283,7 @@ def _heatmap_phase(
     """Heatmaps for what has none, in the current version or, with other checkpoints or
     settings, a new one; the version becomes the store's current one."""
     image_store = ImageStore.open(store)
-    choice = choose_heatmap_version(image_store, Path(checkpoints), requested, settings)
+    choice = choose_heatmap_version(image_store, checkpoints, requested, settings)
     outcome: dict[str, Any] = {
         "version": choice.version,
         "new_version": choice.new_version,
@@ -304,17 +305,21 @@ def _heatmap_phase(
 
 
 def _train_phase(
-    store: str, out: Path, training: ClipTrainSettings, version: str | None
+    store: str, out: Location, training: ClipTrainSettings, version: str | None
 ) -> dict[str, Any]:
     config = retrain_config(ImageStore.open(store), training)
+    folder = RunFolder(out)
+    folder.pull()
     result = train_contrastive(
         store,
-        out,
+        folder.local,
         config,
         heatmap_version=None if config.model.heatmap_mode == "none" else version,
+        on_epoch=lambda row: folder.sync(),
     )
+    folder.sync()
     return {
-        "out": str(out.resolve()),
+        "out": folder.url,
         "best_epoch": result.best_epoch,
         "best_metric": result.best_metric,
         "train_items": result.train_items,
@@ -322,21 +327,25 @@ def _train_phase(
 
 
 def _evaluate_phase(
-    store: str, trained: dict[str, Any] | None, run_dir: Path
+    store: str, trained: dict[str, Any] | None, run_dir: RunFolder
 ) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
     """Evaluate the retrained model, else the store's last evaluated one; the store records
     the evaluation and the deltas against the previous one are returned."""
     previous = last_evaluation(ImageStore.open(store))
     if trained is not None:
-        checkpoint, target = Path(trained["out"]) / "best", Path(trained["out"])
+        out = Location.of(trained["out"])
+        checkpoint, target = out.child("best"), out
     elif previous is not None and previous.get("checkpoint"):
-        checkpoint, target = Path(str(previous["checkpoint"])), run_dir / "evaluation"
+        checkpoint = Location.of(str(previous["checkpoint"]))
+        target = run_dir.location.child("evaluation")
     else:
         log.warning("evaluate: no model to evaluate (no retrain, no earlier evaluation)")
         return None, None
     metrics = evaluate_checkpoint(checkpoint, store, target, plots=False)
     with StoreLease(store, owner="reprocess"):
-        evaluation = record_evaluation(ImageStore.open(store), target / "metrics.json", metrics)
+        evaluation = record_evaluation(
+            ImageStore.open(store), target.child("metrics.json").url, metrics
+        )
     return evaluation, metric_deltas(
         previous["headline"] if previous else None, metrics["headline"]
     )

@@ -53,6 +53,7 @@ from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import classification_auc
 from flows.reports import training as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.files import RunFolder
 from storage.contrastive_dataset import (
     AugmentConfig,
     ContrastiveDataset,
@@ -60,6 +61,7 @@ from storage.contrastive_dataset import (
     make_loader,
 )
 from storage.labels import CHEXPERT_LABELS
+from storage.location import Location
 from storage.tables import DirectoryTables
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ METRIC_COLUMNS = {
 
 def _run_name() -> str:
     params = flow_run.parameters
-    store = Path(str(params.get("store", "store"))).name
+    store = Location.of(str(params.get("store", "store"))).name
     training = params.get("training")
     mode = getattr(training, "heatmap_mode", None) or "default"
     return f"train-{store}-{mode}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
@@ -319,22 +321,30 @@ def train_flow(
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     mode = config.model.heatmap_mode
-    key = artifact_key("train", Path(store).name, mode)
+    key = artifact_key("train", Location.of(store).name, mode)
     progress = ProgressReporter(f"{key}-progress", config.training.epochs, "epochs")
-    existing = Path(out) / LAST / "clip.json"
+    folder = RunFolder(out)  # a URL trains into a local copy, uploaded after every epoch
+    folder.pull()
+    existing = folder / LAST / "clip.json"
     if existing.is_file():
         progress.advance(int(json.loads(existing.read_text())["info"]["epoch"]))
+
+    def epoch_done(row: dict[str, float]) -> None:
+        folder.sync()
+        progress.advance(1)
+
     result = train_contrastive(
         store,
-        out,
+        folder.local,
         config,
         heatmap_version,
-        on_epoch=lambda row: progress.advance(1),
+        on_epoch=epoch_done,
         missing_heatmaps=missing_heatmaps,
     )
+    folder.sync()
     summary = {
-        "out": str(Path(out).resolve()),
-        "best": str((Path(out) / BEST).resolve()),
+        "out": folder.url,
+        "best": folder.location.child(BEST).url,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "train_items": result.train_items,
@@ -346,7 +356,7 @@ def train_flow(
     report.publish_clip(
         key,
         store,
-        out,
+        str(folder.local),
         summary
         | {
             "history": result.history,

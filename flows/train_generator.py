@@ -41,7 +41,7 @@ from daug_core.model_input import to_model_space
 from daug_core.training import StepReport, TrainingResult
 from flows.reports import training as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
-from flows.reports.files import write_json
+from flows.reports.files import RunFolder, write_json
 from storage.batches import (
     Batch,
     Selection,
@@ -52,11 +52,12 @@ from storage.batches import (
 )
 from storage.image_store import ImageStore
 from storage.labels import SUPER_CLASS_COLUMNS
+from storage.location import Location
 from storage.tables import DirectoryTables
 
 
 def _run_name() -> str:
-    store = Path(str(flow_run.parameters.get("store", "store"))).name
+    store = Location.of(str(flow_run.parameters.get("store", "store"))).name
     return f"train-generator-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
@@ -95,7 +96,11 @@ class LossLog:
 
 
 def _checkpointing(
-    every: int, save: Callable[[], object], losses: LossLog, progress: ProgressReporter
+    every: int,
+    save: Callable[[], object],
+    losses: LossLog,
+    progress: ProgressReporter,
+    upload: Callable[[], None],
 ) -> Callable[[StepReport], bool]:
     def on_step(report: StepReport) -> bool:
         losses.add(report)
@@ -103,6 +108,7 @@ def _checkpointing(
         if report.step % every == 0:
             save()
             losses.flush()
+            upload()
         return False
 
     return on_step
@@ -127,26 +133,31 @@ def _train(
     save: Callable[[Any, Path], Path],
     train_cfg: TrainingConfig,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    out: Path,
+    folder: RunFolder,
     steps: int,
 ) -> ModelRun:
-    """Train ``state`` up to ``steps``, checkpointing, logging losses and progress."""
+    """Train ``state`` up to ``steps``, checkpointing (and uploading the checkpoint when the
+    output folder is a URL), logging losses and progress."""
+    out = folder.local
     path = out / name
     before = state.step
     losses = LossLog(out, name, before)
     progress = ProgressReporter(
-        artifact_key("train-generator", out.name, name), steps - before, f"{name} steps"
+        artifact_key("train-generator", folder.location.name, name),
+        steps - before,
+        f"{name} steps",
     )
     result = train(
         state,
         batches,
         until_step=steps,
         on_step=_checkpointing(
-            train_cfg.checkpoint_every, lambda: save(state, path), losses, progress
+            train_cfg.checkpoint_every, lambda: save(state, path), losses, progress, folder.sync
         ),
     )
     save(state, path)
     losses.flush()
+    folder.sync()
     last = result.losses[-1] if result.losses else float("nan")
     return ModelRun(name, before, state.step, result.seconds, last, checkpoint_sha256(path))
 
@@ -156,11 +167,11 @@ def train_generator_task(
     store: ImageStore,
     selection: Selection,
     config: DiffusionConfig,
-    out: Path,
+    out: RunFolder,
     seed: int,
     steps: int,
 ) -> ModelRun:
-    path = out / GENERATOR_DIR
+    path = out.local / GENERATOR_DIR
     if (path / "trainer_state.json").is_file():
         state = load_generator_checkpoint(path)
         get_run_logger().info("resuming the generator at step %d", state.step)
@@ -178,11 +189,11 @@ def train_classifier_task(
     store: ImageStore,
     selection: Selection,
     config: DiffusionConfig,
-    out: Path,
+    out: RunFolder,
     seed: int,
     steps: int,
 ) -> ModelRun:
-    path = out / CLASSIFIER_DIR
+    path = out.local / CLASSIFIER_DIR
     if (path / "trainer_state.json").is_file():
         state = load_classifier_checkpoint(path)
         get_run_logger().info("resuming the classifier at step %d", state.step)
@@ -232,17 +243,18 @@ def train_generator_flow(
             f"store {store} holds {image_store.size} px images; the "
             f"{training.preset} preset needs at least {config.image_size} px"
         )
-    out_path = Path(out)
-    out_path.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(out)  # a URL trains into a local copy, uploaded at every checkpoint
+    folder.pull()
+    out_path = folder.local
     train = select(image_store, ["train"], SUPER_CLASS_COLUMNS)
     logger.info("training on %d images of %s", len(train.indices), store)
     seed = training.seed
     runs = [
         train_generator_task(
-            image_store, train, config, out_path, seed, config.generator_training.num_steps
+            image_store, train, config, folder, seed, config.generator_training.num_steps
         ),
         train_classifier_task(
-            image_store, train, config, out_path, seed, config.classifier_training.num_steps
+            image_store, train, config, folder, seed, config.classifier_training.num_steps
         ),
     ]
 
@@ -262,10 +274,16 @@ def train_generator_flow(
     by_level = metrics.groupby("timestep")[["auc", "accuracy"]].mean().reset_index()
     plot = report.plot_generator_losses(out_path)
     report.publish_generator(
-        artifact_key("train-generator", out_path.name), store, out, runs, by_level, metrics, plot
+        artifact_key("train-generator", folder.location.name),
+        store,
+        out,
+        runs,
+        by_level,
+        metrics,
+        plot,
     )
     summary = {
-        "out": str(out_path.resolve()),
+        "out": folder.url,
         "preset": training.preset,
         "seed": seed,
         "training": dataclasses.asdict(training),
@@ -281,5 +299,6 @@ def train_generator_flow(
         "loss_curves": str(plot),
     }
     write_json(summary, out_path / "train_summary.json")
+    folder.sync()
     logger.info("classifier mean AUC by t: %s", summary["classifier_mean_auc_by_t"])
     return summary

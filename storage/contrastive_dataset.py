@@ -47,6 +47,7 @@ from storage.errors import StoreFormatError
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore, ItemStatus, read_items
 from storage.labels import LABEL_COLUMNS
+from storage.location import Location
 from storage.reports import ReportSections
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class ContrastiveDataset(Dataset[ContrastiveItem]):
     """Finished items of an image store's splits, with the channels of one heatmap version.
 
     Args:
-        store_path: the image store directory.
+        store_path: the image store (a folder or a URL).
         splits: one split or several of ``train``, ``validate``, ``test``.
         heatmap_version: e.g. ``"v1"``; None for image-only training (K = 0 channels).
         heatmap_targets: channels to read, in this order, by target name
@@ -220,7 +221,7 @@ class ContrastiveDataset(Dataset[ContrastiveItem]):
         seed: int = 0,
         text_transform: TextTransform | None = None,
     ) -> None:
-        self.store_path = Path(store_path)
+        self.store_path = Location.of(store_path).url  # a path or URL, never a Path of a URL
         self.splits = (splits,) if isinstance(splits, str) else tuple(splits)
         unknown = [s for s in self.splits if s not in SPLITS]
         if not self.splits or unknown:

@@ -194,9 +194,14 @@ class StoreLease:
     """
 
     def __init__(
-        self, store_root: Location | str | os.PathLike[str] | None, owner: str, ttl: float = 0.0
+        self,
+        store_root: Location | str | os.PathLike[str] | None,
+        owner: str,
+        ttl: float = 0.0,
+        must_exist: bool = True,
     ) -> None:
         self.root = None if store_root is None else Location.of(store_root)
+        self.must_exist = must_exist  # False for the run that creates the store (ingest)
         self.folder = None if self.root is None else self.root.child(LEASE_FOLDER)
         self.owner = owner
         self.ttl = ttl or float(os.environ.get("DAUG_LEASE_TTL", DEFAULT_TTL))
@@ -237,7 +242,7 @@ class StoreLease:
         if self.folder is None or self._record is not None:
             return
         assert self.root is not None
-        if not self.root.exists():
+        if self.must_exist and not self.root.exists():
             raise StoreFormatError(f"{self.root} does not exist: no store to lease")
         if self.root.protocol not in EXCLUSIVE_PROTOCOLS or not _exclusive_works(self.folder):
             raise LeaseUnsupportedError(

@@ -142,9 +142,7 @@ def plan_heatmaps(
     return HeatmapPlan(shards, len(chosen), int(already.sum()), int(skipped.sum()))
 
 
-def shard_batches(
-    work: HeatmapShardWork, shard_items: int, batch_size: int
-) -> list[np.ndarray]:
+def shard_batches(work: HeatmapShardWork, shard_items: int, batch_size: int) -> list[np.ndarray]:
     """The shard's pending indices grouped on the grid of ``batch_size`` consecutive indices
     from the shard's start (so batches do not depend on what was done before)."""
     if batch_size < 1:

@@ -8,6 +8,7 @@ rows); pixels and reports are read per item, later, by whoever processes that it
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from storage.labels import (
     binarize,
     super_class_targets,
 )
+from storage.location import Location
 from storage.reports import ReportSections, parse_report
 
 log = logging.getLogger(__name__)
@@ -73,19 +75,20 @@ class ReleaseItem:
 
 
 class ReleaseReader:
-    """Reads one release root laid out as MIMIC-CXR (see ../shared/MIMIC.md)."""
+    """Reads one release root laid out as MIMIC-CXR (see ../shared/MIMIC.md), on a local disk
+    or at a URL (``s3://bucket/mimic-cxr``: MIMIC-CXR is distributed through cloud buckets)."""
 
-    def __init__(self, root: Path | str, config: ReaderConfig | None = None) -> None:
-        self.root = Path(root).resolve()
+    def __init__(self, root: Path | str | Location, config: ReaderConfig | None = None) -> None:
+        self.root = Location.of(root)
         self.config = config or ReaderConfig()
         if not self.root.is_dir():
             raise ReleaseFormatError(f"release root {self.root} is not a directory")
 
     # ---- tables -------------------------------------------------------------------------
-    def csv_path(self, kind: str) -> Path:
+    def csv_path(self, kind: str) -> Location:
         """``mimic-cxr-2.0.0-<kind>.csv`` or its ``.csv.gz`` twin, whichever exists."""
         for suffix in (".csv", ".csv.gz"):
-            path = self.root / f"{CSV_PREFIX}{kind}{suffix}"
+            path = self.root.child(f"{CSV_PREFIX}{kind}{suffix}")
             if path.is_file():
                 return path
         raise ReleaseFormatError(f"{self.root}: missing {CSV_PREFIX}{kind}.csv (or .csv.gz)")
@@ -93,7 +96,12 @@ class ReleaseReader:
     def read_table(self, kind: str) -> pd.DataFrame:
         """Read one of the release CSVs and check it has the columns we need."""
         path = self.csv_path(kind)
-        table = pd.read_csv(path, dtype={"dicom_id": str, "ViewPosition": str, "split": str})
+        compression: Literal["gzip"] | None = "gzip" if path.path.endswith(".gz") else None
+        table = pd.read_csv(
+            io.BytesIO(path.read_bytes()),
+            compression=compression,
+            dtype={"dicom_id": str, "ViewPosition": str, "split": str},
+        )
         missing = [c for c in REQUIRED_COLUMNS[kind] if c not in table.columns]
         if missing:
             raise ReleaseFormatError(f"{path}: missing required columns {missing}")
@@ -104,10 +112,13 @@ class ReleaseReader:
             return self.config.image_format
         fmt: Literal["dicom", "jpg"]
         for fmt in ("dicom", "jpg"):
-            if (self.root / self.relative_image_path(first, fmt)).is_file():
+            if self.root.child(self.relative_image_path(first, fmt)).is_file():
                 return fmt
-        any_dcm = next((self.root / "files").rglob("*.dcm"), None)
-        return "dicom" if any_dcm is not None else "jpg"
+        if self.root.is_local:
+            any_dcm = next((self.root.local_path() / "files").rglob("*.dcm"), None)
+            return "dicom" if any_dcm is not None else "jpg"
+        found = self.root.fs.glob(self.root.child("files").path + "/p1*/p*/s*/*.dcm", maxdepth=4)
+        return "dicom" if found else "jpg"
 
     # ---- paths --------------------------------------------------------------------------
     @staticmethod
@@ -121,14 +132,22 @@ class ReleaseReader:
         subject = str(row["subject_id"])
         return f"files/p{subject[:2]}/p{subject}/s{row['study_id']}.txt"
 
-    def resolve(self, relative: str, item_id: str) -> Path:
-        """Absolute path of a release-relative path; refuses anything outside the root."""
-        path = (self.root / relative).resolve()
-        if not path.is_relative_to(self.root):
-            raise ItemError(
-                item_id, QuarantineReason.PATH_ESCAPES_ROOT, f"{relative} resolves to {path}"
-            )
-        return path
+    def resolve(self, relative: str, item_id: str) -> Location:
+        """The place of a release-relative path; refuses anything outside the root (on a
+        local disk symbolic links are followed first, so a link out of the release is
+        refused too)."""
+        if self.root.is_local:
+            root = self.root.local_path()
+            path = (root / relative).resolve()
+            if not path.is_relative_to(root):
+                raise ItemError(
+                    item_id, QuarantineReason.PATH_ESCAPES_ROOT, f"{relative} resolves to {path}"
+                )
+            return Location.of(path)
+        try:
+            return self.root.child(relative)
+        except ValueError as exc:
+            raise ItemError(item_id, QuarantineReason.PATH_ESCAPES_ROOT, str(exc)) from exc
 
     # ---- index --------------------------------------------------------------------------
     def index(self) -> ReleaseIndex:
@@ -249,15 +268,16 @@ class ReleaseReader:
         path = self.resolve(source_path, dicom_id)
         try:
             data = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError) as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ItemError(
                 dicom_id, QuarantineReason.MISSING_FILE, f"{source_path} is not a file"
             ) from exc
         pixels = READERS[image_format].decode(data, dicom_id)
         try:
-            text = self.resolve(report_path, dicom_id).read_text(encoding="utf-8", errors="replace")
+            raw = self.resolve(report_path, dicom_id).read_bytes()
+            text = raw.decode("utf-8", errors="replace")
             missing = False
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             text, missing = "", True
         return ReleaseItem(
             dicom_id=dicom_id,

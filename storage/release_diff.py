@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -39,6 +38,7 @@ import pandas as pd
 from storage.errors import ReleaseFormatError
 from storage.image_store import ImageStore, ItemStatus
 from storage.labels import CHEXPERT_LABELS
+from storage.location import Location
 from storage.release import CSV_PREFIX, ReleaseReader
 from storage.reports import parse_report
 
@@ -109,21 +109,23 @@ class ReleaseDiff:
         return any(n for kind, n in counts.items() if kind != ChangeKind.UNCHANGED.value)
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
+def file_sha256(path: Location) -> tuple[str, int]:
     """(hex sha256, size) of a file, read once in 1 MiB blocks; ("", 0) when it is missing."""
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(path, "rb") as handle:
+        with path.fs.open(path.path, "rb") as handle:
             while block := handle.read(HASH_BLOCK):
                 digest.update(block)
                 size += len(block)
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return "", 0
     return digest.hexdigest(), size
 
 
-def _parallel(function: Callable[[Path], T], paths: Iterable[Path], workers: int) -> list[T]:
+def _parallel(
+    function: Callable[[Location], T], paths: Iterable[Location], workers: int
+) -> list[T]:
     paths = list(paths)
     if workers <= 1 or len(paths) < 2:
         return [function(p) for p in paths]
@@ -131,10 +133,10 @@ def _parallel(function: Callable[[Path], T], paths: Iterable[Path], workers: int
         return list(pool.map(function, paths))
 
 
-def _read_report(path: Path) -> tuple[str, bytes | None]:
+def _read_report(path: Location) -> tuple[str, bytes | None]:
     try:
         data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return "", None
     return data.decode("utf-8", errors="replace"), data
 
@@ -218,7 +220,7 @@ def diff_release(
     release = index.items.copy()
     items = store.items()
 
-    paths = [reader.root / p for p in release["source_path"]]
+    paths = [reader.root.child(p) for p in release["source_path"]]
     hashed = _parallel(file_sha256, paths, workers)
     release["source_sha256"] = [sha for sha, _ in hashed]
     bytes_hashed = sum(size for _, size in hashed)

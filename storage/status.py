@@ -8,9 +8,9 @@ not in the latest release).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import pandas as pd
 
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore, ItemStatus
+from storage.location import Location
 from storage.release_update import release_history
 
 LAST_EVALUATION_ATTR = "last_evaluation"
@@ -155,13 +156,13 @@ def format_status(status: StoreStatus) -> str:
 
 # ---- the last evaluation -------------------------------------------------------------------
 def record_evaluation(
-    store: ImageStore, metrics_path: Path | str, metrics: dict[str, Any]
+    store: ImageStore, metrics_path: str | os.PathLike[str], metrics: dict[str, Any]
 ) -> dict[str, Any]:
     """Remember an evaluation of a model on this store (attrs ``last_evaluation``): where
     its metrics.json is, the checkpoint and its headline metrics. Returns the entry."""
     entry = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "path": str(Path(metrics_path).resolve()),
+        "path": Location.of(metrics_path).url,
         "checkpoint": metrics.get("checkpoint"),
         "checkpoint_sha256": metrics.get("checkpoint_sha256"),
         "heatmap_version": metrics.get("heatmap_version"),

@@ -22,10 +22,10 @@ def run() -> None:
     """Console entry point: known input errors print one clear line instead of a traceback."""
     from daug_core.config import ConfigError
     from storage.errors import ReleaseFormatError, StoreFormatError
-    from storage.synthetic import ReleaseExistsError
 
     try:
         app()
-    except (ReleaseFormatError, StoreFormatError, ReleaseExistsError, ConfigError) as exc:
+    except (ReleaseFormatError, StoreFormatError, FileExistsError, ConfigError) as exc:
+        # FileExistsError: synth's ReleaseExistsError (an existing release, not overwritten)
         console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         raise SystemExit(2) from None

@@ -6,7 +6,6 @@ The store machinery is imported here, on use, so that building the CLI stays che
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -16,23 +15,25 @@ if TYPE_CHECKING:
     from storage.ingest_config import ReaderConfig
 
 
-def require_store(store: Path) -> ImageStore:
+def require_store(store: str) -> ImageStore:
     """The image store at ``store``, opened read-only (a StoreFormatError says why not)."""
     from storage.image_store import ImageStore
 
     return ImageStore.open(store, read_only=True)
 
 
-def require_checkpoints(checkpoints: Path, hint: str = "--checkpoints") -> None:
-    """A train-generator output has generator/ and classifier/."""
+def require_checkpoints(checkpoints: str, hint: str = "--checkpoints") -> None:
+    """A train-generator output (a folder or URL) has generator/ and classifier/."""
     from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR
+    from storage.location import Location
 
     for name in (GENERATOR_DIR, CLASSIFIER_DIR):
-        if not (checkpoints / name).is_dir():
-            raise typer.BadParameter(f"{checkpoints / name} does not exist", param_hint=hint)
+        place = Location.of(checkpoints).child(name)
+        if not place.is_dir():
+            raise typer.BadParameter(f"{place} does not exist", param_hint=hint)
 
 
-def require_release(release: Path, reader: ReaderConfig) -> None:
+def require_release(release: str, reader: ReaderConfig) -> None:
     """The release root holds the CSVs ``reader`` reads (a ReleaseFormatError says which)."""
     from storage.release import ReleaseReader
 
@@ -41,7 +42,7 @@ def require_release(release: Path, reader: ReaderConfig) -> None:
         found.csv_path(kind)
 
 
-def require_truth(truth: Path) -> None:
+def require_truth(truth: str) -> None:
     """A synthetic release's ground-truth folder (labels and masks.zarr)."""
     from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -17,8 +16,9 @@ from flows.cli.options import (
     StoreOption,
     TorchThreadsOption,
 )
+from storage.location import Location
 
-OutOption = Annotated[Path, typer.Option(help="output folder (rerun to resume)")]
+OutOption = Annotated[str, typer.Option(help="output folder (rerun to resume)")]
 
 
 def show_headline(metrics: dict[str, Any]) -> None:
@@ -52,18 +52,18 @@ def train(
 
 @command(PANEL, flow="flows.evaluate:evaluate_flow", show=show_headline)
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="a train output's best/ (or last/) folder")],
+    checkpoint: Annotated[str, typer.Option(help="a train output's best/ (or last/) folder")],
     store: StoreOption,
-    out: Annotated[Path | None, typer.Option(help="default: the checkpoint's parent")] = None,
+    out: Annotated[str | None, typer.Option(help="default: the checkpoint's parent")] = None,
     heatmap_version: Annotated[
         str | None, typer.Option(help="default: the version the model trained on")
     ] = None,
     truth: Annotated[
-        Path | None, typer.Option(help="synthetic ground truth folder, for the example grid")
+        str | None, typer.Option(help="synthetic ground truth folder, for the example grid")
     ] = None,
 ) -> None:
     """Classification AUC, class-based retrieval mAP@k and pair Recall@k (EVALUATION.md)."""
-    if not (checkpoint / "clip.json").is_file():
+    if not Location.of(checkpoint).child("clip.json").is_file():
         raise typer.BadParameter(f"{checkpoint} holds no clip.json", param_hint="--checkpoint")
     require_store(store)
 
@@ -71,7 +71,7 @@ def evaluate(
 @command(PANEL, flow="flows.ablate:ablate_flow", show=show_markdown)
 def ablate(
     store: StoreOption,
-    out: Annotated[Path, typer.Option(help="output folder (rerun skips finished runs)")],
+    out: Annotated[str, typer.Option(help="output folder (rerun skips finished runs)")],
     # The variants set the heatmap mode and the seed of each run.
     training: Annotated[
         ClipTrainSettings,

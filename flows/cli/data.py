@@ -67,7 +67,9 @@ def synth_next(
 
 @command(PANEL, "ingest", flow="flows.ingest:ingest_flow")
 def ingest_release(
-    release: Annotated[Path, typer.Argument(help="release root (files/ + mimic-cxr-2.0.0-*.csv)")],
+    release: Annotated[
+        str, typer.Argument(help="release root, a path or URL (files/ + mimic-cxr-2.0.0-*.csv)")
+    ],
     store: StoreOption,
     ingest: IngestConfig,
     all_views: Annotated[

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -31,7 +30,7 @@ def show_results(result: dict[str, Any]) -> None:
 @command(PANEL, "demo", flow="flows.demo:demo_flow", show=show_results)
 def run_demo(
     demo: DemoSettings,
-    out: Annotated[Path, typer.Argument(help="folder for everything the demo writes")] = Path(
+    out: Annotated[str, typer.Argument(help="folder for everything the demo writes")] = (
         "demo-output"
     ),
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -52,7 +51,7 @@ def show_quality(result: dict[str, Any]) -> None:
 @command(PANEL, "train-generator", flow="flows.train_generator:train_generator_flow")
 def train_generator(
     store: StoreOption,
-    out: Annotated[Path, typer.Option(help="checkpoint folder (resumed when it exists)")],
+    out: Annotated[str, typer.Option(help="checkpoint folder (resumed when it exists)")],
     training: DiffusionTrainSettings,
     eval_split: EvalSplitOption = "validate",
 ) -> None:
@@ -84,13 +83,13 @@ def precompute(
 def heatmap_quality(
     store: StoreOption,
     truth: Annotated[
-        Path, typer.Option(help="the release's ground truth folder (OUT/ground_truth)")
+        str, typer.Option(help="the release's ground truth folder (OUT/ground_truth)")
     ],
     heatmaps: HeatmapSettings,
     sweep: Annotated[SweepSettings, Group(prefix="sweep")],
     pool: PoolSettings,
     checkpoints: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="train-generator output (needed for --compare and --sweep)"),
     ] = None,
     heatmap_version: Annotated[
@@ -104,7 +103,7 @@ def heatmap_quality(
     tolerance: Annotated[int, typer.Option(help="pointing-game tolerance in pixels")] = 2,
     examples_per_target: Annotated[int, typer.Option(help="cases per target in the grids")] = 3,
     out: Annotated[
-        Path | None, typer.Option(help="output folder (default STORE/_runs/heatmap-quality-*)")
+        str | None, typer.Option(help="output folder (default STORE/_runs/heatmap-quality-*)")
     ] = None,
 ) -> None:
     """Score heatmaps against the synthetic lesion masks (pointing game, pixel AUROC, heat on

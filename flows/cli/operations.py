@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,12 +13,13 @@ from flows.cli.checks import require_checkpoints, require_heatmap_version, requi
 from flows.cli.console import console, progress_bars
 from flows.cli.options import Group, StoreOption
 from flows.pool import PoolSettings
+from storage.location import Location
 
-StoreArgument = Annotated[Path, typer.Argument(help="image store")]
+StoreArgument = Annotated[str, typer.Argument(help="image store")]
 
 
 def show_report(result: dict[str, Any]) -> None:
-    console.print((Path(result["run_dir"]) / "report.md").read_text())
+    console.print(Location.of(result["run_dir"]).child("report.md").read_text())
 
 
 PANEL = "Operations"
@@ -103,13 +103,13 @@ def verify(
 
 @command(PANEL, flow="flows.reprocess:reprocess_flow", show=show_report)
 def reprocess(
-    release: Annotated[Path, typer.Argument(help="the new release root (MIMIC-CXR layout)")],
+    release: Annotated[str, typer.Argument(help="the new release root (MIMIC-CXR layout)")],
     store: StoreOption,
     heatmaps: HeatmapSettings,
     pool: PoolSettings,
     training: Annotated[ClipTrainSettings, Group(prefix="train")],
     checkpoints: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="train-generator output for the heatmaps (default: no heatmaps)"),
     ] = None,
     heatmap_version: Annotated[
@@ -117,7 +117,7 @@ def reprocess(
     ] = None,
     retrain: Annotated[bool, typer.Option(help="train the contrastive model again")] = False,
     train_out: Annotated[
-        Path | None, typer.Option(help="its output folder (default: in the run folder)")
+        str | None, typer.Option(help="its output folder (default: in the run folder)")
     ] = None,
     evaluate: Annotated[
         bool, typer.Option(help="evaluate and report deltas against the last evaluation")

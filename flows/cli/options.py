@@ -19,7 +19,6 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,9 +26,11 @@ import typer
 from daug_core.config import ConfigError
 
 # ---- plain options shared by several commands (one spelling per concept) --------------------
-StoreOption = Annotated[Path, typer.Option("--store", help="image store (a directory)")]
+StoreOption = Annotated[
+    str, typer.Option("--store", help="image store: a folder or a URL (s3://bucket/store)")
+]
 CheckpointsOption = Annotated[
-    Path, typer.Option("--checkpoints", help="train-generator output: generator/ and classifier/")
+    str, typer.Option("--checkpoints", help="train-generator output: generator/ and classifier/")
 ]
 SplitsOption = Annotated[
     list[str] | None, typer.Option("--split", help="only items of this split (repeat)")

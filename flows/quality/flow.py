@@ -52,12 +52,13 @@ from flows.quality.settings import SweepSettings
 from flows.quality.sweep import run_sweep, select_sweep_items, sweep_grid
 from flows.reports import quality as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
-from flows.reports.files import write_json
+from flows.reports.files import RunFolder, write_json
 from flows.reports.quality import MODES, ScoredSource
 from storage.geometry import FitMode
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.ingest import store_fit_mode
+from storage.location import Location
 from storage.synthetic.ground_truth import GroundTruthMasks
 from storage.tables import DirectoryTables
 
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 
 
 def _run_name() -> str:
-    store = Path(str(flow_run.parameters.get("store", "store"))).name
+    store = Location.of(str(flow_run.parameters.get("store", "store"))).name
     return f"heatmap-quality-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
@@ -221,7 +222,12 @@ def heatmap_quality_flow(
             "softmax/sigmoid comparison or the sweep"
         )
     at = datetime.now(UTC)
-    run_dir = Path(out) if out else Path(store) / "_runs" / f"heatmap-quality-{at:%Y%m%d-%H%M%S}"
+    folder = RunFolder(
+        Location.of(out)
+        if out
+        else Location.of(store).child("_runs", f"heatmap-quality-{at:%Y%m%d-%H%M%S}")
+    )
+    run_dir = folder.local
     config = heatmaps.config()
     run = QualityRun(store, truth, chosen_splits, tolerance, run_dir, config.class_names)
     if heatmap_version is not None:
@@ -229,8 +235,7 @@ def heatmap_quality_flow(
             run.image_store, heatmap_version
         )  # a missing heatmap_version fails before any work
     points = sweep_grid(config.translation, sweep)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    key = artifact_key("heatmap-quality", Path(store).name)
+    key = artifact_key("heatmap-quality", Location.of(store).name)
     units = (heatmap_version is not None) + 3 * do_modes + len(points) * do_sweep
     progress = ProgressReporter(f"{key}-progress", units, "heatmap-quality steps")
     logger.info(
@@ -291,15 +296,17 @@ def heatmap_quality_flow(
     run.tables.write("failures", failures)
     result["failures"] = len(failures)
     result["paths"] = {
-        "sweep_plot": str(sweep_plot.resolve()) if sweep_plot else None,
-        "cases": {t: str(p.resolve()) for t, p in grids.items()},
-        "tables": sorted(str(p.resolve()) for p in run_dir.glob("*.csv")),
+        "sweep_plot": folder.url_of(sweep_plot) if sweep_plot else None,
+        "cases": {t: folder.url_of(p) for t, p in grids.items()},
+        "tables": sorted(folder.url_of(p) for p in run_dir.glob("*.csv")),
     }
+    result["run_dir"] = folder.url
     write_json(result, run_dir / "summary.json")
     report.publish(
         key, store, result, scored, modes_table, sweep_table, sweep_plot, grids, failures
     )
-    logger.info("heatmap quality finished in %.1f s: %s", result["seconds"], run_dir)
+    folder.sync()
+    logger.info("heatmap quality finished in %.1f s: %s", result["seconds"], folder.url)
     return result
 
 
@@ -315,7 +322,7 @@ def _summary(
     """The flow's return value (also summary.json), without the paths."""
     version = scored.version if scored is not None else None
     return {
-        "store": str(Path(run.store).resolve()),
+        "store": Location.of(run.store).url,
         "truth": str(run.truth_path.resolve()),
         "splits": run.splits,
         "tolerance": run.tolerance,

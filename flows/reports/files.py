@@ -64,6 +64,10 @@ class RunFolder:
     def __truediv__(self, name: str) -> Path:
         return self.local / name
 
+    def url_of(self, path: Path) -> str:
+        """Where a file written into :attr:`local` ends up."""
+        return self.location.child(path.relative_to(self.local).as_posix()).url
+
     def pull(self) -> None:
         if not self.location.is_local and self.location.exists():
             self.location.fs.get(self.location.path + "/", str(self.local) + "/", recursive=True)

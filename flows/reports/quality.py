@@ -257,7 +257,7 @@ def publish(
     grids: dict[str, Path],
     failures: pd.DataFrame,
 ) -> None:
-    run_dir = Path(result["run_dir"])
+    run_dir = result["run_dir"]
     lines = [
         f"## heatmap quality: {store}",
         "",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -30,7 +29,7 @@ def report_markdown(
     ingest: dict[str, Any] | None,
     heatmaps: dict[str, Any] | None,
     deltas: pd.DataFrame | None,
-    run_dir: Path,
+    run_dir: str,
 ) -> str:
     """The release-change report (markdown)."""
     counts = diff.counts()
@@ -117,7 +116,7 @@ def report_markdown(
             ],
             "",
         ]
-    lines.append(f"Run folder: `{run_dir.resolve()}` (report.md, changes.csv, summary.json)")
+    lines.append(f"Run folder: `{run_dir}` (report.md, changes.csv, summary.json)")
     return "\n".join(lines)
 
 

@@ -69,12 +69,29 @@ Module map: ``config`` (SynthConfig, presets), ``cohort`` (patients, studies, id
 (the four CSVs), ``ground_truth`` (labels.csv, masks.zarr), ``release_writer``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from storage.synthetic.config import SYNTH_PRESETS, SynthConfig
-from storage.synthetic.release_writer import (
-    ReleaseExistsError,
-    SynthSummary,
-    write_synthetic_release,
-)
+
+if TYPE_CHECKING:
+    from storage.synthetic.release_writer import (
+        ReleaseExistsError,
+        SynthSummary,
+        write_synthetic_release,
+    )
+
+_WRITER_NAMES = ("ReleaseExistsError", "SynthSummary", "write_synthetic_release")
+
+
+def __getattr__(name: str) -> Any:
+    """The writer's names load it on first use (PEP 562): importing the light ``config`` (the
+    CLI builds its options from it) must not load zarr, pydicom and the renderer."""
+    if name in _WRITER_NAMES:
+        from storage.synthetic import release_writer
+
+        return getattr(release_writer, name)
+    raise AttributeError(f"module 'storage.synthetic' has no attribute {name!r}")
+
 
 __all__ = [
     "SYNTH_PRESETS",

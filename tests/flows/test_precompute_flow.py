@@ -20,14 +20,16 @@ from daug_core.checkpoints import (
     checkpoint_sha256,
 )
 from daug_core.heatmap_settings import HeatmapSettings
-from flows.heatmap_actors import LocalHeatmapComputer, RayHeatmapPool, WorkerSpec
+from flows.dispatch import dispatch
+from flows.heatmap_actors import HeatmapWorker, PlacementError, WorkerSpec, start_actors
 from flows.ingest import ingest_flow
 from flows.pool import PoolSettings, actor_count
 from flows.precompute import heatmap_provenance, precompute_flow, worker_spec
 from storage.heatmap_store import HeatmapStore, ProvenanceMismatchError
 from storage.image_store import ImageStore
 from storage.ingest_config import IngestConfig
-from storage.precompute import ImageBatch, plan_heatmaps, precompute_shard
+from storage.lease import LeaseLostError, StoreLease
+from storage.precompute import ImageBatch, ShardTask, plan_heatmaps
 from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
@@ -113,16 +115,18 @@ def test_other_provenance_refuses_and_a_new_version_works(setup, first_run):
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, first_run):
     """Only the first shard is computed (as if the run died), then the flow does the rest."""
+    import ray
+
     images = ImageStore.open(setup["resume"])
     provenance = heatmap_provenance(FAST, setup["ckpt"])
     heat = HeatmapStore.open_or_create(images, provenance)
-    spec = worker_spec(FAST, provenance.targets, setup["ckpt"], POOL)
-    pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
     first = plan_heatmaps(heat, images).shards[0]
-    try:
-        precompute_shard(heat, images, first, pool, batch_size=POOL.batch_size)
+    actors, group = start_actors(worker_spec(FAST, provenance, setup["ckpt"], POOL), 1, 1.0, 0.0)
+    try:  # the shard as the flow's actor would do it (one torch thread), then the run dies
+        task = ShardTask(store=str(setup["resume"]), heatmap_version="v1", work=first, batch_size=4)
+        ray.get(group.ready[0].run_shard.remote(task))
     finally:
-        pool.shutdown()
+        actors.shutdown()
     resumed = precompute_flow(store=str(setup["resume"]), checkpoints=str(setup["ckpt"]), **RUN)
     assert resumed["already_done"] == len(first.indices) - int(NAN_ITEM in first.indices)
     assert resumed["done"] + resumed["already_done"] == first_run["done"]
@@ -134,35 +138,37 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(setup, first_run):
     )
 
 
-def test_worker_reports_bad_items_without_failing_the_batch(setup, monkeypatch):
-    spec = pleural_spec(setup["ckpt"])
+def local_worker(spec: WorkerSpec) -> HeatmapWorker:
+    """A worker in this process (it sets torch's thread count: restored here)."""
     threads = torch.get_num_threads()
-    computer = LocalHeatmapComputer(spec)  # sets this process's torch threads to 1
+    worker = HeatmapWorker(spec)
     torch.set_num_threads(threads)
-    defaults = HeatmapSettings().target_names(spec.config.class_names)
+    return worker
+
+
+def test_worker_reports_bad_items_without_failing_the_batch(setup, monkeypatch):
+    worker = local_worker(pleural_spec(setup["ckpt"]))
+    defaults = HeatmapSettings().target_names(worker.spec.config.class_names)
     assert defaults[0] == "+No Finding" and len(defaults) == 7
-    compute = computer.worker._compute
+    compute = worker._compute
 
     def fails_on_dark_images(images: np.ndarray) -> np.ndarray:
         if (images.reshape(len(images), -1).max(axis=1) < 0.01).any():
             raise RuntimeError("dark image")
         return compute(images)
 
-    monkeypatch.setattr(computer.worker, "_compute", fails_on_dark_images)
+    monkeypatch.setattr(worker, "_compute", fails_on_dark_images)
     images = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
     images[1] = 0.0
-    (outcome,) = computer.map_batches([ImageBatch(np.array([10, 11, 12]), images)])
+    outcome = worker(ImageBatch(np.array([10, 11, 12]), images))
     assert outcome.indices.tolist() == [10, 12] and outcome.heatmaps.shape == (2, 1, 64, 64)
     assert [(f.index, f.reason.split(":")[0]) for f in outcome.failures] == [(11, "compute_error")]
     assert "dark image" in outcome.failures[0].reason
 
 
 def test_a_batch_that_raises_once_is_retried_item_by_item_and_succeeds(setup, monkeypatch):
-    spec = pleural_spec(setup["ckpt"])
-    threads = torch.get_num_threads()
-    computer = LocalHeatmapComputer(spec)
-    torch.set_num_threads(threads)
-    compute = computer.worker._compute
+    worker = local_worker(pleural_spec(setup["ckpt"]))
+    compute = worker._compute
     calls: list[int] = []
 
     def flaky(images: np.ndarray) -> np.ndarray:
@@ -171,54 +177,74 @@ def test_a_batch_that_raises_once_is_retried_item_by_item_and_succeeds(setup, mo
             raise RuntimeError("transient")
         return compute(images)
 
-    monkeypatch.setattr(computer.worker, "_compute", flaky)
+    monkeypatch.setattr(worker, "_compute", flaky)
     images = np.random.default_rng(2).random((3, 64, 64)).astype(np.float32)
-    (outcome,) = computer.map_batches([ImageBatch(np.array([4, 5, 6]), images)])
+    outcome = worker(ImageBatch(np.array([4, 5, 6]), images))
     assert calls == [3, 1, 1, 1]  # the batch, then each item again
     assert outcome.indices.tolist() == [4, 5, 6] and not outcome.failures
     single = compute(images[1:2]).astype(np.float16)
     np.testing.assert_array_equal(outcome.heatmaps[1:2], single)
 
 
-def test_pool_survives_an_actor_that_dies(setup):
-    """Ray restarts a killed actor (models reloaded in __init__) and the pool goes on."""
+def test_a_worker_whose_run_lost_the_lease_commits_nothing(setup, tmp_path):
+    store = tmp_path / "fenced"
+    shutil.copytree(setup["resume"], store)
+    images = ImageStore.open(store)
+    provenance = heatmap_provenance(FAST, setup["ckpt"])
+    heat = HeatmapStore.open_or_create(images, provenance, "fenced")
+    work = plan_heatmaps(heat, images).shards[0]
+    worker = local_worker(worker_spec(FAST, provenance, setup["ckpt"], POOL))
+    task = ShardTask(store=str(store), heatmap_version="fenced", work=work, batch_size=2)
+    with StoreLease(store, owner="precompute:fenced") as lease:
+        stale = dataclasses.replace(task, lease_holder="a-run-that-lost-it")
+        with pytest.raises(LeaseLostError):
+            worker.run_shard(stale)
+        assert not heat.done_mask().any()
+        result = worker.run_shard(dataclasses.replace(task, lease_holder=lease.holder))
+    assert (
+        result.done == int(heat.done_mask().sum()) == len(work.indices) - (NAN_ITEM in work.indices)
+    )
+
+
+def test_dispatch_survives_an_actor_that_dies_for_good(setup, first_run):
+    """Two actors; one is killed for good before the run: its shards go back to the queue,
+    the other does them all, and the heatmaps equal the uninterrupted run's."""
     import ray
 
-    spec = pleural_spec(setup["ckpt"])
-    pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
-    batch = ImageBatch(np.array([0, 1]), np.random.default_rng(0).random((2, 64, 64)))
+    store = setup["store"]
+    images = ImageStore.open(store)
+    provenance = heatmap_provenance(FAST, setup["ckpt"])
+    heat = HeatmapStore.open_or_create(images, provenance, "one-lost")
+    plan = plan_heatmaps(heat, images)
+    spec = worker_spec(FAST, provenance, setup["ckpt"], POOL)
+    actors, group = start_actors(spec, 2, 1.0, 0.0, placement_timeout=120)
     try:
-        (before,) = pool.map_batches([batch])
-        ray.kill(pool.actors[0], no_restart=False)
-        (after,) = pool.map_batches([batch])
+        ray.kill(group.ready[0])
+        tasks = [
+            ShardTask(store=str(store), heatmap_version="one-lost", work=w, batch_size=4)
+            for w in plan.shards
+        ]
+        report = dispatch(tasks, group.ready, in_flight=2)
     finally:
-        pool.shutdown()
-    assert after.indices.tolist() == [0, 1]
-    np.testing.assert_array_equal(after.heatmaps, before.heatmaps)
+        actors.shutdown()
+    assert report.lost_actors == 1 and not report.failed
+    assert sorted(r.shard for r in report.results) == [w.shard for w in plan.shards]
+    everything = np.arange(len(images))
+    np.testing.assert_array_equal(
+        HeatmapStore(images, "one-lost").read_heatmaps(everything),
+        HeatmapStore(images).read_heatmaps(everything),
+    )
 
 
-def test_pool_replaces_an_actor_that_is_dead_for_good(setup):
-    """With its restarts used up (no_restart), the actor is replaced and its batch redone."""
-    import ray
-
+def test_placement_times_out_with_a_clear_message(setup, ray_session):
     spec = pleural_spec(setup["ckpt"])
-    pool = RayHeatmapPool(spec, actors=1, cpus_per_actor=1, gpus_per_actor=0)
-    batch = ImageBatch(np.array([0, 1]), np.random.default_rng(0).random((2, 64, 64)))
-    try:
-        (before,) = pool.map_batches([batch])
-        ray.kill(pool.actors[0], no_restart=True)
-        after = list(pool.map_batches([batch, batch]))
-    finally:
-        pool.shutdown()
-    assert pool.replaced == 1
-    assert [a.indices.tolist() for a in after] == [[0, 1], [0, 1]]
-    for outcome in after:
-        np.testing.assert_array_equal(outcome.heatmaps, before.heatmaps)
+    with pytest.raises(PlacementError, match=r"asked for 2 heatmap actor\(s\).*no_such_node"):
+        start_actors(spec, 2, 1.0, 0.0, {"no_such_node": 1.0}, placement_timeout=2)
 
 
 def test_a_killed_actor_process_mid_run_loses_nothing(setup, first_run, monkeypatch):
-    """SIGKILL an actor's process once the pool is up: Ray restarts it, the batch it held is
-    retried, and the run's heatmaps equal the uninterrupted run's."""
+    """SIGKILL an actor's process once the actors are up: its shards go to a replacement (or
+    the others), skipping committed batches, and the heatmaps equal the uninterrupted run's."""
     import os
     import signal
 
@@ -227,15 +253,16 @@ def test_a_killed_actor_process_mid_run_loses_nothing(setup, first_run, monkeypa
     import flows.precompute as precompute_module
 
     killed: list[int] = []
+    original = precompute_module.start_actors
 
-    class KillingPool(RayHeatmapPool):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            pid = ray.get(self.actors[0].pid.remote())
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+    def killing_start(*args, **kwargs):
+        actors, group = original(*args, **kwargs)
+        pid = ray.get(group.ready[0].pid.remote())
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        return actors, group
 
-    monkeypatch.setattr(precompute_module, "RayHeatmapPool", KillingPool)
+    monkeypatch.setattr(precompute_module, "start_actors", killing_start)
     run = precompute_flow(
         store=str(setup["store"]), checkpoints=str(setup["ckpt"]), **RUN, heatmap_version="killed"
     )
@@ -268,6 +295,7 @@ def test_actor_count_fits_the_cluster(ray_session):
     assert actor_count(PoolSettings()) == 2  # the session's local Ray has 2 CPUs
     assert actor_count(PoolSettings(cpus_per_actor=2.0)) == 1
     assert actor_count(PoolSettings(gpus_per_actor=1.0)) == 1  # no GPU: one actor, never zero
+    assert actor_count(PoolSettings(resources=("no_such_node=1",))) == 1
 
 
 def pleural_spec(checkpoints: Path) -> WorkerSpec:
