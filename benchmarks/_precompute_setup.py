@@ -40,15 +40,19 @@ def save_random_checkpoints(ckpt: Path) -> None:
     save_classifier_checkpoint(classifier, ckpt / CLASSIFIER_DIR)
 
 
-def build_store(root: Path, studies: int, images: int) -> Path:
-    """Ingest a synthetic release (every view) into a 64 px store of at least ``images``."""
+def build_store(root: Path, studies: int, images: int, shard_items: int = 8) -> Path:
+    """Ingest a synthetic release (every view) into a 64 px store of at least ``images``, in
+    shards of ``shard_items`` (a shard is the unit the dispatcher hands an actor: small shards
+    let a few dozen images keep several actors busy)."""
     from flows.ingest import ingest_flow
     from storage.image_store import ImageStore
+    from storage.ingest_config import IngestConfig, ReaderConfig
     from storage.synthetic import SynthConfig, write_synthetic_release
 
     release = write_synthetic_release(root / "release", SynthConfig(studies=studies, size=64), 7)
     store = root / "store"
-    ingest_flow(release=str(release.release_dir), store=str(store), size=64, views=[])
+    ingest = IngestConfig(size=64, shard_items=shard_items, reader=ReaderConfig(views=()))
+    ingest_flow(release=str(release.release_dir), store=str(store), ingest=ingest)
     n = int(ImageStore.open(store).done_mask().sum())
     if n < images:
         raise SystemExit(f"only {n} images ingested, need {images}: raise --studies")

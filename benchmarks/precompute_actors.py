@@ -1,18 +1,18 @@
 """Heatmap actor configurations: 2 actors x 1 CPU vs 1 actor x 2 CPUs vs 1 actor x 1 CPU.
 
-The same ``--images`` random 64 px images (compute does not depend on the content), K = 7,
-random-weight tiny-preset checkpoints, shortened translation (plain DDIM inversion, few
-steps), sent in batches of ``--batch-size`` to a :class:`RayHeatmapPool` (round-robin).
-Actor start-up and one warm-up batch per actor are excluded; configurations are measured in
-rotating order over ``--rounds`` rounds in one Ray session, so a load change from another
-job hits all of them alike.
+The first ``--images`` usable items of an ingested synthetic 64 px store, K = 7, random-weight
+tiny-preset checkpoints, shortened translation (plain DDIM inversion, few steps), run by the
+flow's own actors and dispatcher (workers read their shards from the store and write the
+heatmaps themselves), each configuration into its own heatmap version. Actor start-up (model
+load) is excluded; configurations are measured in rotating order over ``--rounds`` rounds in
+one Ray session, so a load change from another job hits all of them alike.
 
     .venv/bin/python benchmarks/precompute_actors.py [--images 64] [--steps 5] [--rounds 1]
 """
 
 from __future__ import annotations
 
-from _precompute_setup import save_random_checkpoints  # sets the environment first
+from _precompute_setup import build_store, save_random_checkpoints  # sets the environment first
 
 # isort: split
 import argparse
@@ -26,36 +26,52 @@ import numpy as np
 import ray
 
 from daug_core.heatmap_settings import HeatmapSettings
-from flows.heatmap_actors import RayHeatmapPool, WorkerSpec
+from flows.dispatch import dispatch
+from flows.heatmap_actors import WorkerSpec, start_actors
 from flows.pool import PoolSettings
-from flows.precompute import worker_spec
-from storage.precompute import ImageBatch
+from flows.precompute import heatmap_provenance, worker_spec
+from storage.heatmap_store import HeatmapProvenance, HeatmapStore
+from storage.image_store import ImageStore
+from storage.precompute import ShardTask, plan_heatmaps
 
 CONFIGS = [(2, 1), (1, 2), (1, 1)]  # (actors, CPUs per actor = torch threads)
 
 
 def measure(
-    base: WorkerSpec, actors: int, cpus: int, batches: list[ImageBatch], k: int
+    store: Path,
+    provenance: HeatmapProvenance,
+    version: str,
+    base: WorkerSpec,
+    chosen: np.ndarray,
+    actors: int,
+    cpus: int,
+    batch_size: int,
 ) -> tuple[float, float]:
-    """(start-up seconds, image·class/s) of one pool configuration."""
+    """(start-up seconds, image·class/s) of one actor configuration on a new version."""
+    images = ImageStore.open(store)
+    heat = HeatmapStore.open_or_create(images, provenance, version)
+    heat.mark_done(np.setdiff1d(images.usable_mask().nonzero()[0], chosen))
+    tasks = [
+        ShardTask(store=str(store), heatmap_version=version, work=w, batch_size=batch_size)
+        for w in plan_heatmaps(heat, images).shards
+    ]
     spec = dataclasses.replace(base, torch_threads=cpus)
     t = time.perf_counter()
-    pool = RayHeatmapPool(spec, actors, float(cpus), 0.0)
+    pool, group = start_actors(spec, actors, float(cpus), 0.0, None, 300)
     startup = time.perf_counter() - t
     try:
-        warm = ImageBatch(batches[0].indices[:1], batches[0].images[:1])
-        list(pool.map_batches([warm] * actors))  # one warm-up call per actor (round-robin)
         t = time.perf_counter()
-        outcomes = list(pool.map_batches(batches))
+        report = dispatch(tasks, group.ready, group.waiting, in_flight=2)
         seconds = time.perf_counter() - t
     finally:
         pool.shutdown()
-    done = sum(len(o.indices) for o in outcomes)
-    return startup, done * k / seconds
+    done = sum(r.done for r in report.results)
+    return startup, done * len(provenance.targets) / seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=60)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--level", type=int, default=500)
     parser.add_argument("--steps", type=int, default=5)
@@ -63,23 +79,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
 
-    ckpt = Path(tempfile.mkdtemp(prefix="precompute_actors_")) / "ckpt"
-    save_random_checkpoints(ckpt)
+    root = Path(tempfile.mkdtemp(prefix="precompute_actors_"))
+    save_random_checkpoints(root / "ckpt")
+    store = build_store(root, args.studies, args.images)
+    chosen = ImageStore.open(store).usable_mask().nonzero()[0][: args.images]
     settings = HeatmapSettings(level=args.level, steps=args.steps, inversion_refinements=0)
-    targets = settings.target_names(settings.config().class_names)
-    base = worker_spec(settings, targets, ckpt, PoolSettings())
-    pixels = np.random.default_rng(0).random((args.images, 64, 64)).astype(np.float32)
-    batches = [
-        ImageBatch(
-            np.arange(i, min(i + args.batch_size, args.images)), pixels[i:][: args.batch_size]
-        )
-        for i in range(0, args.images, args.batch_size)
-    ]
+    provenance = heatmap_provenance(settings, root / "ckpt")
+    base = worker_spec(settings, provenance, root / "ckpt", PoolSettings())
 
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
     print(
-        f"{args.images} images x K={len(targets)}, level {args.level}, {args.steps} steps, "
-        f"0 refinements, batch {args.batch_size}, {args.rounds} round(s)",
+        f"{len(chosen)} images x K={len(provenance.targets)}, level {args.level}, "
+        f"{args.steps} steps, 0 refinements, batch {args.batch_size}, {args.rounds} round(s)",
         flush=True,
     )
     rates: dict[tuple[int, int], list[float]] = {c: [] for c in CONFIGS}
@@ -87,7 +98,10 @@ def main() -> None:
         order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
         for actors, cpus in order:
             load = os.getloadavg()[0]
-            startup, rate = measure(base, actors, cpus, batches, len(targets))
+            version = f"r{r}-{actors}x{cpus}"
+            startup, rate = measure(
+                store, provenance, version, base, chosen, actors, cpus, args.batch_size
+            )
             rates[(actors, cpus)].append(rate)
             print(
                 f"  round {r + 1}: {actors} actor(s) x {cpus} CPU  {rate:6.2f} image·class/s "

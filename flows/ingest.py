@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -14,13 +17,14 @@ from flows.reports.artifacts import ProgressReporter, artifact_key, table_artifa
 from storage.geometry import FitMode
 from storage.image_store import ImageStore
 from storage.ingest import (
+    IngestPlan,
     ShardResult,
     ShardWork,
     ingest_shard,
     plan_ingest,
     summarise_store,
 )
-from storage.ingest_config import IngestConfig
+from storage.ingest_config import IngestConfig, ReaderConfig
 from storage.lease import StoreLease
 from storage.location import Location
 from storage.release import ReleaseReader
@@ -48,8 +52,26 @@ def ingest_shard_task(
     return ingest_shard(store, reader, work, image_format, fit)
 
 
+def ingest_shard_at(
+    store: str,
+    release: str,
+    reader: ReaderConfig,
+    work: ShardWork,
+    image_format: Literal["dicom", "jpg"],
+    fit: FitMode,
+) -> ShardResult:
+    """:func:`~storage.ingest.ingest_shard` in a worker process: it opens the store and the
+    release at their URLs itself, so only the shard's item list goes to it and counts come
+    back (the pixels never pass through the flow's process)."""
+    return ingest_shard(
+        ImageStore.open(store), ReleaseReader(release, reader), work, image_format, fit
+    )
+
+
 @flow(name="ingest", flow_run_name=_run_name)
-def ingest_flow(release: str, store: str, ingest: IngestConfig = IngestConfig()) -> dict[str, Any]:
+def ingest_flow(
+    release: str, store: str, ingest: IngestConfig = IngestConfig(), workers: int = 1
+) -> dict[str, Any]:
     """Read RELEASE (MIMIC-CXR or MIMIC-CXR-JPG layout) into the image store STORE.
 
     Idempotent and resumable: finished items are skipped, a killed run is completed by
@@ -62,15 +84,64 @@ def ingest_flow(release: str, store: str, ingest: IngestConfig = IngestConfig())
         ingest: the store's geometry (size, shard_items, sharded: fixed when it is created),
             the fit, the reader (labeler, views: default frontal, [] all; uncertainty policy;
             image format) and whether to retry quarantined items.
+        workers: processes decoding shards (each owns its shards' chunks; pydicom holds the
+            GIL, so threads would not help); 1 decodes in this process, as Prefect tasks; 0
+            uses one process per CPU.
     """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     reader = ReleaseReader(release, ingest.reader)
     Location.of(store).makedirs()  # the lease lives in it
     with StoreLease(store, owner="ingest", must_exist=False):
-        return _ingest_locked(release, store, ingest, reader)
+        return _ingest_locked(release, store, ingest, reader, workers or os.cpu_count() or 1)
+
+
+def _in_processes(
+    image_store: ImageStore,
+    release: str,
+    config: IngestConfig,
+    plan: IngestPlan,
+    workers: int,
+    progress: ProgressReporter,
+    attempts: int = 3,
+) -> tuple[list[ShardResult], list[str]]:
+    """Every shard on a pool of ``workers`` processes (spawned: no state shared with this
+    one), each shard tried up to ``attempts`` times."""
+    context = multiprocessing.get_context("spawn")
+    results: list[ShardResult] = []
+    failed: list[str] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+
+        def submit(work: ShardWork) -> Future[ShardResult]:
+            return pool.submit(
+                ingest_shard_at,
+                image_store.location,
+                Location.of(release).url,
+                config.reader,
+                work,
+                plan.image_format,
+                config.fit,
+            )
+
+        pending = {submit(work): (work, 1) for work in plan.shards}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                work, attempt = pending.pop(future)
+                try:
+                    results.append(future.result())
+                except Exception as exc:
+                    if attempt < attempts:
+                        pending[submit(work)] = (work, attempt + 1)
+                        continue
+                    failed.append(f"shard {work.shard}: {exc}")
+                    get_run_logger().error("shard %d failed %d times: %s", work.shard, attempt, exc)
+                progress.advance(len(work.items))
+    return results, failed
 
 
 def _ingest_locked(
-    release: str, store: str, config: IngestConfig, reader: ReleaseReader
+    release: str, store: str, config: IngestConfig, reader: ReleaseReader, workers: int
 ) -> dict[str, Any]:
     """The writing part of :func:`ingest_flow`, run while holding the store's lock."""
     logger = get_run_logger()
@@ -80,20 +151,23 @@ def _ingest_locked(
 
     key = artifact_key("ingest", Location.of(store).name)
     progress = ProgressReporter(f"{key}-progress", plan.pending, "items ingested")
-    futures = [
-        ingest_shard_task.submit(image_store, reader, work, plan.image_format, config.fit)
-        for work in plan.shards
-    ]
     results: list[ShardResult] = []
     failed: list[str] = []
-    sizes = {id(f): len(w.items) for f, w in zip(futures, plan.shards, strict=True)}
-    for future in as_completed(futures):
-        try:
-            results.append(future.result())
-        except Exception as exc:  # the shard is retried by Prefect first; then reported
-            failed.append(f"{future.task_run_id}: {exc}")
-            logger.error("shard task %s failed after retries: %s", future.task_run_id, exc)
-        progress.advance(sizes[id(future)])
+    if workers > 1 and len(plan.shards) > 1:
+        results, failed = _in_processes(image_store, release, config, plan, workers, progress)
+    else:
+        futures = [
+            ingest_shard_task.submit(image_store, reader, work, plan.image_format, config.fit)
+            for work in plan.shards
+        ]
+        sizes = {id(f): len(w.items) for f, w in zip(futures, plan.shards, strict=True)}
+        for future in as_completed(futures):
+            try:
+                results.append(future.result())
+            except Exception as exc:  # the shard is retried by Prefect first; then reported
+                failed.append(f"{future.task_run_id}: {exc}")
+                logger.error("shard task %s failed after retries: %s", future.task_run_id, exc)
+            progress.advance(sizes[id(future)])
 
     image_store.consolidate()
     summary = summarise_store(image_store)

@@ -244,6 +244,9 @@ def _precompute_leased(
         "already_done": plan.already_done,
         "failed_shards": len(failed_shards),
         "seconds": round(compute_seconds, 2),
+        # Model time inside the workers, summed over shards: / (actors x seconds) = how busy
+        # the pool was.
+        "worker_compute_seconds": round(sum(r.compute_seconds for r in results), 2),
         "actors": actors,
         "lost_actors": dispatched.lost_actors,
         "retried_shards": dispatched.retried,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
+
+from tests.loopback import S3Server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -42,48 +40,18 @@ def synthetic_pair(tmp_path_factory):
     return dicom.release_dir, jpg.release_dir
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """An S3-compatible server on 127.0.0.1 (moto's server mode, the one s3fs and zarr test
     against), in its own process for the session. Clients find it the standard way:
     AWS_ENDPOINT_URL (botocore), FSSPEC_S3_ENDPOINT_URL (fsspec) and dummy credentials, set
     here for this process and everything it starts (Ray workers, CLI subprocesses)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = S3Server().start()
+    os.environ.update(server.environment())
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert server.poll() is None, "moto server exited"
-                assert time.monotonic() < deadline, "moto server did not start in 30 s"
-                time.sleep(0.2)
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": url,
-                "FSSPEC_S3_ENDPOINT_URL": url,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }
-        )
-        yield url
+        yield server.url
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,9 @@ def ingest_release(
     all_views: Annotated[
         bool, typer.Option(help="keep every view, lateral included (overrides --view)")
     ] = False,
+    workers: Annotated[
+        int, typer.Option(help="processes decoding shards (1: in this process; 0: one per CPU)")
+    ] = 1,
 ) -> dict[str, IngestConfig]:
     """Ingest a MIMIC-CXR (DICOM) or MIMIC-CXR-JPG release into a Zarr image store."""
     if all_views:

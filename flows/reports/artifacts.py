@@ -6,8 +6,9 @@ the ``daug.progress`` logger, to whoever listens: the CLI draws a progress bar f
 Images in markdown artifacts are embedded as downscaled JPEG data URIs: the Prefect UI does not
 load ``file://`` links (checked in headless Chromium against Prefect 3.8: naturalWidth 0, "Not
 allowed to load local resource"), while a data URI renders in both UIs. The full-resolution
-file is named below each image. An artifact stays far below the 1.5 MB above which the server
-stores it but refuses to publish its events.
+file is named below each image: its path, or for run outputs on object storage a presigned
+HTTPS link (``flows.reports.files.file_link``). An artifact stays far below the 1.5 MB above
+which the server stores it but refuses to publish its events.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+
+from flows.reports.files import file_link
 
 progress_log = logging.getLogger("daug.progress")
 # A thumbnail's longest side and the budget of one embedded image (base64 text).
@@ -100,7 +103,8 @@ def markdown_artifact(key: str, markdown: str, description: str) -> None:
 def image_markdown(path: Path, alt: str) -> str:
     """Markdown showing the PNG at ``path`` in the Prefect UI: a JPEG thumbnail as a data URI
     (longest side at most :data:`THUMBNAIL_SIDE`, smaller until it fits
-    :data:`IMAGE_BUDGET_BYTES`), then the full-resolution file's path as text."""
+    :data:`IMAGE_BUDGET_BYTES`), then where the full-resolution file is: its path, or a link
+    (presigned HTTPS) when the run's outputs go to object storage."""
     with Image.open(path) as opened:
         image = opened.convert("RGB")
     side, quality = THUMBNAIL_SIDE, 85
@@ -113,7 +117,6 @@ def image_markdown(path: Path, alt: str) -> str:
         if len(encoded) <= IMAGE_BUDGET_BYTES or side <= 120:
             break
         side, quality = int(side * 0.75), max(60, quality - 10)
-    return (
-        f"![{alt}](data:image/jpeg;base64,{encoded})\n\n"
-        f"*{alt}: full resolution in `{path.resolve()}`*"
-    )
+    link = file_link(path)
+    where = f"[full resolution]({link})" if "://" in link else f"full resolution in `{link}`"
+    return f"![{alt}](data:image/jpeg;base64,{encoded})\n\n*{alt}: {where}*"

@@ -18,6 +18,12 @@ from matplotlib.figure import Figure
 from storage.location import Location
 from storage.tables import replace_atomically
 
+# How long a presigned link to a run's file on object storage stays valid (7 days: the
+# longest S3 allows for SigV4).
+LINK_SECONDS = 7 * 24 * 3600
+# Staging folders of run folders on object storage -> where their files are uploaded.
+_STAGED: dict[Path, Location] = {}
+
 
 def save_figure(figure: Figure, path: Path, dpi: int = 90) -> Path:
     """``figure`` as a PNG at ``path`` (atomically); the figure is closed."""
@@ -55,6 +61,7 @@ class RunFolder:
             self.local = self.location.local_path()
         else:
             self.local = Path(tempfile.mkdtemp(prefix="daug-run-"))
+            _STAGED[self.local.resolve()] = self.location
         self.local.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -80,3 +87,18 @@ class RunFolder:
                 continue
             target = self.location.child(path.relative_to(self.local).as_posix())
             target.write_bytes(path.read_bytes())
+
+
+def file_link(path: Path) -> str:
+    """Where a person can open a run's file: its local path; for a file staged for an object
+    store, an HTTPS link presigned for :data:`LINK_SECONDS` (s3fs and gcsfs sign), else its
+    URL."""
+    path = path.resolve()
+    for staging, location in _STAGED.items():
+        if path.is_relative_to(staging):
+            target = location.child(path.relative_to(staging).as_posix())
+            try:
+                return str(target.fs.sign(target.path, expiration=LINK_SECONDS))
+            except NotImplementedError:
+                return target.url
+    return str(path)

@@ -6,12 +6,9 @@ folder without the repository (the nodes import the installed package).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,108 +24,24 @@ from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.ingest_config import IngestConfig
 from storage.location import Location
-from tests.conftest import free_port
 from tests.factories import write_random_checkpoints
+from tests.loopback import SLOT, LoopbackCluster, node_processes
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
-SLOT = "gpu_slot"  # what a GPU would be: one per worker node
 FAST = HeatmapSettings(targets=("+No Finding", "+Pleural"), level=50, steps=3)
 POOL = PoolSettings(
     actors=2, cpus_per_actor=1.0, resources=(f"{SLOT}=1",), batch_size=2, placement_timeout=120
 )
 
 
-class Cluster:
-    """A head node and worker nodes, each a `ray start` of its own on 127.0.0.1."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.env = os.environ | {
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "disabled",  # loopback only; a real cluster keeps its token
-            "http_proxy": "http://127.0.0.1:9",
-            "HTTP_PROXY": "http://127.0.0.1:9",
-            "no_proxy": "127.0.0.1,localhost",
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
-        self.env.pop("RAY_ADDRESS", None)
-        self.env.pop("PYTHONPATH", None)
-
-    def ray(self, *args: str) -> None:
-        result = subprocess.run(
-            [str(BIN / "ray"), *args],
-            cwd=self.root,  # no repository here: the nodes import the installed package
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-
-    def start(self, workers: int) -> None:
-        self.ray(
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={self.port}",
-            "--num-cpus=1",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        )
-        for _ in range(workers):
-            self.add_worker()
-
-    def add_worker(self) -> None:
-        self.ray(
-            "start",
-            f"--address={self.address}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=1",
-            f"--resources={json.dumps({SLOT: 1})}",
-        )
-
-    def stop(self) -> None:
-        subprocess.run(
-            [str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120
-        )
-
-
-def node_processes(node_manager_port: int) -> list[int]:
-    """Pids of one node's raylet and of every process it started (its Ray workers)."""
-    parents: dict[int, int] = {}
-    raylet = None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            parents[int(proc.name)] = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if "raylet" in cmdline and f"--node_manager_port={node_manager_port}" in cmdline:
-            raylet = int(proc.name)
-    if raylet is None:
-        return []
-    found = {raylet}
-    while True:
-        more = {pid for pid, parent in parents.items() if parent in found} - found
-        if not more:
-            return sorted(found)
-        found |= more
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, s3_server) -> Iterator[Cluster]:
+def cluster(tmp_path_factory, s3_server) -> Iterator[LoopbackCluster]:
     import ray
 
     if ray.is_initialized():  # the session's local Ray (other modules): this module has its own
         ray.shutdown()
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    handle = Cluster(tmp_path_factory.mktemp("ray-cluster"))
+    handle = LoopbackCluster(tmp_path_factory.mktemp("ray-cluster"))
     handle.start(workers=2)
     try:
         yield handle

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -60,3 +62,18 @@ def test_rerun_of_the_flow_does_nothing_new(flow_store, prefect_server):
         release=str(release), store=str(store_path), ingest=IngestConfig(size=16, shard_items=4)
     )
     assert again["ingested"] == 0 and again["plan"]["to_ingest"] == 0
+
+
+def test_ingest_in_two_processes_equals_one(tmp_path, synthetic_pair, prefect_server):
+    """Shards decoded by spawned worker processes that open the store themselves give the
+    same store as the in-process run."""
+    config = IngestConfig(size=32, shard_items=4)
+    one, two = tmp_path / "one", tmp_path / "two"
+    ingest_flow(release=str(synthetic_pair[0]), store=str(one), ingest=config)
+    run = ingest_flow(release=str(synthetic_pair[0]), store=str(two), ingest=config, workers=2)
+    a, b = ImageStore.open(one), ImageStore.open(two)
+    assert run["ingested"] == int(a.done_mask().sum()) > 8
+    pd.testing.assert_frame_equal(a.items(), b.items())
+    np.testing.assert_array_equal(a.done_mask(), b.done_mask())
+    everything = np.arange(len(a))
+    np.testing.assert_array_equal(a.read_images(everything), b.read_images(everything))

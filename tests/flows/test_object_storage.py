@@ -133,3 +133,25 @@ def test_a_path_built_from_a_url_is_caught(no_path_from_urls):
         pathlib.Path("s3://bucket/store")
     assert Location.of("s3://bucket/store").url == "s3://bucket/store"
     assert Location.of("s3://bucket/store").child("zarr.json").path == "bucket/store/zarr.json"
+
+
+def test_a_run_file_on_s3_is_linked_by_a_presigned_url_that_serves_it(s3_bucket, tmp_path):
+    import urllib.request
+
+    from PIL import Image
+
+    from flows.reports.artifacts import image_markdown
+    from flows.reports.files import RunFolder, file_link
+
+    run = RunFolder(f"{s3_bucket}/runs/linked")
+    plot = run / "plot.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(plot)
+    run.sync()
+    link = file_link(plot)
+    assert link.startswith("http://127.0.0.1:") and "Signature=" in link
+    with urllib.request.urlopen(link, timeout=10) as response:
+        assert response.read() == plot.read_bytes()
+    assert "*plot: [full resolution](http://127.0.0.1:" in image_markdown(plot, "plot")
+    local = tmp_path / "local.png"
+    Image.new("RGB", (8, 8)).save(local)
+    assert file_link(local) == str(local.resolve())

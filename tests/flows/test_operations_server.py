@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.synthetic import SynthConfig, write_synthetic_release
 from tests.factories import write_random_checkpoints
+from tests.loopback import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DEPLOYMENTS = yaml.safe_load((ROOT / "deployment.yaml").read_text())["deployments"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -82,7 +76,7 @@ class Server:
 def server(tmp_path_factory) -> Iterator[Server]:
     """`prefect server start` + the daug-process pool + `prefect deploy --all`."""
     root = tmp_path_factory.mktemp("prefect_server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = os.environ | {
         "PREFECT_HOME": str(root / "home"),

@@ -32,7 +32,7 @@ from tests.factories import write_random_checkpoints
 pytestmark = pytest.mark.slow
 
 TARGETS = ["+No Finding", "+Pleural"]
-NUMBERS = {"level": 100, "steps": 8, "inversion_refinements": 0, "batch_size": 2, "actors": 1}
+NUMBERS = {"level": 50, "steps": 3, "inversion_refinements": 0, "batch_size": 2, "actors": 1}
 
 
 def _done(store: Path) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_killed_precompute_resumes_to_the_same_heatmaps(
         store=str(reference),
         checkpoints=str(ckpt),
         heatmaps=HeatmapSettings(
-            targets=tuple(TARGETS), level=100, steps=8, inversion_refinements=0
+            targets=tuple(TARGETS), level=50, steps=3, inversion_refinements=0
         ),
         pool=PoolSettings(batch_size=2, actors=1),
     )

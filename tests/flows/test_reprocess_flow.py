@@ -24,6 +24,7 @@ from flows.reprocess import next_version_name, reprocess_flow
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
 from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.location import Location
 from storage.release import ReleaseReader
 from storage.release_diff import file_sha256
 from storage.status import format_status, record_evaluation, store_status
@@ -143,7 +144,7 @@ def test_only_new_and_pixel_changed_items_are_ingested_and_get_heatmaps(setup, f
     index = reader.index().items.set_index("dicom_id")
     truth = setup["truth"]
     for dicom_id in truth.loc[truth["kind"].isin(["new", "pixels_changed"]), "dicom_id"]:
-        sha, _ = file_sha256(setup["release"] / index.loc[dicom_id, "source_path"])
+        sha, _ = file_sha256(Location.of(setup["release"] / index.loc[dicom_id, "source_path"]))
         assert items.loc[dicom_id, "source_sha256"] == sha and items.loc[dicom_id, "status"] == "ok"
     relabelled = truth.loc[truth["kind"] == "labels_changed", "dicom_id"]
     columns = [c for c in items.columns if c.startswith("y_")]

@@ -91,6 +91,21 @@ def test_precompute_refuses_a_store_locked_by_a_live_run(ingested, tmp_path):
     assert HeatmapStore.versions(ImageStore.open(ingested)) == []
 
 
+def test_the_nightly_reprocess_cannot_take_the_store_of_a_long_run(ingested, synthetic_pair):
+    """A run holding the lease far past its ttl (renewed by its heartbeat) keeps the store:
+    the nightly reprocess is refused with the holder's name and changes nothing."""
+    import time
+
+    from flows.reprocess import reprocess_flow
+
+    before = snapshot(ingested)
+    with StoreLease(ingested, owner="precompute:v1", ttl=1.0):
+        time.sleep(2.5)  # > 2 ttl: only the heartbeat keeps the lease alive
+        with pytest.raises(StoreLockedError, match="precompute:v1"):
+            reprocess_flow(release=str(synthetic_pair[0]), store=str(ingested))
+    assert snapshot(ingested) == before
+
+
 def test_daug_verify_exit_codes(tmp_path):
     # Each `daug` process starts Python and typer: keep it to four calls.
     path = tmp_path / "store"

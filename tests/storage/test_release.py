@@ -118,7 +118,7 @@ def test_missing_file_and_symlink_escape(tmp_path):
     assert info.value.reason is QuarantineReason.MISSING_FILE
     outside = tmp_path / "outside.dcm"
     outside.write_bytes(GOOD)
-    link = reader.root / "files" / "p10" / "link.dcm"
+    link = reader.root.local_path() / "files" / "p10" / "link.dcm"
     link.symlink_to(outside)
     with pytest.raises(ItemError) as info:
         reader.read_item("y", "files/p10/link.dcm", "files/none.txt", "dicom")

@@ -18,6 +18,7 @@ from storage.image_store import ImageStore
 from storage.ingest import ingest_shard, plan_ingest
 from storage.ingest_config import IngestConfig, ReaderConfig
 from storage.labels import CHEXPERT_LABELS, LABEL_COLUMNS
+from storage.location import Location
 from storage.release import ReleaseReader
 from storage.release_diff import ChangeKind, diff_release, file_sha256
 from storage.release_update import apply_release_diff, record_release, release_history
@@ -181,7 +182,7 @@ def test_apply_updates_in_place_retires_and_queues_changed_pixels(store, release
     store.consolidate()
     items = store.items().set_index("dicom_id")
     for dicom_id in diff.of_kind(ChangeKind.PIXELS_CHANGED)["dicom_id"]:
-        sha, _ = file_sha256(release / index.loc[dicom_id, "source_path"])
+        sha, _ = file_sha256(Location.of(release / index.loc[dicom_id, "source_path"]))
         assert items.loc[dicom_id, "source_sha256"] == sha
     assert not diff_release(store, reader).needs_work  # the store now is the release
 
