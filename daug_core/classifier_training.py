@@ -15,6 +15,7 @@ import torch
 
 from daug_core.classifier import NoiseAwareClassifier, build_classifier
 from daug_core.classifier_loss import masked_bce_with_logits
+from daug_core.compute import Compute, Precision
 from daug_core.config import DiffusionConfig
 from daug_core.schedule import make_noise_scheduler, q_sample
 from daug_core.training import (
@@ -25,6 +26,7 @@ from daug_core.training import (
     check_images,
     check_labels,
     make_optimizer,
+    optimizer_step,
 )
 
 
@@ -69,11 +71,13 @@ def train_classifier(
     *,
     until_step: int | None = None,
     on_step: OnStep | None = None,
+    precision: Precision = "fp32",
 ) -> TrainingResult:
     """Train ``state`` in place until ``state.step == until_step`` (default: the config's
     ``num_steps``), the iterator ends, or ``on_step`` returns True.
 
     ``batches`` yields (images (B, 1, S, S) in [-1, 1], labels (B, C) in {0, 1, NaN}).
+    ``precision``: the forward pass's autocast (weights and optimiser stay float32).
     """
     cfg = state.config
     train_cfg = cfg.classifier_training
@@ -86,6 +90,8 @@ def train_classifier(
     )
     num_classes = cfg.classifier.num_classes
     device, gen = state.device, state.generator
+    amp = Compute(device=device, precision=precision)
+    scaler = amp.grad_scaler()
     start_step, losses = state.step, []
     started = time.perf_counter()
     stop: StopReason = "reached_num_steps"
@@ -106,11 +112,11 @@ def train_classifier(
         t = torch.randint(0, t_max + 1, (b,), generator=gen, device=gen.device).to(device)
         noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(device)
         x_t = q_sample(scheduler, x0, noise, t)  # Ho et al. 2020 eq. 4
-        loss = masked_bce_with_logits(state.classifier(x_t, t), y, state.pos_weight)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(state.classifier.parameters(), train_cfg.grad_clip_norm)
-        state.optimizer.step()
+        with amp.autocast():
+            logits = state.classifier(x_t, t)
+        loss = masked_bce_with_logits(logits.float(), y, state.pos_weight)
+        clip = (state.classifier.parameters(), train_cfg.grad_clip_norm)
+        optimizer_step(loss, state.optimizer, scaler, clip)
         state.step += 1
         losses.append(float(loss.detach()))
         report = StepReport(state.step, losses[-1], time.perf_counter() - started)

@@ -54,7 +54,9 @@ from daug_core.clip_config import (
     contrastive_config_to_dict,
 )
 from daug_core.clip_model import HeatmapClip, build_clip_model
+from daug_core.compute import Compute, Precision
 from daug_core.losses import HybridContrastiveLoss, HybridLossParts, class_probabilities
+from daug_core.training import optimizer_step
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "clip.json"
@@ -69,12 +71,23 @@ class ClipBatch(NamedTuple):
     tokens: torch.Tensor
     labels: torch.Tensor
 
+    def to(self, device: torch.device) -> ClipBatch:
+        return ClipBatch(*(t.to(device, non_blocking=True) for t in self))
+
 
 class PromptTokens(NamedTuple):
     """Tokenised class prompts (C, L), and negative prompts for the paired variant."""
 
     positive: torch.Tensor
     negative: torch.Tensor | None
+
+    def to(self, device: torch.device) -> PromptTokens:
+        negative = None if self.negative is None else self.negative.to(device)
+        return PromptTokens(self.positive.to(device), negative)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 @dataclass(frozen=True)
@@ -206,26 +219,31 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     on_step: Callable[[int, float], None] | None = None,
+    precision: Precision = "fp32",
 ) -> EpochStats:
     """One pass of optimiser steps over ``batches``; batches of one pair are skipped (InfoNCE
-    has no negatives there)."""
+    has no negatives there). Batches and prompts move to the model's device; ``precision`` is
+    the forward passes' autocast (weights and optimiser stay float32)."""
     model.train()
+    amp = Compute(device=model_device(model), precision=precision)
+    scaler = amp.grad_scaler()
+    prompts = prompts.to(amp.device)
     means = _Means()
     start = time.perf_counter()
     for batch in batches:
         if batch.image.shape[0] < 2:
             continue
-        parts, *_ = _batch_loss(model, loss_fn, batch, encode_prompts(model, prompts))
+        batch = batch.to(amp.device)
+        with amp.autocast():
+            parts, *_ = _batch_loss(model, loss_fn, batch, encode_prompts(model, prompts))
         if not torch.isfinite(parts.total):
             raise FloatingPointError(f"non-finite loss at step {means.batches + 1}: {parts}")
-        optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        optimizer.step()
+        optimizer_step(parts.total, optimizer, scaler)
         scheduler.step()
         clamp_logit_scale(model)
         means.add(parts, batch.image.shape[0])
         if on_step is not None:
-            on_step(means.batches, float(parts.total))
+            on_step(means.batches, float(parts.total.detach()))
     return means.stats(time.perf_counter() - start)
 
 
@@ -235,15 +253,22 @@ def embed(
     loss_fn: HybridContrastiveLoss,
     batches: Iterable[ClipBatch],
     prompts: PromptTokens,
+    precision: Precision = "fp32",
 ) -> Embedded:
-    """Embeddings, class probabilities and mean losses of a split (model in eval mode)."""
+    """Embeddings, class probabilities and mean losses of a split (model in eval mode), on the
+    model's device; embeddings come back as float32 numpy arrays."""
     model.eval()
-    prompt_emb = encode_prompts(model, prompts)  # fixed in eval: encoded once, not per batch
+    amp = Compute(device=model_device(model), precision=precision)
+    with amp.autocast():  # fixed in eval: the prompts are encoded once, not per batch
+        positive, negative = encode_prompts(model, prompts.to(amp.device))
+    prompt_emb = (positive.float(), None if negative is None else negative.float())
     means = _Means()
     start = time.perf_counter()
     images, texts, probs, labels = [], [], [], []
     for batch in batches:
-        parts, image, text = _batch_loss(model, loss_fn, batch, prompt_emb)
+        with amp.autocast():
+            parts, image, text = _batch_loss(model, loss_fn, batch.to(amp.device), prompt_emb)
+        image, text = image.float(), text.float()
         probabilities = class_probabilities(
             image,
             *prompt_emb,

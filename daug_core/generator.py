@@ -20,6 +20,7 @@ from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusers.training_utils import EMAModel
 
+from daug_core.compute import Compute, Precision
 from daug_core.config import DiffusionConfig, GeneratorConfig, TrainingConfig
 from daug_core.rng import seeded_init
 from daug_core.schedule import make_noise_scheduler, q_sample
@@ -30,6 +31,7 @@ from daug_core.training import (
     TrainingResult,
     check_images,
     make_optimizer,
+    optimizer_step,
 )
 
 
@@ -110,12 +112,14 @@ def train_generator(
     *,
     until_step: int | None = None,
     on_step: OnStep | None = None,
+    precision: Precision = "fp32",
 ) -> TrainingResult:
     """Train ``state`` in place until ``state.step == until_step`` (default: the config's
     ``num_steps``), the iterator ends, or ``on_step`` returns True.
 
     ``batches`` yields (B, 1, S, S) images in [-1, 1] (or tuples whose first item is that); they
     are moved to the UNet's device. Resume by passing a state loaded from a checkpoint.
+    ``precision``: the forward pass's autocast (weights, EMA and optimiser stay float32).
     """
     cfg = state.config
     train_cfg = cfg.generator_training
@@ -123,6 +127,8 @@ def train_generator(
     scheduler = make_noise_scheduler(cfg.schedule)
     num_t = cfg.schedule.num_train_timesteps
     device, gen = state.device, state.generator
+    amp = Compute(device=device, precision=precision)
+    scaler = amp.grad_scaler()
     start_step, losses = state.step, []
     started = time.perf_counter()
     stop: StopReason = "reached_num_steps"
@@ -141,11 +147,10 @@ def train_generator(
         # Noise is drawn on the generator's device, then moved: same numbers on any device.
         t = torch.randint(0, num_t, (b,), generator=gen, device=gen.device).to(device)
         noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(device)
-        loss = ddpm_loss(state.unet, scheduler, x0, t, noise)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(state.unet.parameters(), train_cfg.grad_clip_norm)
-        state.optimizer.step()
+        with amp.autocast():
+            loss = ddpm_loss(state.unet, scheduler, x0, t, noise)
+        clip = (state.unet.parameters(), train_cfg.grad_clip_norm)
+        optimizer_step(loss, state.optimizer, scaler, clip)
         state.ema.step(state.unet.parameters())
         state.step += 1
         losses.append(float(loss.detach()))

@@ -5,7 +5,7 @@ Training functions take a data iterator and a state to continue from; they never
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,6 +83,24 @@ def check_labels(labels: object, *, batch: int, num_classes: int, step: int) -> 
     if not bool(((known == 0) | (known == 1)).all()):
         raise BatchError(step, "labels must be 0, 1 or NaN (masked)")
     return labels
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    clip: tuple[Iterable[torch.nn.Parameter], float] | None = None,
+) -> None:
+    """Backward pass and one optimiser step through ``scaler`` (fp16 loss scaling; a disabled
+    scaler makes this exactly ``loss.backward(); optimizer.step()``), the gradients unscaled
+    before ``clip`` = (parameters, max norm) clips them."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(clip[0], clip[1])
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:

@@ -26,6 +26,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from daug_core.clip_config import ClipTrainSettings, HeatmapMode
+from daug_core.compute import ComputeSettings
 from flows.evaluate import evaluate_checkpoint
 from flows.reports import ablation as report
 from flows.reports.ablation import HEADLINE
@@ -70,14 +71,18 @@ def ablation_run(
     seed: int,
     training: ClipTrainSettings,
     heatmap_version: str,
+    compute: ComputeSettings,
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate one (variant, seed); skips both when already done."""
     run_dir = out / variant.name / f"seed-{seed}"
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         config = variant_settings(training, variant, seed).config()
-        train_contrastive(store, run_dir, config, heatmap_version)
-        evaluate_checkpoint(run_dir / BEST, store, run_dir, heatmap_version, plots=False)
+        amp = compute.resolve()
+        train_contrastive(store, run_dir, config, heatmap_version, compute=amp)
+        evaluate_checkpoint(
+            run_dir / BEST, store, run_dir, heatmap_version, plots=False, compute=amp
+        )
     metrics = json.loads(metrics_path.read_text())
     return {"variant": variant.name, "seed": seed, **metrics["headline"]}
 
@@ -112,6 +117,7 @@ def ablate_flow(
     training: ClipTrainSettings = ClipTrainSettings(),
     heatmap_version: str = "v1",
     torch_threads: int = 1,
+    compute: ComputeSettings = ComputeSettings(),
 ) -> dict[str, Any]:
     """Train and evaluate the paper's ablation grid; mean ± std table over seeds.
 
@@ -127,8 +133,10 @@ def ablate_flow(
         torch_threads: torch threads per process (runs go two at a time on the task
             runner's threads; one torch thread each keeps both cores busy without the
             collapse measured for 2 threads under contention). 0 keeps torch's default.
+        compute: device (auto: CUDA when present) and precision of every run.
     """
     logger = get_run_logger()
+    compute.resolve()  # an impossible device fails here, before any run starts
     seeds = list(seeds) if seeds is not None else [0, 1, 2]
     chosen = [v for v in VARIANTS if variants is None or v.name in variants]
     unknown = set(variants or ()) - {v.name for v in VARIANTS}
@@ -145,7 +153,7 @@ def ablate_flow(
     key = artifact_key("ablate", Location.of(store).name)
     progress = ProgressReporter(f"{key}-progress", len(chosen) * len(seeds), "ablation runs")
     futures = [
-        ablation_run.submit(store, target, variant, seed, training, heatmap_version)
+        ablation_run.submit(store, target, variant, seed, training, heatmap_version, compute)
         for variant in chosen
         for seed in seeds
     ]

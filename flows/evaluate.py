@@ -40,6 +40,7 @@ from daug_core.clip_training import (
     embed,
     load_clip_checkpoint,
 )
+from daug_core.compute import Compute, ComputeSettings, Precision
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import ClassificationAuc, classification_auc
 from daug_core.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
@@ -78,6 +79,7 @@ def embed_split(
     splits: list[str],
     heatmap_version: str | None,
     batch_size: int = 64,
+    precision: Precision = "fp32",
 ) -> SplitEmbedding:
     """Embeddings of the finished items of ``splits`` (items without heatmaps left out)."""
     targets = list(loaded.heatmap_targets) or None
@@ -106,6 +108,7 @@ def embed_split(
         HybridContrastiveLoss(loaded.config.loss),
         batches(),
         prompt_tokens(loaded.config),
+        precision=precision,
     )
     return SplitEmbedding(embedded, dicom_ids, study_ids, np.asarray(indices, dtype=np.int64))
 
@@ -134,10 +137,17 @@ class Evaluation:
         }
 
 
-def evaluate(loaded: ClipCheckpoint, store: str | Path, heatmap_version: str | None) -> Evaluation:
-    """Every metric of EVALUATION.md for one checkpoint on one store."""
-    test = embed_split(loaded, store, ["test"], heatmap_version)
-    database = embed_split(loaded, store, ["train", "validate"], heatmap_version)
+def evaluate(
+    loaded: ClipCheckpoint,
+    store: str | Path,
+    heatmap_version: str | None,
+    precision: Precision = "fp32",
+) -> Evaluation:
+    """Every metric of EVALUATION.md for one checkpoint on one store (on the model's device)."""
+    test = embed_split(loaded, store, ["test"], heatmap_version, precision=precision)
+    database = embed_split(
+        loaded, store, ["train", "validate"], heatmap_version, precision=precision
+    )
     t, d = test.embedded, database.embedded
     class_ks = tuple(k for k in CLASS_KS if k <= len(d.image))
     pair_ks = tuple(k for k in PAIR_KS if k <= len(t.image))
@@ -203,17 +213,21 @@ def evaluate_checkpoint(
     heatmap_version: str | None = None,
     truth: str | Path | None = None,
     plots: bool = True,
+    compute: Compute | None = None,
 ) -> dict[str, Any]:
-    """Evaluate and write metrics.json, the CSV tables and the plots; returns metrics.json."""
+    """Evaluate (on ``compute``'s device and precision; default CPU, float32) and write
+    metrics.json, the CSV tables and the plots; returns metrics.json."""
     start = time.perf_counter()
+    compute = compute or ComputeSettings(device="cpu").resolve()
     source = Location.of(checkpoint)
     local = RunFolder(source)
     local.pull()  # a checkpoint on object storage is read from a local copy
     loaded = load_clip_checkpoint(local.local)
+    loaded.model.to(compute.device)
     version = heatmap_version or loaded.info.get("heatmap_version")
     folder = RunFolder(Location.of(out) if out else source.parent)
     target = folder.local
-    evaluation = evaluate(loaded, store, version)
+    evaluation = evaluate(loaded, store, version, compute.precision)
     metrics = {
         "checkpoint": source.url,
         "checkpoint_sha256": checkpoint_sha256(local.local),
@@ -222,6 +236,7 @@ def evaluate_checkpoint(
         "heatmap_mode": loaded.config.model.heatmap_mode,
         "heatmap_targets": list(loaded.heatmap_targets),
         "loss_weight": loaded.config.loss.weight,
+        "compute": compute.record(),
         "test_items": len(evaluation.test.indices),
         "database_items": len(evaluation.database.indices),
         **metrics_dict(evaluation),
@@ -260,6 +275,7 @@ def evaluate_flow(
     out: str | None = None,
     heatmap_version: str | None = None,
     truth: str | None = None,
+    compute: ComputeSettings = ComputeSettings(),
 ) -> dict[str, Any]:
     """Evaluate a trained contrastive checkpoint (a ``best/`` or ``last/`` folder) on STORE.
 
@@ -269,9 +285,11 @@ def evaluate_flow(
         out: output folder (default: the checkpoint's parent).
         heatmap_version: heatmap version to read (default: the one the model trained on).
         truth: synthetic ground-truth folder (``OUT/ground_truth``) for the example grid.
+        compute: device (auto: CUDA when present) and precision of the embedding passes.
     """
     logger = get_run_logger()
-    metrics = evaluate_checkpoint(checkpoint, store, out, heatmap_version, truth)
+    amp = compute.resolve()
+    metrics = evaluate_checkpoint(checkpoint, store, out, heatmap_version, truth, compute=amp)
     target = RunFolder(Location.of(out) if out else Location.of(checkpoint).parent)
     key = artifact_key("evaluate", Location.of(checkpoint).parent.name)
     report.publish(key, checkpoint, target.local, metrics)

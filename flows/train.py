@@ -49,6 +49,7 @@ from daug_core.clip_training import (
     steps_per_epoch,
     train_epoch,
 )
+from daug_core.compute import Compute, ComputeSettings
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import classification_auc
 from flows.reports import training as report
@@ -171,9 +172,12 @@ def train_contrastive(
     heatmap_version: str | None = "v1",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     missing_heatmaps: MissingHeatmaps = "exclude",
+    compute: Compute | None = None,
 ) -> TrainResult:
-    """Train (or resume) into ``out``; see the module docstring for what is written."""
+    """Train (or resume) into ``out`` on ``compute``'s device and precision (default: CPU,
+    float32); see the module docstring for what is written."""
     start = time.perf_counter()
+    compute = compute or ComputeSettings(device="cpu").resolve()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = open_datasets(store, config, heatmap_version, ["train", "validate"], missing_heatmaps)
@@ -187,7 +191,7 @@ def train_contrastive(
     loss_fn = HybridContrastiveLoss(config.loss)
 
     targets = train_set.heatmap_targets
-    model = build_model(config, targets, seed=training.seed)
+    model = build_model(config, targets, seed=training.seed).to(compute.device)
     optimizer = make_optimizer(model, training)
     scheduler = make_scheduler(optimizer, training, total_steps)
     history: list[dict[str, float]] = []
@@ -211,9 +215,19 @@ def train_contrastive(
         loader = make_loader(
             train_set, batch_size, True, training.seed, training.num_workers, drop_last=True
         )
-        trained = train_epoch(model, loss_fn, clip_batches(loader), prompts, optimizer, scheduler)
+        trained = train_epoch(
+            model,
+            loss_fn,
+            clip_batches(loader),
+            prompts,
+            optimizer,
+            scheduler,
+            precision=compute.precision,
+        )
         val_loader = make_loader(val_set, batch_size, False, training.seed, training.num_workers)
-        validated = embed(model, loss_fn, clip_batches(val_loader), prompts)
+        validated = embed(
+            model, loss_fn, clip_batches(val_loader), prompts, precision=compute.precision
+        )
         auc = classification_auc(validated.probabilities, validated.labels, CHEXPERT_LABELS)
         row = _metrics_row(epoch, trained, validated.stats, auc.macro, scheduler, epoch_start)
         history.append(row)
@@ -223,6 +237,7 @@ def train_contrastive(
             "history": history,
             "heatmap_version": heatmap_version,
             "store": str(store),
+            "compute": compute.record(),
         }
         save_clip_checkpoint(out / LAST, model, config, info, optimizer, scheduler)
         if best is None or _selection_value(row) > _selection_value(best):
@@ -258,6 +273,7 @@ def train_contrastive(
         "best_epoch": result.best_epoch,
         "selected_by": _rule(best),
         "best_sha256": checkpoint_sha256(out / BEST),
+        "compute": compute.record(),
         "seconds": round(result.seconds, 2),
     }
     (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -302,6 +318,7 @@ def train_flow(
     heatmap_version: str = "v1",
     missing_heatmaps: MissingHeatmaps = "exclude",
     torch_threads: int = 0,
+    compute: ComputeSettings = ComputeSettings(),
 ) -> dict[str, Any]:
     """Train the heatmap-augmented CLIP model on STORE's train split into OUT (resumable).
 
@@ -315,9 +332,11 @@ def train_flow(
         heatmap_version: the heatmap version to read.
         missing_heatmaps: exclude (and count) items whose heatmaps are not done, or fail.
         torch_threads: torch threads of this process (0: torch's default).
+        compute: device (auto: CUDA when present) and precision (fp32, bf16, fp16).
     """
     logger = get_run_logger()
     config = training.config()
+    amp = compute.resolve()  # an impossible device fails here, before any data is read
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     mode = config.model.heatmap_mode
@@ -340,6 +359,7 @@ def train_flow(
         heatmap_version,
         on_epoch=epoch_done,
         missing_heatmaps=missing_heatmaps,
+        compute=amp,
     )
     folder.sync()
     summary = {
@@ -352,6 +372,7 @@ def train_flow(
         "excluded": result.excluded,
         "final": result.history.iloc[-1].to_dict(),
         "seconds": round(result.seconds, 2),
+        "compute": amp.record(),
     }
     report.publish_clip(
         key,

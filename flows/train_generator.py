@@ -35,6 +35,7 @@ from daug_core.classifier_training import (
     init_classifier_state,
     train_classifier,
 )
+from daug_core.compute import Compute, ComputeSettings
 from daug_core.config import DiffusionConfig, DiffusionTrainSettings, TrainingConfig
 from daug_core.generator import GeneratorState, init_generator_state, train_generator
 from daug_core.model_input import to_model_space
@@ -135,9 +136,10 @@ def _train(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     folder: RunFolder,
     steps: int,
+    amp: Compute,
 ) -> ModelRun:
-    """Train ``state`` up to ``steps``, checkpointing (and uploading the checkpoint when the
-    output folder is a URL), logging losses and progress."""
+    """Train ``state`` up to ``steps`` in ``amp``'s precision, checkpointing (and uploading the
+    checkpoint when the output folder is a URL), logging losses and progress."""
     out = folder.local
     path = out / name
     before = state.step
@@ -154,6 +156,7 @@ def _train(
         on_step=_checkpointing(
             train_cfg.checkpoint_every, lambda: save(state, path), losses, progress, folder.sync
         ),
+        precision=amp.precision,
     )
     save(state, path)
     losses.flush()
@@ -170,17 +173,27 @@ def train_generator_task(
     out: RunFolder,
     seed: int,
     steps: int,
+    amp: Compute,
 ) -> ModelRun:
     path = out.local / GENERATOR_DIR
     if (path / "trainer_state.json").is_file():
-        state = load_generator_checkpoint(path)
+        state = load_generator_checkpoint(path, device=amp.device)
         get_run_logger().info("resuming the generator at step %d", state.step)
-    else:
-        state = init_generator_state(config, generator=torch.Generator().manual_seed(seed))
+    else:  # the RNG stays on the CPU: the same noise on every device
+        generator = torch.Generator().manual_seed(seed)
+        state = init_generator_state(config, generator=generator, device=amp.device)
     cfg = config.generator_training
     batches = _batches(store, selection, config, cfg.batch_size, seed, state.step)
     return _train(
-        GENERATOR_DIR, state, train_generator, save_generator_checkpoint, cfg, batches, out, steps
+        GENERATOR_DIR,
+        state,
+        train_generator,
+        save_generator_checkpoint,
+        cfg,
+        batches,
+        out,
+        steps,
+        amp,
     )
 
 
@@ -192,10 +205,11 @@ def train_classifier_task(
     out: RunFolder,
     seed: int,
     steps: int,
+    amp: Compute,
 ) -> ModelRun:
     path = out.local / CLASSIFIER_DIR
     if (path / "trainer_state.json").is_file():
-        state = load_classifier_checkpoint(path)
+        state = load_classifier_checkpoint(path, device=amp.device)
         get_run_logger().info("resuming the classifier at step %d", state.step)
     else:
         # BCE pos_weight = negatives / positives per class over the training labels.
@@ -203,6 +217,7 @@ def train_classifier_task(
             config,
             pos_weight=pos_weight_from_labels(selection.labels),
             generator=torch.Generator().manual_seed(seed + 1),
+            device=amp.device,
         )
     cfg = config.classifier_training
     batches = _batches(store, selection, config, cfg.batch_size, seed + 1, state.step)
@@ -215,6 +230,7 @@ def train_classifier_task(
         batches,
         out,
         steps,
+        amp,
     )
 
 
@@ -224,6 +240,7 @@ def train_generator_flow(
     out: str,
     training: DiffusionTrainSettings = DiffusionTrainSettings(),
     eval_split: str = "validate",
+    compute: ComputeSettings = ComputeSettings(),
 ) -> dict[str, Any]:
     """Train the DDPM generator and the noise-aware classifier on STORE's train split.
 
@@ -234,9 +251,11 @@ def train_generator_flow(
             batch sampling; a resumed run continues identically) and the step counts to train
             to (default: the preset's).
         eval_split: split on which the classifier's AUC per noise level is measured.
+        compute: device (auto: CUDA when present) and precision of both models' training.
     """
     logger = get_run_logger()
     config = training.config()
+    amp = compute.resolve()  # an impossible device fails here, before any data is read
     image_store = ImageStore.open(store, read_only=True)
     if image_store.size < config.image_size:
         raise ValueError(
@@ -251,15 +270,16 @@ def train_generator_flow(
     seed = training.seed
     runs = [
         train_generator_task(
-            image_store, train, config, folder, seed, config.generator_training.num_steps
+            image_store, train, config, folder, seed, config.generator_training.num_steps, amp
         ),
         train_classifier_task(
-            image_store, train, config, folder, seed, config.classifier_training.num_steps
+            image_store, train, config, folder, seed, config.classifier_training.num_steps, amp
         ),
     ]
 
     held_out = select(image_store, [eval_split], SUPER_CLASS_COLUMNS)
-    classifier = load_classifier_checkpoint(out_path / CLASSIFIER_DIR).classifier.eval()
+    trained = load_classifier_checkpoint(out_path / CLASSIFIER_DIR, device=amp.device)
+    classifier = trained.classifier.eval()
     evaluation = evaluate_classifier(
         classifier,
         (
@@ -287,6 +307,7 @@ def train_generator_flow(
         "preset": training.preset,
         "seed": seed,
         "training": dataclasses.asdict(training),
+        "compute": amp.record(),
         "training_data_sha256": selection_sha256(image_store, train),
         "runs": [dataclasses.asdict(r) for r in runs],
         "classifier_mean_auc_by_t": dict(

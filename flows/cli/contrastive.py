@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from daug_core.clip_config import ClipTrainSettings
+from daug_core.compute import ComputeSettings
 from flows.cli.app import command
 from flows.cli.checks import require_store
 from flows.cli.console import console
@@ -39,6 +40,7 @@ def train(
     store: StoreOption,
     out: OutOption,
     training: ClipTrainSettings,
+    compute: ComputeSettings,
     heatmap_version: HeatmapVersionOption = "v1",
     missing_heatmaps: Annotated[
         Literal["exclude", "fail"],
@@ -48,12 +50,14 @@ def train(
 ) -> None:
     """Train the heatmap-augmented CLIP model with the hybrid loss (resumable)."""
     require_store(store)
+    compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
 
 
 @command(PANEL, flow="flows.evaluate:evaluate_flow", show=show_headline)
 def evaluate(
     checkpoint: Annotated[str, typer.Option(help="a train output's best/ (or last/) folder")],
     store: StoreOption,
+    compute: ComputeSettings,
     out: Annotated[str | None, typer.Option(help="default: the checkpoint's parent")] = None,
     heatmap_version: Annotated[
         str | None, typer.Option(help="default: the version the model trained on")
@@ -66,6 +70,7 @@ def evaluate(
     if not Location.of(checkpoint).child("clip.json").is_file():
         raise typer.BadParameter(f"{checkpoint} holds no clip.json", param_hint="--checkpoint")
     require_store(store)
+    compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
 
 
 @command(PANEL, flow="flows.ablate:ablate_flow", show=show_markdown)
@@ -87,6 +92,7 @@ def ablate(
             )
         ),
     ],
+    compute: ComputeSettings,
     seeds: Annotated[
         list[int] | None, typer.Option("--seed", help="seeds (repeat); default 0 1 2")
     ] = None,
@@ -101,3 +107,4 @@ def ablate(
 ) -> None:
     """The paper's ablation grid (baseline, +DAug, +hybrid loss, both) over seeds."""
     require_store(store)
+    compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from daug_core.compute import ComputeSettings
 from daug_core.config import DiffusionTrainSettings
 from daug_core.heatmap_settings import HeatmapSettings
 from flows.cli.app import command
@@ -53,10 +54,12 @@ def train_generator(
     store: StoreOption,
     out: Annotated[str, typer.Option(help="checkpoint folder (resumed when it exists)")],
     training: DiffusionTrainSettings,
+    compute: ComputeSettings,
     eval_split: EvalSplitOption = "validate",
 ) -> None:
     """Train the DDPM generator and the noise-aware classifier (resumable)."""
     require_store(store)
+    compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
 
 
 @command(PANEL, flow="flows.precompute:precompute_flow")

@@ -95,3 +95,49 @@ def test_a_learned_logit_scale_is_clamped_at_100_and_a_fixed_one_left_alone():
         fixed.clip.logit_scale.fill_(10.0)
     clamp_logit_scale(fixed)
     assert fixed.logit_scale.item() == pytest.approx(math.exp(10.0), rel=1e-5)
+
+
+def _train_tiny_clip(precision: str, steps: int) -> list[float]:
+    """``steps`` optimiser steps of the tiny CLIP on one batch of random pairs (one heatmap
+    channel); the per-step losses."""
+    from daug_core.clip_model import build_tokenizer
+    from daug_core.clip_training import PromptTokens, train_epoch
+    from daug_core.losses import HybridContrastiveLoss
+
+    config = contrastive_preset("tiny")
+    training = config.training
+    model = build_model(config, ("+No Finding",), seed=0)
+    optimizer = make_optimizer(model, training)
+    scheduler = make_scheduler(optimizer, training, total_steps=steps)
+    tokenizer = build_tokenizer(config.model)
+    size = config.model.image_size
+    rng = torch.Generator().manual_seed(1)
+    words = ["effusion", "clear lungs", "cardiomegaly", "pneumonia", "normal", "edema"]
+    texts = [f"{words[int(i)]} on the left" for i in torch.randint(0, 6, (8,), generator=rng)]
+    batch = ClipBatch(
+        torch.rand(8, 1, size, size, generator=rng) * 2 - 1,
+        torch.rand(8, 1, size, size, generator=rng),
+        tokenizer(texts),
+        torch.randint(0, 2, (8, 14), generator=rng).float(),
+    )
+    batches = [batch] * steps  # one batch again and again: the loss must fall
+    prompts = PromptTokens(tokenizer(list(config.loss.class_prompts)), None)
+    losses: list[float] = []
+    train_epoch(
+        model,
+        HybridContrastiveLoss(config.loss),
+        batches,
+        prompts,
+        optimizer,
+        scheduler,
+        on_step=lambda step, loss: losses.append(loss),
+        precision=precision,  # type: ignore[arg-type]
+    )
+    return losses
+
+
+def test_bf16_autocast_trains_the_tiny_clip_to_the_fp32_loss():
+    # bf16 has no native unit on this CPU (AVX2): a bf16 step costs ~3 s, 10x fp32, so 8 steps.
+    fp32, bf16 = _train_tiny_clip("fp32", 8), _train_tiny_clip("bf16", 8)
+    assert fp32[-1] < fp32[0]  # it learns
+    assert abs(bf16[-1] - fp32[-1]) <= 0.05 * fp32[-1], (bf16, fp32)

@@ -79,6 +79,22 @@ def test_train_and_evaluate_refuse_bad_options_before_starting_prefect(tmp_path)
     assert no_ckpt.returncode == 2 and "holds no clip.json" in no_ckpt.stderr
 
 
+def test_a_device_this_machine_lacks_is_one_error_before_any_work(tmp_path):
+    import torch
+
+    from storage.image_store import ImageStore
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    ImageStore.create(tmp_path / "store", 16, shard_items=4)
+    cuda = daug(
+        "train-generator", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "o"),
+        "--device", "cuda",
+    )  # fmt: skip
+    assert cuda.returncode == 2 and "no CUDA device" in cuda.stderr, cuda.stderr[-2000:]
+    assert "Traceback" not in cuda.stderr and not (tmp_path / "o").exists()
+
+
 def test_demo_prints_the_heatmap_quality_headline_in_terminal_columns():
     from flows.reports.demo import modes_table as _modes_table
     from flows.reports.demo import quality_headline as _quality_headline

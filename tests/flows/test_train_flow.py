@@ -51,6 +51,10 @@ def test_flow_trains_lowers_the_loss_and_writes_its_outputs(contrastive_store, t
     assert best.heatmap_targets == ("+No Finding",)
     assert best.config.model.heatmap_mode == "channel"
     assert best.info["epoch"] == result["best_epoch"]
+    # auto is the CPU here; where and how it trained is in the summary and the checkpoint
+    assert result["compute"] == best.info["compute"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert (result["compute"]["device"], result["compute"]["precision"]) == (device, "fp32")
     auc = metrics["val_macro_auc"]
     assert best.info["selected_by"] == "val_macro_auc"
     assert auc.iloc[result["best_epoch"] - 1] == auc.max()

@@ -37,7 +37,8 @@ def test_trains_checkpoints_and_resumes(tmp_path, synthetic_pair, prefect_server
     levels = pd.read_csv(out / "classifier_noise_levels.csv")
     assert sorted(levels["timestep"].unique()) == [0, 100, 200, 300, 500]
     assert len(levels) == 5 * 7
-    assert json.loads((out / "train_summary.json").read_text())["preset"] == "tiny"
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["preset"] == "tiny" and summary["compute"]["precision"] == "fp32"
 
     second = train_generator_flow(
         store=str(store),
