@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -125,17 +126,7 @@ class Location:
         """Replace the object whole: a local temporary file renamed over it (fsync'ed first),
         or one PUT."""
         if self.is_local:
-            target = Path(self.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            _place_local(Path(self.path), data, os.replace)
             return
         self.fs.pipe_file(self.path, data)
 
@@ -149,19 +140,10 @@ class Location:
         if self.is_local:
             # Written aside, then hard-linked into place: link() fails when the target exists
             # and never shows a half-written file (O_EXCL alone would).
-            target = Path(self.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
             try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.link(tmp, target)
+                _place_local(Path(self.path), data, os.link)
             except FileExistsError:
                 return False
-            finally:
-                tmp.unlink(missing_ok=True)
             return True
         try:
             self.fs.pipe_file(self.path, data, mode="create")
@@ -210,3 +192,19 @@ class Location:
         local.parent.mkdir(parents=True, exist_ok=True)
         self.fs.get(self.path, str(local), recursive=self.fs.isdir(self.path))
         return local
+
+
+def _place_local(target: Path, data: bytes, place: Callable[[Path, Path], None]) -> None:
+    """``data`` written to a temporary file beside ``target`` and fsync'ed, then put in place
+    with ``place(tmp, target)`` (``os.replace``: atomic replace; ``os.link``: only if absent);
+    the temporary file is always removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        place(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
