@@ -1,5 +1,7 @@
 # The two commands a fresh machine needs: `make demo` and `make test`.
-# Both create .venv when it is missing (or when pyproject.toml changed) and install into it.
+# Both create .venv when it is missing (or when pyproject.toml changed) and install into it
+# (--no-compile: bytecode is written on first import, for the modules actually used, instead of
+# for every file of torch and its CUDA libraries at install).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV := .venv
@@ -19,7 +21,7 @@ export NO_PROXY := 127.0.0.1,localhost
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file' || true; }
+	$(BIN)/pip install -q --no-compile -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file' || true; }
 	touch $@
 
 install: $(BIN)/.installed

@@ -151,14 +151,23 @@ __all__ = ["MiniItem", "dicom_bytes", "dicom_id", "gradient", "write_mini_releas
 
 def run_daug(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """The `daug` command line in a subprocess. Wide columns: typer's error box would
-    otherwise wrap long temporary paths inside the messages the tests look for."""
+    otherwise wrap long temporary paths inside the messages the tests look for. Inside the
+    session's Prefect server (the ``prefect_server`` fixture) the command runs its flows
+    against that server instead of starting a temporary one of its own (6-8 s each, and
+    slower than Prefect's 20 s start-up limit on a loaded machine)."""
+    from prefect.settings import get_current_settings
+
+    env = os.environ | {"COLUMNS": "400", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    api = get_current_settings().api.url
+    if api:
+        env["PREFECT_API_URL"] = str(api)
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=120,
-        env=os.environ | {"COLUMNS": "400"},
+        timeout=300,
+        env=env,
     )
 
 

@@ -137,7 +137,9 @@ def _train_tiny_clip(precision: str, steps: int) -> list[float]:
 
 
 def test_bf16_autocast_trains_the_tiny_clip_to_the_fp32_loss():
-    # bf16 has no native unit on this CPU (AVX2): a bf16 step costs ~3 s, 10x fp32, so 8 steps.
-    fp32, bf16 = _train_tiny_clip("fp32", 8), _train_tiny_clip("bf16", 8)
+    # bf16 has no native unit on this CPU (AVX2): a bf16 step costs ~3 s, 10x fp32, so 6 steps
+    # (the loss falls from the 5th on; 8 steps measured: within 0.3 % at every step).
+    fp32, bf16 = _train_tiny_clip("fp32", 6), _train_tiny_clip("bf16", 6)
     assert fp32[-1] < fp32[0]  # it learns
-    assert abs(bf16[-1] - fp32[-1]) <= 0.05 * fp32[-1], (bf16, fp32)
+    for step, (ours, reference) in enumerate(zip(bf16, fp32, strict=True)):
+        assert abs(ours - reference) <= 0.05 * reference, (step, bf16, fp32)
