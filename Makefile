@@ -1,7 +1,5 @@
 # The two commands a fresh machine needs: `make demo` and `make test`.
-# Both create .venv when it is missing (or when pyproject.toml changed) and install into it
-# (--no-compile: bytecode is written on first import, for the modules actually used, instead of
-# for every file of torch and its CUDA libraries at install).
+# Both create .venv when it is missing (or when pyproject.toml changed) and install into it.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV := .venv
@@ -21,7 +19,7 @@ export NO_PROXY := 127.0.0.1,localhost
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file' || true; }
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file' || true; }
 	touch $@
 
 install: $(BIN)/.installed
