@@ -40,7 +40,7 @@ from daug_core.clip_training import (
     embed,
     load_clip_checkpoint,
 )
-from daug_core.compute import Compute, ComputeSettings, Precision
+from daug_core.compute import Compute, ComputeSettings, Precision, cpu_fp32
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import ClassificationAuc, classification_auc
 from daug_core.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
@@ -218,7 +218,7 @@ def evaluate_checkpoint(
     """Evaluate (on ``compute``'s device and precision; default CPU, float32) and write
     metrics.json, the CSV tables and the plots; returns metrics.json."""
     start = time.perf_counter()
-    compute = compute or ComputeSettings(device="cpu").resolve()
+    compute = compute or cpu_fp32()
     source = Location.of(checkpoint)
     local = RunFolder(source)
     local.pull()  # a checkpoint on object storage is read from a local copy

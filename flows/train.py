@@ -49,7 +49,7 @@ from daug_core.clip_training import (
     steps_per_epoch,
     train_epoch,
 )
-from daug_core.compute import Compute, ComputeSettings
+from daug_core.compute import Compute, ComputeSettings, cpu_fp32
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import classification_auc
 from flows.reports import training as report
@@ -177,7 +177,7 @@ def train_contrastive(
     """Train (or resume) into ``out`` on ``compute``'s device and precision (default: CPU,
     float32); see the module docstring for what is written."""
     start = time.perf_counter()
-    compute = compute or ComputeSettings(device="cpu").resolve()
+    compute = compute or cpu_fp32()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = open_datasets(store, config, heatmap_version, ["train", "validate"], missing_heatmaps)

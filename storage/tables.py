@@ -31,13 +31,6 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def read_csv_typed(source: str | Path | io.StringIO, dtypes: Mapping[str, str]) -> pd.DataFrame:
     """Read a CSV keeping empty strings as "" in text columns and as NaN in float columns."""
     text_columns = [c for c, t in dtypes.items() if t == "str"]
@@ -93,7 +86,7 @@ class DirectoryTables(TableBackend):
             return None
 
     def write_text(self, name: str, text: str) -> None:
-        replace_atomically(self._path(name), lambda tmp: _write_synced(tmp, text))
+        Location.of(self._path(name)).write_text(text)  # aside, fsync'ed, renamed over
 
     def names(self, prefix: str) -> list[str]:
         folder, _, stem = prefix.rpartition("/")
