@@ -17,6 +17,7 @@ from daug_core.classifier import NoiseAwareClassifier, build_classifier
 from daug_core.classifier_loss import masked_bce_with_logits
 from daug_core.compute import Compute, Precision
 from daug_core.config import DiffusionConfig
+from daug_core.distributed import SINGLE, Ranks
 from daug_core.schedule import make_noise_scheduler, q_sample
 from daug_core.training import (
     OnStep,
@@ -26,6 +27,7 @@ from daug_core.training import (
     check_images,
     check_labels,
     make_optimizer,
+    noise_draws,
     optimizer_step,
 )
 
@@ -72,12 +74,16 @@ def train_classifier(
     until_step: int | None = None,
     on_step: OnStep | None = None,
     precision: Precision = "fp32",
+    ranks: Ranks = SINGLE,
 ) -> TrainingResult:
     """Train ``state`` in place until ``state.step == until_step`` (default: the config's
     ``num_steps``), the iterator ends, or ``on_step`` returns True.
 
     ``batches`` yields (images (B, 1, S, S) in [-1, 1], labels (B, C) in {0, 1, NaN}).
     ``precision``: the forward pass's autocast (weights and optimiser stay float32).
+    Data-parallel (``ranks.distributed``): ``batches`` yield this rank's rows of each global
+    batch, the classifier runs under DDP and the loss is taken over the logits gathered from
+    all ranks (:mod:`daug_core.distributed`): the single-process update on the global batch.
     """
     cfg = state.config
     train_cfg = cfg.classifier_training
@@ -96,6 +102,7 @@ def train_classifier(
     started = time.perf_counter()
     stop: StopReason = "reached_num_steps"
     state.classifier.train()
+    model = ranks.wrap(state.classifier, device)
     iterator = iter(batches)
     while state.step < target:
         try:
@@ -108,13 +115,14 @@ def train_classifier(
         y = check_labels(labels, batch=x0.shape[0], num_classes=num_classes, step=step)
         x0 = x0.to(device=device, dtype=torch.float32)
         y = y.to(device=device, dtype=torch.float32)
-        b = x0.shape[0]
-        t = torch.randint(0, t_max + 1, (b,), generator=gen, device=gen.device).to(device)
-        noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(device)
+        t, noise = noise_draws(gen, x0, t_max + 1, ranks)
         x_t = q_sample(scheduler, x0, noise, t)  # Ho et al. 2020 eq. 4
         with amp.autocast():
-            logits = state.classifier(x_t, t)
-        loss = masked_bce_with_logits(logits.float(), y, state.pos_weight)
+            logits = model(x_t, t)
+        # The masked mean over the global batch (ranks' shares may mask different counts).
+        loss = masked_bce_with_logits(
+            ranks.gather(logits.float()), ranks.gather_values(y), state.pos_weight
+        )
         clip = (state.classifier.parameters(), train_cfg.grad_clip_norm)
         optimizer_step(loss, state.optimizer, scaler, clip)
         state.step += 1

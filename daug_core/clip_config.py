@@ -90,6 +90,10 @@ DEFAULT_NEGATIVE_PROMPTS: tuple[str, ...] = (
 HeatmapMode = Literal["none", "channel", "add", "append"]
 ClassLoss = Literal["bce", "paired"]
 LearningRateSchedule = Literal["cosine", "constant"]
+# What the model trains on, and which epoch is kept: ours (train split, the best epoch on
+# validate) or the official DAug run's (train + validate, no model selection: the last epoch).
+TrainSplits = Literal["train", "train+validate"]
+ModelSelection = Literal["validate", "last"]
 ContrastivePresetName = Literal["tiny", "paper"]
 
 HEATMAP_MODES: tuple[str, ...] = typing.get_args(HeatmapMode)
@@ -315,6 +319,12 @@ class ContrastiveTrainingConfig:
     rotation_degrees: float
     num_workers: int
     lr_schedule: LearningRateSchedule = "cosine"
+    train_splits: TrainSplits = "train"
+    model_selection: ModelSelection = "validate"
+
+    @property
+    def train_split_names(self) -> tuple[str, ...]:
+        return tuple(self.train_splits.split("+"))
 
     def __post_init__(self) -> None:
         if not self.learning_rate > 0.0:
@@ -349,6 +359,21 @@ class ContrastiveTrainingConfig:
             raise ConfigError(
                 f"ContrastiveTrainingConfig.lr_schedule must be 'cosine' or 'constant', "
                 f"got {self.lr_schedule!r}"
+            )
+        if self.train_splits not in typing.get_args(TrainSplits):
+            raise ConfigError(
+                f"ContrastiveTrainingConfig.train_splits must be 'train' or 'train+validate', "
+                f"got {self.train_splits!r}"
+            )
+        if self.model_selection not in typing.get_args(ModelSelection):
+            raise ConfigError(
+                f"ContrastiveTrainingConfig.model_selection must be 'validate' or 'last', "
+                f"got {self.model_selection!r}"
+            )
+        if "validate" in self.train_split_names and self.model_selection == "validate":
+            raise ConfigError(
+                "training on train+validate leaves no held-out split to select an epoch on: "
+                "use model_selection 'last' (the official DAug run)"
             )
 
 
@@ -419,7 +444,9 @@ def _paper() -> ContrastiveConfig:
             learning_rate=2e-5,
             weight_decay=0.01,
             epochs=10,
-            batch_size=32,
+            # The official run's global batch: 8 GPUs x 32, which the CLIP loss sees whole
+            # (`--workers 8` splits it back into 32 per GPU).
+            batch_size=256,
             warmup_steps=10,
             seed=5114,
             crop_scale_min=1.0,
@@ -473,6 +500,12 @@ class ClipTrainSettings:
     batch_size: int | None = described(None, "batch size (default: the preset's)")
     learning_rate: float | None = described(None, "peak learning rate (default: the preset's)")
     seed: int | None = described(None, "training seed (default: the preset's)")
+    train_splits: TrainSplits | None = described(
+        None, "train (default) or train+validate (the official run: no held-out selection)"
+    )
+    model_selection: ModelSelection | None = described(
+        None, "validate: keep the best epoch on validate (default); last: the last epoch"
+    )
     pretrained: str | None = described(
         None, "local open_clip checkpoint file (.pt / .safetensors) to start from"
     )
@@ -494,6 +527,8 @@ class ClipTrainSettings:
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             seed=self.seed,
+            train_splits=self.train_splits,
+            model_selection=self.model_selection,
         )
         return dataclasses.replace(config, model=model, loss=loss, training=training)
 

@@ -55,6 +55,7 @@ from daug_core.clip_config import (
 )
 from daug_core.clip_model import HeatmapClip, build_clip_model
 from daug_core.compute import Compute, Precision
+from daug_core.distributed import SINGLE, Ranks
 from daug_core.losses import HybridContrastiveLoss, HybridLossParts, class_probabilities
 from daug_core.training import optimizer_step
 
@@ -170,6 +171,23 @@ def fit_batch(batch: ClipBatch, size: int) -> ClipBatch:
     return batch._replace(image=resize(batch.image), heatmaps=resize(batch.heatmaps))
 
 
+class ContrastiveForward(nn.Module):
+    """One batch through both towers and the class prompts: the module a data-parallel run
+    wraps in DDP (DDP synchronises the gradients of what runs inside its ``forward``)."""
+
+    def __init__(self, model: HeatmapClip) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, batch: ClipBatch, prompts: PromptTokens
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        batch = fit_batch(batch, self.model.image_size)
+        image = self.model.encode_image(batch.image, batch.heatmaps)
+        text = self.model.encode_text(batch.tokens)
+        return image, text, *encode_prompts(self.model, prompts)
+
+
 def _batch_loss(
     model: HeatmapClip,
     loss_fn: HybridContrastiveLoss,
@@ -220,28 +238,50 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     on_step: Callable[[int, float], None] | None = None,
     precision: Precision = "fp32",
+    *,
+    ranks: Ranks = SINGLE,
+    forward: nn.Module | None = None,
+    global_negatives: bool = True,
 ) -> EpochStats:
     """One pass of optimiser steps over ``batches``; batches of one pair are skipped (InfoNCE
     has no negatives there). Batches and prompts move to the model's device; ``precision`` is
-    the forward passes' autocast (weights and optimiser stay float32)."""
+    the forward passes' autocast (weights and optimiser stay float32).
+
+    Data-parallel (``ranks.distributed``): ``batches`` are this rank's rows of each global
+    batch and ``forward`` is :class:`ContrastiveForward` under DDP (:meth:`Ranks.wrap`). The
+    embeddings and labels of all ranks are gathered with gradient before the loss, so the
+    contrastive negatives and the class loss's masked mean are the global batch's
+    (:mod:`daug_core.distributed`); ``global_negatives=False`` keeps each rank's loss local
+    (open_clip's ``local_loss``, cheaper and *not* the single-process update). Reported losses
+    are then the global batch's, the same on every rank."""
     model.train()
     amp = Compute(device=model_device(model), precision=precision)
     scaler = amp.grad_scaler()
     prompts = prompts.to(amp.device)
+    step = forward if forward is not None else ContrastiveForward(model)
+    pool = ranks if global_negatives else SINGLE
     means = _Means()
     start = time.perf_counter()
     for batch in batches:
-        if batch.image.shape[0] < 2:
+        if batch.image.shape[0] * ranks.world_size < 2:
             continue
         batch = batch.to(amp.device)
         with amp.autocast():
-            parts, *_ = _batch_loss(model, loss_fn, batch, encode_prompts(model, prompts))
+            image, text, positive, negative = step(batch, prompts)
+            parts = loss_fn(
+                pool.gather(image),
+                pool.gather(text),
+                positive,
+                pool.gather_values(batch.labels),
+                model.logit_scale,
+                negative,
+            )
         if not torch.isfinite(parts.total):
             raise FloatingPointError(f"non-finite loss at step {means.batches + 1}: {parts}")
         optimizer_step(parts.total, optimizer, scaler)
         scheduler.step()
         clamp_logit_scale(model)
-        means.add(parts, batch.image.shape[0])
+        means.add(parts, batch.image.shape[0] * ranks.world_size)
         if on_step is not None:
             on_step(means.batches, float(parts.total.detach()))
     return means.stats(time.perf_counter() - start)

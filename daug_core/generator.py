@@ -22,6 +22,7 @@ from diffusers.training_utils import EMAModel
 
 from daug_core.compute import Compute, Precision
 from daug_core.config import DiffusionConfig, GeneratorConfig, TrainingConfig
+from daug_core.distributed import SINGLE, Ranks
 from daug_core.rng import seeded_init
 from daug_core.schedule import make_noise_scheduler, q_sample
 from daug_core.training import (
@@ -31,6 +32,7 @@ from daug_core.training import (
     TrainingResult,
     check_images,
     make_optimizer,
+    noise_draws,
     optimizer_step,
 )
 
@@ -94,7 +96,7 @@ def ema_unet(state: GeneratorState) -> UNet2DModel:
 
 
 def ddpm_loss(
-    unet: UNet2DModel,
+    unet: torch.nn.Module,
     scheduler: DDPMScheduler,
     x0: torch.Tensor,
     timesteps: torch.Tensor,
@@ -113,6 +115,7 @@ def train_generator(
     until_step: int | None = None,
     on_step: OnStep | None = None,
     precision: Precision = "fp32",
+    ranks: Ranks = SINGLE,
 ) -> TrainingResult:
     """Train ``state`` in place until ``state.step == until_step`` (default: the config's
     ``num_steps``), the iterator ends, or ``on_step`` returns True.
@@ -120,6 +123,10 @@ def train_generator(
     ``batches`` yields (B, 1, S, S) images in [-1, 1] (or tuples whose first item is that); they
     are moved to the UNet's device. Resume by passing a state loaded from a checkpoint.
     ``precision``: the forward pass's autocast (weights, EMA and optimiser stay float32).
+
+    Data-parallel (``ranks.distributed``): ``batches`` yield this rank's rows of each global
+    batch; the UNet runs under DDP, so the averaged gradient is the global batch's MSE gradient
+    (equal shares), and the clipped update and the EMA are the same on every rank.
     """
     cfg = state.config
     train_cfg = cfg.generator_training
@@ -133,6 +140,7 @@ def train_generator(
     started = time.perf_counter()
     stop: StopReason = "reached_num_steps"
     state.unet.train()
+    model = ranks.wrap(state.unet, device)
     iterator = iter(batches)
     while state.step < target:
         try:
@@ -143,17 +151,15 @@ def train_generator(
         images = batch[0] if isinstance(batch, tuple | list) else batch
         x0 = check_images(images, image_size=cfg.image_size, step=state.step + 1)
         x0 = x0.to(device=device, dtype=torch.float32)
-        b = x0.shape[0]
         # Noise is drawn on the generator's device, then moved: same numbers on any device.
-        t = torch.randint(0, num_t, (b,), generator=gen, device=gen.device).to(device)
-        noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(device)
+        t, noise = noise_draws(gen, x0, num_t, ranks)
         with amp.autocast():
-            loss = ddpm_loss(state.unet, scheduler, x0, t, noise)
+            loss = ddpm_loss(model, scheduler, x0, t, noise)
         clip = (state.unet.parameters(), train_cfg.grad_clip_norm)
         optimizer_step(loss, state.optimizer, scaler, clip)
         state.ema.step(state.unet.parameters())
         state.step += 1
-        losses.append(float(loss.detach()))
+        losses.append(ranks.mean(loss))  # the global batch's
         report = StepReport(state.step, losses[-1], time.perf_counter() - started)
         if on_step is not None and on_step(report) and state.step < target:
             stop = "callback"

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 
 from daug_core.config import TrainingConfig
+from daug_core.distributed import SINGLE, Ranks
 
 StopReason = Literal["reached_num_steps", "data_exhausted", "callback"]
 
@@ -108,3 +109,17 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.A
     return torch.optim.AdamW(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
+
+
+def noise_draws(
+    generator: torch.Generator, x0: torch.Tensor, t_high: int, ranks: Ranks = SINGLE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps uniform on [0, t_high) and N(0, I) noise for the rows ``x0`` of a batch, on
+    ``x0``'s device. They are drawn on the generator's device for the whole global batch (the
+    same on every rank, as every rank's generator is) and this rank's rows are kept, so N
+    data-parallel ranks noise their rows exactly as one process noises the global batch."""
+    b = x0.shape[0] * ranks.world_size
+    rows = ranks.rows(b)
+    t = torch.randint(0, t_high, (b,), generator=generator, device=generator.device)
+    noise = torch.randn((b, *x0.shape[1:]), generator=generator, device=generator.device)
+    return t[rows].to(x0.device), noise[rows].to(x0.device)

@@ -32,11 +32,13 @@ from daug_core.checkpoints import checkpoint_sha256
 from daug_core.clip_config import (
     ClipTrainSettings,
     ContrastiveConfig,
+    ModelSelection,
     contrastive_config_to_dict,
 )
 from daug_core.clip_model import build_tokenizer
 from daug_core.clip_training import (
     ClipBatch,
+    ContrastiveForward,
     EpochStats,
     PromptTokens,
     build_model,
@@ -50,8 +52,10 @@ from daug_core.clip_training import (
     train_epoch,
 )
 from daug_core.compute import Compute, ComputeSettings, cpu_fp32
+from daug_core.distributed import SINGLE, Ranks
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import classification_auc
+from flows.distributed import ScalingSettings, run_data_parallel, worker_compute
 from flows.reports import training as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
 from flows.reports.files import RunFolder
@@ -106,8 +110,9 @@ def open_datasets(
     splits: list[str],
     missing_heatmaps: MissingHeatmaps = "exclude",
 ) -> dict[str, ContrastiveDataset]:
-    """One dataset per split; training augmentation only on ``train``. Items whose heatmaps
-    are not done are left out and counted, or refused (``missing_heatmaps="fail"``)."""
+    """One dataset per split; training augmentation only on ``train``, which holds the
+    config's training splits (train, or train + validate). Items whose heatmaps are not done
+    are left out and counted, or refused (``missing_heatmaps="fail"``)."""
     channels = heatmap_channels(config)
     version = heatmap_version if channels is not None else None
     targets = None if not channels else list(channels)
@@ -121,7 +126,7 @@ def open_datasets(
     return {
         split: ContrastiveDataset(
             store,
-            split,
+            training.train_split_names if split == "train" else split,
             heatmap_version=version,
             heatmap_targets=targets,
             missing_heatmaps=missing_heatmaps,
@@ -173,17 +178,25 @@ def train_contrastive(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     missing_heatmaps: MissingHeatmaps = "exclude",
     compute: Compute | None = None,
+    ranks: Ranks = SINGLE,
 ) -> TrainResult:
     """Train (or resume) into ``out`` on ``compute``'s device and precision (default: CPU,
-    float32); see the module docstring for what is written."""
+    float32); see the module docstring for what is written.
+
+    Data-parallel (``ranks.distributed``, in every rank of an initialised process group): the
+    config's batch size is the global batch, each rank reads its share of every global batch
+    and the loss sees the whole global batch, so N ranks take the single-process steps. Rank 0
+    alone reads the checkpoint (and sends the resume state to the others), validates, and
+    writes everything into ``out``; the other ranks never touch it. ``on_epoch`` runs on rank 0.
+    """
     start = time.perf_counter()
     compute = compute or cpu_fp32()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data = open_datasets(store, config, heatmap_version, ["train", "validate"], missing_heatmaps)
     train_set, val_set = data["train"], data["validate"]
     training = config.training
     batch_size = min(training.batch_size, len(train_set))
+    batch_size -= batch_size % ranks.world_size
     if batch_size < 2:
         raise ValueError(f"{store}: {len(train_set)} training item(s); need at least 2")
     total_steps = steps_per_epoch(len(train_set), batch_size) * training.epochs
@@ -194,26 +207,38 @@ def train_contrastive(
     model = build_model(config, targets, seed=training.seed).to(compute.device)
     optimizer = make_optimizer(model, training)
     scheduler = make_scheduler(optimizer, training, total_steps)
+    resume = _resume(out, config, model, optimizer, scheduler) if ranks.primary else None
+    resume = ranks.broadcast(resume)
     history: list[dict[str, float]] = []
-    first_epoch = 1
-    if (out / LAST / "clip.json").is_file():
-        saved = load_clip_checkpoint(out / LAST)
-        if contrastive_config_to_dict(saved.config) != contrastive_config_to_dict(config):
-            raise ValueError(
-                f"{out / LAST} was trained with another config; use a new output folder"
-            )
-        model.load_state_dict(saved.model.state_dict())
-        restore_trainer_state(out / LAST, optimizer, scheduler)
-        history = list(saved.info["history"])
-        first_epoch = int(saved.info["epoch"]) + 1
-        log.info("resuming %s after epoch %d", out, first_epoch - 1)
+    starts: list[int] = []
+    if resume is not None:
+        if not ranks.primary:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+        history, starts = resume["history"], resume["starts"]
+    first_epoch = len(history) + 1
+    starts = [*starts, first_epoch]
+    if ranks.primary:
+        out.mkdir(parents=True, exist_ok=True)
+    forward = ranks.wrap(ContrastiveForward(model), compute.device)
 
-    best = max(history, key=_selection_value) if history else None
+    best: dict[str, float] | None = None
+    for done in history:  # the epoch selected so far (a resumed run)
+        if best is None or _better(done, best, training.model_selection):
+            best = done
     for epoch in range(first_epoch, training.epochs + 1):
         epoch_start = time.perf_counter()
         train_set.set_epoch(epoch)
         loader = make_loader(
-            train_set, batch_size, True, training.seed, training.num_workers, drop_last=True
+            train_set,
+            batch_size,
+            True,
+            training.seed,
+            training.num_workers,
+            drop_last=True,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
         )
         trained = train_epoch(
             model,
@@ -223,26 +248,40 @@ def train_contrastive(
             optimizer,
             scheduler,
             precision=compute.precision,
+            ranks=ranks,
+            forward=forward,
         )
-        val_loader = make_loader(val_set, batch_size, False, training.seed, training.num_workers)
-        validated = embed(
-            model, loss_fn, clip_batches(val_loader), prompts, precision=compute.precision
-        )
-        auc = classification_auc(validated.probabilities, validated.labels, CHEXPERT_LABELS)
-        row = _metrics_row(epoch, trained, validated.stats, auc.macro, scheduler, epoch_start)
+        row: dict[str, float] | None = None
+        if ranks.primary:
+            val_loader = make_loader(
+                val_set, batch_size, False, training.seed, training.num_workers
+            )
+            validated = embed(
+                model, loss_fn, clip_batches(val_loader), prompts, precision=compute.precision
+            )
+            auc = classification_auc(validated.probabilities, validated.labels, CHEXPERT_LABELS)
+            row = _metrics_row(epoch, trained, validated.stats, auc.macro, scheduler, epoch_start)
+        row = ranks.broadcast(row)
+        assert row is not None
         history.append(row)
+        if best is None or _better(row, best, training.model_selection):
+            best = row
+        if not ranks.primary:
+            continue
         info: dict[str, Any] = {
             "epoch": epoch,
             "step": epoch * total_steps // training.epochs,
             "history": history,
+            "starts": starts,
             "heatmap_version": heatmap_version,
             "store": str(store),
             "compute": compute.record(),
+            "workers": ranks.world_size,
         }
         save_clip_checkpoint(out / LAST, model, config, info, optimizer, scheduler)
-        if best is None or _selection_value(row) > _selection_value(best):
-            best = row
-            save_clip_checkpoint(out / BEST, model, config, info | {"selected_by": _rule(row)})
+        if best is row:
+            selected = _rule(row, training.model_selection)
+            save_clip_checkpoint(out / BEST, model, config, info | {"selected_by": selected})
         _write_history(out, history)
         log.info("%s", report.epoch_line(row))
         log.debug("epoch %d: %s", epoch, row)
@@ -251,7 +290,6 @@ def train_contrastive(
 
     assert best is not None
     frame = pd.DataFrame(history, columns=list(METRIC_COLUMNS))
-    report.plot_clip_curves(frame, out / "loss_curves.png")
     result = TrainResult(
         out=out,
         epochs_run=training.epochs - first_epoch + 1,
@@ -263,25 +301,85 @@ def train_contrastive(
         excluded={s: d.excluded.as_dict() for s, d in data.items()},
         seconds=time.perf_counter() - start,
     )
-    summary = {
-        "config": contrastive_config_to_dict(config),
-        "heatmap_version": heatmap_version,
-        "heatmap_targets": list(targets),
-        "train_items": result.train_items,
-        "validate_items": result.validate_items,
-        "excluded": result.excluded,
-        "best_epoch": result.best_epoch,
-        "selected_by": _rule(best),
-        "best_sha256": checkpoint_sha256(out / BEST),
-        "compute": compute.record(),
-        "seconds": round(result.seconds, 2),
-    }
-    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if ranks.primary:
+        report.plot_clip_curves(frame, out / "loss_curves.png")
+        summary = {
+            "config": contrastive_config_to_dict(config),
+            "heatmap_version": heatmap_version,
+            "heatmap_targets": list(targets),
+            "train_items": result.train_items,
+            "validate_items": result.validate_items,
+            "excluded": result.excluded,
+            "best_epoch": result.best_epoch,
+            "best_metric": result.best_metric,
+            "selected_by": _rule(best, training.model_selection),
+            "best_sha256": checkpoint_sha256(out / BEST),
+            "compute": compute.record(),
+            "workers": ranks.world_size,
+            "global_batch": batch_size,
+            "epochs_run": result.epochs_run,
+            "starts": starts,
+            "seconds": round(result.seconds, 2),
+        }
+        (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
 
 
-def _rule(row: dict[str, float]) -> str:
+def _resume(
+    out: Path,
+    config: ContrastiveConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any] | None:
+    """Load ``out/last`` (if any) into the model, optimiser and schedule; what the other ranks
+    need to do the same (state dicts, history), or None for a fresh run."""
+    if not (out / LAST / "clip.json").is_file():
+        return None
+    saved = load_clip_checkpoint(out / LAST)
+    if contrastive_config_to_dict(saved.config) != contrastive_config_to_dict(config):
+        raise ValueError(f"{out / LAST} was trained with another config; use a new output folder")
+    model.load_state_dict(saved.model.state_dict())
+    restore_trainer_state(out / LAST, optimizer, scheduler)
+    log.info("resuming %s after epoch %d", out, int(saved.info["epoch"]))
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "history": list(saved.info["history"]),
+        "starts": list(saved.info.get("starts", [1])),
+    }
+
+
+def load_train_result(out: Path) -> TrainResult:
+    """The result of a finished run from the files rank 0 wrote (a data-parallel run's
+    driver reads it this way)."""
+    summary = json.loads((out / "train.json").read_text())
+    history = DirectoryTables(out).read("metrics", METRIC_COLUMNS)
+    if history is None:
+        raise FileNotFoundError(f"{out} holds no metrics table")
+    return TrainResult(
+        out=out,
+        epochs_run=int(summary["epochs_run"]),
+        best_epoch=int(summary["best_epoch"]),
+        best_metric=float(summary["best_metric"]),
+        history=history,
+        train_items=int(summary["train_items"]),
+        validate_items=int(summary["validate_items"]),
+        excluded=summary["excluded"],
+        seconds=float(summary["seconds"]),
+    )
+
+
+def _rule(row: dict[str, float], selection: ModelSelection) -> str:
+    if selection == "last":
+        return "last_epoch"
     return "val_macro_auc" if not math.isnan(row["val_macro_auc"]) else "val_loss"
+
+
+def _better(row: dict[str, float], best: dict[str, float], selection: ModelSelection) -> bool:
+    """Whether ``row``'s epoch replaces ``best``'s as the selected one."""
+    return selection == "last" or _selection_value(row) > _selection_value(best)
 
 
 def _metrics_row(
@@ -310,6 +408,27 @@ def _write_history(out: Path, history: list[dict[str, float]]) -> None:
     DirectoryTables(out).write("metrics", pd.DataFrame(history, columns=list(METRIC_COLUMNS)))
 
 
+def _clip_worker(arguments: dict[str, Any]) -> None:
+    """One Ray Train worker of a data-parallel run (rank 0 writes into the run folder)."""
+    ranks = Ranks.current()
+    compute = worker_compute(arguments["compute"], arguments["scaling"])
+    folder = RunFolder(arguments["out"]) if ranks.primary else None
+    if folder is not None:
+        folder.pull()
+    train_contrastive(
+        arguments["store"],
+        folder.local if folder is not None else arguments["out"],
+        arguments["config"],
+        arguments["heatmap_version"],
+        on_epoch=(lambda row: folder.sync()) if folder is not None else None,
+        missing_heatmaps=arguments["missing_heatmaps"],
+        compute=compute,
+        ranks=ranks,
+    )
+    if folder is not None:
+        folder.sync()
+
+
 @flow(name="train", flow_run_name=_run_name)
 def train_flow(
     store: str,
@@ -319,6 +438,7 @@ def train_flow(
     missing_heatmaps: MissingHeatmaps = "exclude",
     torch_threads: int = 0,
     compute: ComputeSettings = ComputeSettings(),
+    scaling: ScalingSettings = ScalingSettings(),
 ) -> dict[str, Any]:
     """Train the heatmap-augmented CLIP model on STORE's train split into OUT (resumable).
 
@@ -328,15 +448,19 @@ def train_flow(
         out: output folder; rerunning with the same config resumes after the last epoch.
         training: preset (tiny: 64 px, CPU; paper: ViT-B/32 at 256 px) and overrides: heatmap
             mode (none | channel | add | append), hybrid loss weight and class loss, epochs,
-            batch size, learning rate, seed, a local pretrained open_clip file.
+            batch size (the global batch over all workers), learning rate, seed, a local
+            pretrained open_clip file.
         heatmap_version: the heatmap version to read.
         missing_heatmaps: exclude (and count) items whose heatmaps are not done, or fail.
         torch_threads: torch threads of this process (0: torch's default).
         compute: device (auto: CUDA when present) and precision (fp32, bf16, fp16).
+        scaling: data-parallel workers on Ray Train (1: this process), GPUs and CPUs per
+            worker, restarts after a lost worker, the Ray cluster.
     """
     logger = get_run_logger()
     config = training.config()
-    amp = compute.resolve()  # an impossible device fails here, before any data is read
+    scaling.check(compute, config.training.batch_size)
+    amp = None if scaling.distributed else compute.resolve()  # fails here, before data is read
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     mode = config.model.heatmap_mode
@@ -352,16 +476,32 @@ def train_flow(
         folder.sync()
         progress.advance(1)
 
-    result = train_contrastive(
-        store,
-        folder.local,
-        config,
-        heatmap_version,
-        on_epoch=epoch_done,
-        missing_heatmaps=missing_heatmaps,
-        compute=amp,
-    )
-    folder.sync()
+    if amp is None:
+        arguments = {
+            "store": store,
+            "out": out,
+            "config": config,
+            "heatmap_version": heatmap_version,
+            "missing_heatmaps": missing_heatmaps,
+            "compute": compute,
+            "scaling": scaling,
+        }
+        run_data_parallel(_clip_worker, arguments, scaling, name=f"train-{key}")
+        folder.pull()
+        result = load_train_result(folder.local)
+        progress.advance(result.epochs_run)
+    else:
+        result = train_contrastive(
+            store,
+            folder.local,
+            config,
+            heatmap_version,
+            on_epoch=epoch_done,
+            missing_heatmaps=missing_heatmaps,
+            compute=amp,
+        )
+        folder.sync()
+    record = json.loads((folder / "train.json").read_text())["compute"]
     summary = {
         "out": folder.url,
         "best": folder.location.child(BEST).url,
@@ -372,7 +512,8 @@ def train_flow(
         "excluded": result.excluded,
         "final": result.history.iloc[-1].to_dict(),
         "seconds": round(result.seconds, 2),
-        "compute": amp.record(),
+        "compute": record,
+        "workers": scaling.workers,
     }
     report.publish_clip(
         key,

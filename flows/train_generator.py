@@ -7,6 +7,9 @@ progress, loss curves and the classifier's AUC per noise level as Prefect artifa
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,10 +39,12 @@ from daug_core.classifier_training import (
     train_classifier,
 )
 from daug_core.compute import Compute, ComputeSettings
-from daug_core.config import DiffusionConfig, DiffusionTrainSettings, TrainingConfig
+from daug_core.config import DiffusionConfig, DiffusionTrainSettings
+from daug_core.distributed import SINGLE, Ranks
 from daug_core.generator import GeneratorState, init_generator_state, train_generator
 from daug_core.model_input import to_model_space
 from daug_core.training import StepReport, TrainingResult
+from flows.distributed import ScalingSettings, run_data_parallel, worker_compute
 from flows.reports import training as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
 from flows.reports.files import RunFolder, write_json
@@ -55,6 +60,8 @@ from storage.image_store import ImageStore
 from storage.labels import SUPER_CLASS_COLUMNS
 from storage.location import Location
 from storage.tables import DirectoryTables
+
+log = logging.getLogger(__name__)
 
 
 def _run_name() -> str:
@@ -96,25 +103,6 @@ class LossLog:
         self.tables.write(self.name, pd.DataFrame(self.rows, columns=["step", "loss"]))
 
 
-def _checkpointing(
-    every: int,
-    save: Callable[[], object],
-    losses: LossLog,
-    progress: ProgressReporter,
-    upload: Callable[[], None],
-) -> Callable[[StepReport], bool]:
-    def on_step(report: StepReport) -> bool:
-        losses.add(report)
-        progress.advance(1)
-        if report.step % every == 0:
-            save()
-            losses.flush()
-            upload()
-        return False
-
-    return on_step
-
-
 def _batches(
     store: ImageStore,
     selection: Selection,
@@ -122,116 +110,225 @@ def _batches(
     batch_size: int,
     seed: int,
     start: int,
+    ranks: Ranks,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for batch in random_batches(store, selection, batch_size, seed, start):
+    batches = random_batches(
+        store, selection, batch_size, seed, start, rank=ranks.rank, world_size=ranks.world_size
+    )
+    for batch in batches:
         yield to_model_input(batch, config.image_size)
 
 
-def _train(
+State = GeneratorState | ClassifierState
+
+
+def _model_state(
     name: str,
-    state: GeneratorState | ClassifierState,
-    train: Callable[..., TrainingResult],
-    save: Callable[[Any, Path], Path],
-    train_cfg: TrainingConfig,
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    folder: RunFolder,
+    path: Path | None,
+    config: DiffusionConfig,
+    selection: Selection,
+    seed: int,
+    amp: Compute,
+) -> State:
+    """The checkpoint at ``path`` to resume from, or (none there, or no path) a new state
+    drawn from ``seed``."""
+    resume = path is not None and (path / "trainer_state.json").is_file()
+    if resume:
+        log.info("resuming the %s at its checkpoint in %s", name, path)
+    if name == GENERATOR_DIR:
+        if path is not None and resume:
+            return load_generator_checkpoint(path, device=amp.device)
+        # The RNG stays on the CPU: the same noise on every device.
+        generator = torch.Generator().manual_seed(seed)
+        return init_generator_state(config, generator=generator, device=amp.device)
+    if path is not None and resume:
+        return load_classifier_checkpoint(path, device=amp.device)
+    # BCE pos_weight = negatives / positives per class over the training labels.
+    return init_classifier_state(
+        config,
+        pos_weight=pos_weight_from_labels(selection.labels),
+        generator=torch.Generator().manual_seed(seed + 1),
+        device=amp.device,
+    )
+
+
+def _share_state(state: State, ranks: Ranks) -> None:
+    """Rank 0's state (resumed from its checkpoint, or new) copied into every rank's: only
+    rank 0 needs to see the run folder."""
+    if not ranks.distributed:
+        return
+    module = state.unet if isinstance(state, GeneratorState) else state.classifier
+    ema = state.ema if isinstance(state, GeneratorState) else None
+    payload: dict[str, Any] | None = None
+    if ranks.primary:
+        payload = {
+            "model": module.state_dict(),
+            "ema": None if ema is None else ema.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "rng": state.generator.get_state(),
+            "step": state.step,
+            "pos_weight": getattr(state, "pos_weight", None),
+        }
+    payload = ranks.broadcast(payload)
+    if ranks.primary:
+        return
+    assert payload is not None
+    module.load_state_dict(payload["model"])
+    if ema is not None:
+        ema.load_state_dict(payload["ema"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.generator.set_state(payload["rng"])
+    state.step = int(payload["step"])
+    if isinstance(state, ClassifierState):
+        state.pos_weight = payload["pos_weight"].to(state.pos_weight.device)
+
+
+def fit_model(
+    name: str,
+    store: ImageStore,
+    selection: Selection,
+    config: DiffusionConfig,
+    out: Path,
+    seed: int,
     steps: int,
     amp: Compute,
+    ranks: Ranks = SINGLE,
+    on_checkpoint: Callable[[], None] = lambda: None,
+    progress: ProgressReporter | None = None,
 ) -> ModelRun:
-    """Train ``state`` up to ``steps`` in ``amp``'s precision, checkpointing (and uploading the
-    checkpoint when the output folder is a URL), logging losses and progress."""
-    out = folder.local
+    """Train the generator or the classifier (``name``) up to ``steps`` in ``amp``'s precision
+    from its checkpoint in ``out`` (or from ``seed``). Rank 0 checkpoints every
+    ``checkpoint_every`` steps and at the end, then calls ``on_checkpoint`` (the upload of a
+    URL run folder), and keeps the loss table; the other ranks only train."""
     path = out / name
+    # Other ranks build the same architecture, then take rank 0's numbers.
+    state = _model_state(name, path if ranks.primary else None, config, selection, seed, amp)
+    _share_state(state, ranks)
+    if name == GENERATOR_DIR:
+        train: Callable[..., TrainingResult] = train_generator
+        save: Callable[[Any, Path], Path] = save_generator_checkpoint
+        train_cfg, batch_seed = config.generator_training, seed
+    else:
+        train, save = train_classifier, save_classifier_checkpoint
+        train_cfg, batch_seed = config.classifier_training, seed + 1
+    batches = _batches(
+        store, selection, config, train_cfg.batch_size, batch_seed, state.step, ranks
+    )
     before = state.step
-    losses = LossLog(out, name, before)
-    progress = ProgressReporter(
-        artifact_key("train-generator", folder.location.name, name),
-        steps - before,
-        f"{name} steps",
-    )
+    losses = LossLog(out, name, before) if ranks.primary else None
+
+    def on_step(report: StepReport) -> bool:
+        if progress is not None:
+            progress.advance(1)
+        if losses is None:
+            return False
+        losses.add(report)
+        if report.step % train_cfg.checkpoint_every == 0:
+            save(state, path)
+            losses.flush()
+            on_checkpoint()
+        return False
+
     result = train(
-        state,
-        batches,
-        until_step=steps,
-        on_step=_checkpointing(
-            train_cfg.checkpoint_every, lambda: save(state, path), losses, progress, folder.sync
-        ),
-        precision=amp.precision,
+        state, batches, until_step=steps, on_step=on_step, precision=amp.precision, ranks=ranks
     )
+    last = result.losses[-1] if result.losses else float("nan")
+    if losses is None:
+        return ModelRun(name, before, state.step, result.seconds, last, "")
     save(state, path)
     losses.flush()
-    folder.sync()
-    last = result.losses[-1] if result.losses else float("nan")
+    on_checkpoint()
     return ModelRun(name, before, state.step, result.seconds, last, checkpoint_sha256(path))
 
 
-@task(cache_policy=NO_CACHE, retries=1, task_run_name="train-generator-unet")
-def train_generator_task(
-    store: ImageStore,
-    selection: Selection,
-    config: DiffusionConfig,
-    out: RunFolder,
-    seed: int,
-    steps: int,
-    amp: Compute,
-) -> ModelRun:
-    path = out.local / GENERATOR_DIR
-    if (path / "trainer_state.json").is_file():
-        state = load_generator_checkpoint(path, device=amp.device)
-        get_run_logger().info("resuming the generator at step %d", state.step)
-    else:  # the RNG stays on the CPU: the same noise on every device
-        generator = torch.Generator().manual_seed(seed)
-        state = init_generator_state(config, generator=generator, device=amp.device)
-    cfg = config.generator_training
-    batches = _batches(store, selection, config, cfg.batch_size, seed, state.step)
-    return _train(
-        GENERATOR_DIR,
-        state,
-        train_generator,
-        save_generator_checkpoint,
-        cfg,
-        batches,
-        out,
-        steps,
-        amp,
-    )
-
-
-@task(cache_policy=NO_CACHE, retries=1, task_run_name="train-noise-aware-classifier")
-def train_classifier_task(
-    store: ImageStore,
-    selection: Selection,
-    config: DiffusionConfig,
-    out: RunFolder,
-    seed: int,
-    steps: int,
-    amp: Compute,
-) -> ModelRun:
-    path = out.local / CLASSIFIER_DIR
-    if (path / "trainer_state.json").is_file():
-        state = load_classifier_checkpoint(path, device=amp.device)
-        get_run_logger().info("resuming the classifier at step %d", state.step)
-    else:
-        # BCE pos_weight = negatives / positives per class over the training labels.
-        state = init_classifier_state(
-            config,
-            pos_weight=pos_weight_from_labels(selection.labels),
-            generator=torch.Generator().manual_seed(seed + 1),
-            device=amp.device,
+def _diffusion_worker(arguments: dict[str, Any]) -> None:
+    """One Ray Train worker of a data-parallel run: the generator, then the classifier."""
+    ranks = Ranks.current()
+    amp = worker_compute(arguments["compute"], arguments["scaling"])
+    folder = RunFolder(arguments["out"]) if ranks.primary else None
+    if folder is not None:
+        folder.pull()
+    store = ImageStore.open(arguments["store"], read_only=True)
+    for name, steps in arguments["models"]:
+        fit_model(
+            name,
+            store,
+            arguments["selection"],
+            arguments["config"],
+            folder.local if folder is not None else Path(arguments["out"]),
+            arguments["seed"],
+            steps,
+            amp,
+            ranks,
+            on_checkpoint=folder.sync if folder is not None else lambda: None,
         )
-    cfg = config.classifier_training
-    batches = _batches(store, selection, config, cfg.batch_size, seed + 1, state.step)
-    return _train(
-        CLASSIFIER_DIR,
-        state,
-        train_classifier,
-        save_classifier_checkpoint,
-        cfg,
-        batches,
-        out,
-        steps,
-        amp,
+
+
+def _checkpoint_step(path: Path) -> int:
+    state = path / "trainer_state.json"
+    return int(json.loads(state.read_text())["step"]) if state.is_file() else 0
+
+
+@task(cache_policy=NO_CACHE, retries=1, task_run_name="train-{name}")
+def train_model_task(
+    name: str,
+    store: str,
+    selection: Selection,
+    config: DiffusionConfig,
+    out: RunFolder,
+    seed: int,
+    steps: int,
+    amp: Compute,
+) -> ModelRun:
+    """The generator or the classifier, in this process."""
+    progress = ProgressReporter(
+        artifact_key("train-generator", out.location.name, name),
+        steps - _checkpoint_step(out.local / name),
+        f"{name} steps",
     )
+    image_store = ImageStore.open(store, read_only=True)
+    return fit_model(
+        name, image_store, selection, config, out.local, seed, steps, amp,
+        on_checkpoint=out.sync, progress=progress,
+    )  # fmt: skip
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train-data-parallel")
+def train_models_data_parallel_task(
+    models: list[tuple[str, int]],
+    store: str,
+    selection: Selection,
+    config: DiffusionConfig,
+    out: RunFolder,
+    seed: int,
+    compute: ComputeSettings,
+    scaling: ScalingSettings,
+) -> list[ModelRun]:
+    """Both models, one after the other, on one group of Ray Train workers (the group starts
+    once; Ray restarts it after a lost worker, up to ``scaling.max_failures`` times)."""
+    before = {name: _checkpoint_step(out.local / name) for name, _ in models}
+    started = time.perf_counter()
+    arguments = {
+        "models": models,
+        "store": store,
+        "selection": selection,
+        "config": config,
+        "out": out.url,
+        "seed": seed,
+        "compute": compute,
+        "scaling": scaling,
+    }
+    run_data_parallel(_diffusion_worker, arguments, scaling, name="train-generator")
+    out.pull()
+    seconds = time.perf_counter() - started
+    runs = []
+    for name, _ in models:
+        path = out.local / name
+        after = _checkpoint_step(path)
+        rows = LossLog(out.local, name, after).rows
+        last = rows[-1]["loss"] if rows else float("nan")
+        runs.append(ModelRun(name, before[name], after, seconds, last, checkpoint_sha256(path)))
+    return runs
 
 
 @flow(name="train-generator", flow_run_name=_run_name)
@@ -241,6 +338,7 @@ def train_generator_flow(
     training: DiffusionTrainSettings = DiffusionTrainSettings(),
     eval_split: str = "validate",
     compute: ComputeSettings = ComputeSettings(),
+    scaling: ScalingSettings = ScalingSettings(),
 ) -> dict[str, Any]:
     """Train the DDPM generator and the noise-aware classifier on STORE's train split.
 
@@ -252,10 +350,16 @@ def train_generator_flow(
             to (default: the preset's).
         eval_split: split on which the classifier's AUC per noise level is measured.
         compute: device (auto: CUDA when present) and precision of both models' training.
+        scaling: data-parallel workers on Ray Train (1: this process; the batch sizes are
+            global batches), GPUs and CPUs per worker, restarts, the Ray cluster.
     """
     logger = get_run_logger()
     config = training.config()
-    amp = compute.resolve()  # an impossible device fails here, before any data is read
+    scaling.check(compute, config.generator_training.batch_size)
+    scaling.check(compute, config.classifier_training.batch_size)
+    # An impossible device fails here, before any data is read. Data-parallel runs train on
+    # the workers' devices; this process then only evaluates the classifier (fp32, auto).
+    amp = compute.resolve() if not scaling.distributed else ComputeSettings().resolve()
     image_store = ImageStore.open(store, read_only=True)
     if image_store.size < config.image_size:
         raise ValueError(
@@ -268,14 +372,19 @@ def train_generator_flow(
     train = select(image_store, ["train"], SUPER_CLASS_COLUMNS)
     logger.info("training on %d images of %s", len(train.indices), store)
     seed = training.seed
-    runs = [
-        train_generator_task(
-            image_store, train, config, folder, seed, config.generator_training.num_steps, amp
-        ),
-        train_classifier_task(
-            image_store, train, config, folder, seed, config.classifier_training.num_steps, amp
-        ),
+    models = [
+        (GENERATOR_DIR, config.generator_training.num_steps),
+        (CLASSIFIER_DIR, config.classifier_training.num_steps),
     ]
+    if scaling.distributed:
+        runs = train_models_data_parallel_task(
+            models, store, train, config, folder, seed, compute, scaling
+        )
+    else:
+        runs = [
+            train_model_task(name, store, train, config, folder, seed, steps, amp)
+            for name, steps in models
+        ]
 
     held_out = select(image_store, [eval_split], SUPER_CLASS_COLUMNS)
     trained = load_classifier_checkpoint(out_path / CLASSIFIER_DIR, device=amp.device)
@@ -307,7 +416,8 @@ def train_generator_flow(
         "preset": training.preset,
         "seed": seed,
         "training": dataclasses.asdict(training),
-        "compute": amp.record(),
+        "compute": amp.record() if not scaling.distributed else dataclasses.asdict(compute),
+        "scaling": dataclasses.asdict(scaling),
         "training_data_sha256": selection_sha256(image_store, train),
         "runs": [dataclasses.asdict(r) for r in runs],
         "classifier_mean_auc_by_t": dict(

@@ -69,14 +69,29 @@ def select(store: ImageStore, splits: Sequence[str], label_columns: Sequence[str
 
 
 def random_batches(
-    store: ImageStore, selection: Selection, batch_size: int, seed: int, start_step: int = 0
+    store: ImageStore,
+    selection: Selection,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[Batch]:
-    """An endless stream of batches sampled with replacement across epochs boundaries."""
+    """An endless stream of batches sampled with replacement across epochs boundaries.
+
+    Data-parallel: ``batch_size`` is the global batch and rank r reads (only) the r-th
+    contiguous share of its rows, so the ranks' batches of a step make up the batch one
+    process would read."""
+    if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+        raise ValueError(f"rank {rank} of {world_size} cannot share batches of {batch_size}")
+    local = batch_size // world_size
     step = start_step
     n = len(selection.indices)
     while True:
         rng = np.random.default_rng([seed, step])
         rows = np.sort(rng.choice(n, size=batch_size, replace=n < batch_size))
+        rows = rows[rank * local : (rank + 1) * local]
         indices = selection.indices[rows]
         yield Batch(step, indices, store.read_images(indices), selection.labels[rows])
         step += 1

@@ -424,18 +424,46 @@ class EpochShuffle(Sampler[int]):
     """A permutation per epoch from a generator seeded by (seed, dataset.epoch).
 
     The order of epoch e is the same whether or not epochs 0..e-1 were iterated in this
-    process, so a resumed run sees the batches an uninterrupted one would have."""
+    process, so a resumed run sees the batches an uninterrupted one would have.
 
-    def __init__(self, dataset: ContrastiveDataset, seed: int) -> None:
+    Data-parallel: with ``world_size`` > 1 the permutation is cut into global batches of
+    ``global_batch`` (the incomplete last one dropped) and rank r yields the r-th contiguous
+    share of each, so a loader of ``global_batch / world_size`` per batch on every rank reads,
+    step by step, exactly the rows one process reading ``global_batch`` would."""
+
+    def __init__(
+        self,
+        dataset: ContrastiveDataset,
+        seed: int,
+        *,
+        global_batch: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size or global_batch % world_size:
+            raise ValueError(
+                f"rank {rank} of {world_size} workers cannot share global batches of {global_batch}"
+            )
         self.dataset = dataset
         self.seed = int(seed)
+        self.global_batch = global_batch
+        self.rank = rank
+        self.world_size = world_size
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        if self.world_size == 1:
+            return len(self.dataset)
+        return len(self.dataset) // self.global_batch * (self.global_batch // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(_seed(self.seed, self.dataset.epoch))
-        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+        order = torch.randperm(len(self.dataset), generator=generator)
+        if self.world_size > 1:
+            local = self.global_batch // self.world_size
+            full = len(order) // self.global_batch * self.global_batch
+            order = order[:full].view(-1, self.global_batch)
+            order = order[:, self.rank * local : (self.rank + 1) * local].reshape(-1)
+        return iter(order.tolist())
 
 
 def make_loader(
@@ -445,8 +473,15 @@ def make_loader(
     seed: int,
     num_workers: int = 0,
     drop_last: bool = False,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader[ContrastiveItem]:
     """A DataLoader over ``dataset`` (default collate: a dict of stacked tensors and lists).
+
+    ``batch_size`` is the global batch: with ``world_size`` > 1 (a shuffled, data-parallel
+    training loader) this rank's loader yields its ``batch_size / world_size`` rows of each
+    global batch (:class:`EpochShuffle`).
 
     With ``shuffle`` the order of each epoch is a permutation drawn from a ``torch.Generator``
     seeded by ``(seed, dataset.epoch)`` (:class:`EpochShuffle`); without it, store order.
@@ -460,10 +495,17 @@ def make_loader(
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+    if world_size > 1 and not (shuffle and drop_last):
+        raise ValueError("a data-parallel loader shuffles and drops the last partial batch")
+    sampler = None
+    if shuffle:
+        sampler = EpochShuffle(
+            dataset, seed, global_batch=batch_size, rank=rank, world_size=world_size
+        )
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochShuffle(dataset, seed) if shuffle else None,
+        batch_size=batch_size // world_size,
+        sampler=sampler,
         num_workers=num_workers,
         multiprocessing_context="spawn" if num_workers > 0 else None,
         persistent_workers=False,

@@ -17,6 +17,7 @@ from flows.cli.options import (
     StoreOption,
     TorchThreadsOption,
 )
+from flows.distributed import ScalingSettings
 from storage.location import Location
 
 OutOption = Annotated[str, typer.Option(help="output folder (rerun to resume)")]
@@ -41,6 +42,7 @@ def train(
     out: OutOption,
     training: ClipTrainSettings,
     compute: ComputeSettings,
+    scaling: ScalingSettings,
     heatmap_version: HeatmapVersionOption = "v1",
     missing_heatmaps: Annotated[
         Literal["exclude", "fail"],
@@ -50,7 +52,8 @@ def train(
 ) -> None:
     """Train the heatmap-augmented CLIP model with the hybrid loss (resumable)."""
     require_store(store)
-    compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
+    if not scaling.distributed:  # "cuda" without CUDA fails here, before Prefect starts
+        compute.resolve()  # (data-parallel workers get their GPUs from Ray)
 
 
 @command(PANEL, flow="flows.evaluate:evaluate_flow", show=show_headline)

@@ -23,6 +23,7 @@ from flows.cli.options import (
     SplitsOption,
     StoreOption,
 )
+from flows.distributed import ScalingSettings
 from flows.pool import PoolSettings
 from flows.quality.settings import SweepSettings
 
@@ -55,11 +56,13 @@ def train_generator(
     out: Annotated[str, typer.Option(help="checkpoint folder (resumed when it exists)")],
     training: DiffusionTrainSettings,
     compute: ComputeSettings,
+    scaling: ScalingSettings,
     eval_split: EvalSplitOption = "validate",
 ) -> None:
     """Train the DDPM generator and the noise-aware classifier (resumable)."""
     require_store(store)
-    compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
+    if not scaling.distributed:  # "cuda" without CUDA fails here, before Prefect starts
+        compute.resolve()  # (data-parallel workers get their GPUs from Ray)
 
 
 @command(PANEL, flow="flows.precompute:precompute_flow")

@@ -14,6 +14,7 @@ from daug_core.clip_config import (
     DEFAULT_NEGATIVE_PROMPTS,
     ClipArchitecture,
     ClipModelConfig,
+    ClipTrainSettings,
     ContrastiveConfig,
     ContrastiveTrainingConfig,
     HybridLossConfig,
@@ -54,7 +55,7 @@ def test_paper_preset_follows_the_official_run() -> None:
     assert cfg.loss.logit_scale == 100.0 and not cfg.loss.learn_logit_scale
     assert cfg.loss.class_logit_bias == 0.0
     t = cfg.training
-    assert (t.learning_rate, t.epochs, t.batch_size, t.weight_decay) == (2e-5, 10, 32, 0.01)
+    assert (t.learning_rate, t.epochs, t.batch_size, t.weight_decay) == (2e-5, 10, 256, 0.01)
     assert (t.crop_scale_min, t.rotation_degrees) == (1.0, 0.0)  # official: resize only
 
 
@@ -175,3 +176,10 @@ def test_types_are_frozen() -> None:
     assert isinstance(cfg, ContrastiveConfig)
     assert isinstance(cfg.training, ContrastiveTrainingConfig)
     assert isinstance(cfg.model.architecture, ClipArchitecture)
+
+
+def test_training_on_validate_needs_the_last_epoch_rule() -> None:
+    official = ClipTrainSettings(train_splits="train+validate", model_selection="last").config()
+    assert official.training.train_split_names == ("train", "validate")
+    with pytest.raises(ConfigError, match="no held-out split"):
+        ClipTrainSettings(train_splits="train+validate")

@@ -109,3 +109,14 @@ def test_missing_heatmaps_can_fail_instead_of_excluding(contrastive_store, tmp_p
         train_contrastive(
             contrastive_store, tmp_path / "run", small(epochs=1), missing_heatmaps="fail"
         )
+
+
+def test_the_official_recipe_trains_on_train_and_validate_and_keeps_the_last_epoch(
+    contrastive_store, tmp_path
+):
+    ours = train_contrastive(contrastive_store, tmp_path / "ours", small("none", epochs=1))
+    official = small("none", epochs=2, train_splits="train+validate", model_selection="last")
+    result = train_contrastive(contrastive_store, tmp_path / "official", official)
+    assert result.train_items == ours.train_items + ours.validate_items
+    assert result.best_epoch == 2
+    assert load_clip_checkpoint(tmp_path / "official" / "best").info["selected_by"] == "last_epoch"
