@@ -50,8 +50,10 @@ def train(
     ] = "exclude",
     torch_threads: TorchThreadsOption = 0,
 ) -> None:
-    """Train the heatmap-augmented CLIP model with the hybrid loss (resumable)."""
+    """Train the heatmap-augmented CLIP model with the hybrid loss (resumable; --workers N
+    trains data-parallel on Ray Train, --batch-size being the global batch)."""
     require_store(store)
+    scaling.check(compute, training.config().training.batch_size)
     if not scaling.distributed:  # "cuda" without CUDA fails here, before Prefect starts
         compute.resolve()  # (data-parallel workers get their GPUs from Ray)
 

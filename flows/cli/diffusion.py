@@ -59,8 +59,12 @@ def train_generator(
     scaling: ScalingSettings,
     eval_split: EvalSplitOption = "validate",
 ) -> None:
-    """Train the DDPM generator and the noise-aware classifier (resumable)."""
+    """Train the DDPM generator and the noise-aware classifier (resumable; --workers N trains
+    data-parallel on Ray Train)."""
     require_store(store)
+    config = training.config()
+    for model in (config.generator_training, config.classifier_training):
+        scaling.check(compute, model.batch_size)
     if not scaling.distributed:  # "cuda" without CUDA fails here, before Prefect starts
         compute.resolve()  # (data-parallel workers get their GPUs from Ray)
 

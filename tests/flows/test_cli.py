@@ -93,6 +93,13 @@ def test_a_device_this_machine_lacks_is_one_error_before_any_work(tmp_path):
     )  # fmt: skip
     assert cuda.returncode == 2 and "no CUDA device" in cuda.stderr, cuda.stderr[-2000:]
     assert "Traceback" not in cuda.stderr and not (tmp_path / "o").exists()
+    uneven = daug(
+        "train", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "o"),
+        "--workers", "3", "--batch-size", "8",
+    )  # fmt: skip
+    assert uneven.returncode == 2, uneven.stderr[-2000:]
+    assert "does not split over 3 workers" in uneven.stderr
+    assert "Traceback" not in uneven.stderr and not (tmp_path / "o").exists()
 
 
 def test_demo_prints_the_heatmap_quality_headline_in_terminal_columns():
