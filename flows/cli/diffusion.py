@@ -130,3 +130,5 @@ def heatmap_quality(
             "nothing to score: give --heatmap-version, or --checkpoints with --compare or --sweep",
             param_hint="--heatmap-version / --checkpoints",
         )
+    if sweep.enabled and checkpoints is not None:  # "cuda" without CUDA fails here
+        ComputeSettings(device=sweep.device).resolve()

@@ -41,6 +41,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from daug_core.compute import ComputeSettings
 from daug_core.config import DiffusionConfig
 from daug_core.heatmap_settings import HeatmapSettings
 from flows.pool import PoolSettings
@@ -274,9 +275,11 @@ def heatmap_quality_flow(
             run.image_store, run.truth, chosen_splits, sweep.items, config.image_size, run.fit
         )
         logger.info("sweep on %d lesion images, %d points", len(chosen.indices), len(points))
+        device = str(ComputeSettings(device=sweep.device).resolve().device)
         sweep_table = run_sweep(
-            config, Path(checkpoints), chosen, points, tolerance, sweep.torch_threads, progress
-        )
+            config, Path(checkpoints), chosen, points, tolerance, sweep.torch_threads, progress,
+            device,
+        )  # fmt: skip
         run.tables.write("sweep", sweep_table)
         sweep_plot = report.plot_sweep(sweep_table, run_dir / "sweep.png")
 

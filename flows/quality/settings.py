@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from daug_core.compute import ComputeSettings
 from daug_core.config import ConfigError, described
 
 
@@ -26,6 +27,9 @@ class SweepSettings:
         (), "sweep DDIM steps (repeat; default steps/2, steps)", option="step"
     )
     torch_threads: int = described(1, "torch threads of the in-process sweep (0: torch's)")
+    device: str = described(
+        "auto", "device of the in-process sweep: auto (CUDA when present), cpu, cuda, cuda:N"
+    )
 
     def __post_init__(self) -> None:
         if self.items < 0 or self.torch_threads < 0:
@@ -34,3 +38,4 @@ class SweepSettings:
             raise ConfigError(f"SweepSettings.scales must be >= 0: {self.scales}")
         if any(v < 1 for v in (*self.levels, *self.steps)):
             raise ConfigError(f"SweepSettings levels and steps must be >= 1: {self}")
+        ComputeSettings(device=self.device)  # the device's spelling (resolved when it runs)

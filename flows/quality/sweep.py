@@ -131,9 +131,10 @@ def run_sweep(
     tolerance: int,
     threads: int,
     progress: ProgressReporter | None = None,
+    device: str = "cpu",
 ) -> pd.DataFrame:
-    """Heatmaps of :data:`SWEEP_TARGET` for ``items`` at every point, timed per image and
-    scored; one row per point."""
+    """Heatmaps of :data:`SWEEP_TARGET` for ``items`` at every point on ``device``, timed per
+    image and scored; one row per point."""
     # The worker imports torch and the models: only a run needs them, not the CLI's options.
     import torch
 
@@ -146,6 +147,7 @@ def run_sweep(
         config=config,
         targets=(SWEEP_TARGET,),
         torch_threads=threads if threads > 0 else torch.get_num_threads(),
+        device=device,
     )
     with torch_threads(threads):
         worker = HeatmapWorker(spec)

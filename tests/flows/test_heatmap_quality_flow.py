@@ -276,3 +276,11 @@ def test_cli_fails_fast_on_missing_inputs(tmp_path, synthetic_pair):
         "v9",
     )
     assert no_version.returncode == 2 and "no heatmap version 'v9'" in no_version.stderr
+
+
+def test_the_sweep_device_is_checked_where_the_settings_are_built():
+    from daug_core.config import ConfigError
+
+    assert SweepSettings().device == "auto"
+    with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):
+        SweepSettings(device="gpu0")
