@@ -217,6 +217,10 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_steps < 0 or self.learning_rate <= 0:
             raise ConfigError(f"invalid training numbers: {self}")
+        # NaN passes every "<=" test above; a NaN rate or decay would train to NaN weights.
+        check_finite("TrainingConfig", "learning_rate", self.learning_rate, 0.0)
+        check_finite("TrainingConfig", "weight_decay", self.weight_decay, 0.0)
+        check_finite("TrainingConfig", "grad_clip_norm", self.grad_clip_norm, 0.0)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

@@ -9,15 +9,19 @@ class QuarantineReason(StrEnum):
     """Why an item could not be ingested. Values are what quarantine.csv records."""
 
     MISSING_FILE = "missing_file"
+    NOT_A_FILE = "not_a_file"  # a FIFO, device, socket or folder: never opened
     PATH_ESCAPES_ROOT = "path_escapes_root"
     DUPLICATE_DICOM_ID = "duplicate_dicom_id"
     NOT_DICOM = "not_dicom"
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED = "truncated"
+    PIXEL_DATA_SIZE_MISMATCH = "pixel_data_size_mismatch"  # the header does not fit the data
     NO_PIXEL_DATA = "no_pixel_data"
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     DEGENERATE_SIZE = "degenerate_size"
+    IMAGE_TOO_LARGE = "image_too_large"  # over ReaderConfig.max_decoded_mb: never decoded
     CONSTANT_IMAGE = "constant_image"
+    NON_FINITE_PIXELS = "non_finite_pixels"  # NaN or infinity after the modality LUT
     DECODE_ERROR = "decode_error"
 
 

@@ -6,6 +6,7 @@ loading the store machinery; :mod:`storage.release` and :mod:`storage.ingest` us
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from storage.image_store import ImageStore
 
 FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP", "AP AXIAL")
+# A 4096 x 4096 16-bit radiograph is 32 MiB; the default leaves room for a few frames and
+# refuses what no chest X-ray is (8000 x 8000 x 2 frames, the 65535^2 maximum).
+DEFAULT_MAX_DECODED_MB = 128.0
+MIB = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +41,11 @@ class ReaderConfig:
     image_format: Literal["auto", "dicom", "jpg"] = described(
         "auto", "dicom (MIMIC-CXR) or jpg (MIMIC-CXR-JPG); auto: detected from the files"
     )
+    max_decoded_mb: float = described(
+        DEFAULT_MAX_DECODED_MB,
+        "refuse an image (image_too_large) whose decoded pixels would exceed this many MiB "
+        "(rows x columns x frames x bytes per sample x samples), before decoding it",
+    )
 
     def __post_init__(self) -> None:
         if self.labeler not in ("chexpert", "negbio"):
@@ -43,6 +53,15 @@ class ReaderConfig:
         if self.image_format not in ("auto", "dicom", "jpg"):
             raise ConfigError(
                 f"ReaderConfig.image_format must be auto, dicom or jpg: {self.image_format!r}"
+            )
+        if not (
+            isinstance(self.max_decoded_mb, int | float)
+            and math.isfinite(self.max_decoded_mb)
+            and self.max_decoded_mb > 0
+        ):
+            raise ConfigError(
+                "ReaderConfig.max_decoded_mb must be a finite number > 0, "
+                f"got {self.max_decoded_mb!r}"
             )
         # Prefect and the CLI hand over the value; the store's records hold strings.
         object.__setattr__(self, "uncertainty", UncertaintyPolicy(self.uncertainty))
@@ -54,11 +73,18 @@ class ReaderConfig:
             "views": list(self.views),
             "uncertainty": self.uncertainty.value,
             "image_format": self.image_format,
+            "max_decoded_mb": self.max_decoded_mb,
         }
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        """The decode budget of one image in bytes (what the image readers are built with)."""
+        return int(self.max_decoded_mb * MIB)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReaderConfig:
-        """Inverse of :meth:`as_dict` (a missing ``views`` means the frontal default)."""
+        """Inverse of :meth:`as_dict` (a missing ``views`` means the frontal default, a missing
+        ``max_decoded_mb``, as in stores ingested before it existed, the default budget)."""
         views = data.get("views")
         labeler: Literal["chexpert", "negbio"] = (
             "negbio" if data.get("labeler") == "negbio" else "chexpert"
@@ -71,6 +97,7 @@ class ReaderConfig:
             views=FRONTAL_VIEWS if views is None else tuple(views),
             uncertainty=UncertaintyPolicy(data.get("uncertainty", "u-zeros")),
             image_format=image_format,
+            max_decoded_mb=float(data.get("max_decoded_mb", DEFAULT_MAX_DECODED_MB)),
         )
 
 

@@ -20,16 +20,41 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 LOCAL_PROTOCOLS = ("file", "local")
+
+
+class NotRegularFileError(OSError):
+    """The path exists but is no regular file: a FIFO, a device, a socket or a folder."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(f"{path} is a {kind}, not a regular file")
+        self.kind = kind
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _require_regular(mode: int, path: str) -> None:
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(path, _file_kind(mode))
 
 
 def _split(url: str) -> tuple[str, str]:
@@ -118,6 +143,31 @@ class Location:
     def read_bytes(self) -> bytes:
         data: bytes = self.fs.cat_file(self.path)
         return data
+
+    def open_regular(self) -> BinaryIO:
+        """Open the file for reading only if it is a regular file (symbolic links followed):
+        opening a FIFO waits for a writer forever and opening a device can act on it, so a
+        local path is checked before it is opened (:class:`NotRegularFileError`). Object
+        stores hold only objects."""
+        if not self.is_local:
+            handle: BinaryIO = self.fs.open(self.path, "rb")
+            return handle
+        _require_regular(os.stat(self.path).st_mode, self.path)
+        # Should the file have become a FIFO since the stat, O_NONBLOCK makes open return at
+        # once instead of waiting, and fstat refuses it; reading a regular file ignores it.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            _require_regular(os.fstat(fd).st_mode, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "rb")
+
+    def read_regular_bytes(self) -> bytes:
+        """:meth:`read_bytes` of a regular file; anything else is refused unopened (see
+        :meth:`open_regular`)."""
+        with self.open_regular() as handle:
+            return handle.read()
 
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8")

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from storage.decode import READERS
+from storage.decode import READER_TYPES, ImageReader
 from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
 from storage.ingest_config import ReaderConfig
 from storage.labels import (
@@ -28,8 +28,8 @@ from storage.labels import (
     binarize,
     super_class_targets,
 )
-from storage.location import Location
-from storage.reports import ReportSections, parse_report
+from storage.location import Location, NotRegularFileError
+from storage.reports import ReportSections, decode_report, parse_report
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,16 @@ class ReleaseIndex:
 
 @dataclass(frozen=True)
 class ReleaseItem:
-    """One image read from the release: pixels in [0, 1], its report and its hash."""
+    """One image read from the release: pixels in [0, 1], its report and its hash.
+    ``report_encoding`` is how the report's bytes were read (``utf-8``; ``cp1252`` or
+    ``latin-1`` when they were not UTF-8; empty when the report is missing)."""
 
     dicom_id: str
     pixels: np.ndarray
     source_sha256: str
     report: ReportSections
     report_missing: bool
+    report_encoding: str = ""
 
 
 class ReleaseReader:
@@ -83,6 +86,10 @@ class ReleaseReader:
         self.config = config or ReaderConfig()
         if not self.root.is_dir():
             raise ReleaseFormatError(f"release root {self.root} is not a directory")
+        budget = self.config.max_decoded_bytes
+        self.image_readers: dict[str, ImageReader] = {
+            fmt: reader_type(max_decoded_bytes=budget) for fmt, reader_type in READER_TYPES.items()
+        }
 
     # ---- tables -------------------------------------------------------------------------
     def csv_path(self, kind: str) -> Location:
@@ -124,7 +131,7 @@ class ReleaseReader:
     @staticmethod
     def relative_image_path(row: pd.Series, fmt: str) -> str:
         subject = str(row["subject_id"])
-        suffix = READERS[fmt].suffix
+        suffix = READER_TYPES[fmt].suffix
         return f"files/p{subject[:2]}/p{subject}/s{row['study_id']}/{row['dicom_id']}{suffix}"
 
     @staticmethod
@@ -149,6 +156,22 @@ class ReleaseReader:
         except ValueError as exc:
             raise ItemError(item_id, QuarantineReason.PATH_ESCAPES_ROOT, str(exc)) from exc
 
+    def read_file(self, relative: str, item_id: str) -> bytes:
+        """The bytes of a release file, after :meth:`resolve`'s checks. Only a regular file is
+        opened: a FIFO (whose open blocks forever), a device, a socket or a folder is an
+        :class:`ItemError` ``not_a_file``; a missing file is ``missing_file``."""
+        path = self.resolve(relative, item_id)
+        try:
+            return path.read_regular_bytes()
+        except NotRegularFileError as exc:
+            raise ItemError(
+                item_id, QuarantineReason.NOT_A_FILE, f"{relative} is a {exc.kind}"
+            ) from exc
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ItemError(
+                item_id, QuarantineReason.MISSING_FILE, f"{relative} is not a file"
+            ) from exc
+
     # ---- index --------------------------------------------------------------------------
     def index(self) -> ReleaseIndex:
         """Join metadata + split + labels per image, filter views, apply the label policy."""
@@ -164,7 +187,7 @@ class ReleaseReader:
             view=meta["ViewPosition"].fillna("").astype(str).str.strip(),
         )
         fmt = self.detect_format(meta.iloc[0]) if n_rows else "dicom"
-        suffix = READERS[fmt].suffix
+        suffix = READER_TYPES[fmt].suffix
         prefix = "files/p" + meta["subject_id"].str[:2] + "/p" + meta["subject_id"]
         meta["source_path"] = prefix + "/s" + meta["study_id"] + "/" + meta["dicom_id"] + suffix
         meta["report_path"] = prefix + "/s" + meta["study_id"] + ".txt"
@@ -263,26 +286,34 @@ class ReleaseReader:
 
         The file is read once: its bytes are hashed (``source_sha256``, used to detect
         changed pixels in a new release) and decoded from memory. A missing report keeps
-        the item (text empty, ``report_missing``); a missing image is an :class:`ItemError`.
+        the item (text empty, ``report_missing``), and so does a report that is no regular
+        file (never opened, logged); a missing image is an :class:`ItemError`. A report that is
+        not UTF-8 is read as cp1252 or Latin-1 (logged, and kept in ``report_encoding``).
         """
-        path = self.resolve(source_path, dicom_id)
+        data = self.read_file(source_path, dicom_id)
+        pixels = self.image_readers[image_format].decode(data, dicom_id)
         try:
-            data = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise ItemError(
-                dicom_id, QuarantineReason.MISSING_FILE, f"{source_path} is not a file"
-            ) from exc
-        pixels = READERS[image_format].decode(data, dicom_id)
-        try:
-            raw = self.resolve(report_path, dicom_id).read_bytes()
-            text = raw.decode("utf-8", errors="replace")
-            missing = False
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            text, missing = "", True
+            report = decode_report(self.read_file(report_path, dicom_id))
+        except ItemError as exc:
+            if exc.reason is QuarantineReason.NOT_A_FILE:
+                log.warning("report of %s ignored: %s", dicom_id, exc.detail)
+            elif exc.reason is not QuarantineReason.MISSING_FILE:
+                raise
+            text, encoding, missing = "", "", True
+        else:
+            if report.fallback:
+                log.warning(
+                    "report of %s (%s) is not UTF-8: read as %s",
+                    dicom_id,
+                    report_path,
+                    report.encoding,
+                )
+            text, encoding, missing = report.text, report.encoding, False
         return ReleaseItem(
             dicom_id=dicom_id,
             pixels=pixels,
             source_sha256=hashlib.sha256(data).hexdigest(),
             report=parse_report(text),
             report_missing=missing,
+            report_encoding=encoding,
         )

@@ -38,9 +38,9 @@ import pandas as pd
 from storage.errors import ReleaseFormatError
 from storage.image_store import ImageStore, ItemStatus
 from storage.labels import CHEXPERT_LABELS
-from storage.location import Location
+from storage.location import Location, NotRegularFileError
 from storage.release import CSV_PREFIX, ReleaseReader
-from storage.reports import parse_report
+from storage.reports import decode_report, parse_report
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,17 @@ class ReleaseDiff:
 
 
 def file_sha256(path: Location) -> tuple[str, int]:
-    """(hex sha256, size) of a file, read once in 1 MiB blocks; ("", 0) when it is missing."""
+    """(hex sha256, size) of a file, read once in 1 MiB blocks; ("", 0) when it is missing or
+    no regular file (a FIFO is never opened: its open would wait forever; ingest quarantines it
+    as ``not_a_file``)."""
     digest = hashlib.sha256()
     size = 0
     try:
-        with path.fs.open(path.path, "rb") as handle:
+        with path.open_regular() as handle:
             while block := handle.read(HASH_BLOCK):
                 digest.update(block)
                 size += len(block)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, NotRegularFileError):
         return "", 0
     return digest.hexdigest(), size
 
@@ -134,11 +136,12 @@ def _parallel(
 
 
 def _read_report(path: Location) -> tuple[str, bytes | None]:
+    """Text and bytes of a report, read as ingest reads it (:meth:`ReleaseReader.read_item`)."""
     try:
-        data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        data = path.read_regular_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, NotRegularFileError):
         return "", None
-    return data.decode("utf-8", errors="replace"), data
+    return decode_report(data).text, data
 
 
 def _release_reports(reader: ReleaseReader, paths: pd.Series, workers: int) -> pd.DataFrame:

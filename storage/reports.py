@@ -11,6 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Tried in order. MIMIC-CXR reports are ASCII, a valid UTF-8 subset; a report exported by another
+# system may be Windows-1252 or Latin-1. Non-ASCII cp1252 text is almost never valid UTF-8, so
+# strict UTF-8 first does not misread it; cp1252 leaves five bytes undefined, and Latin-1 maps
+# every byte, so the last one never fails.
+REPORT_ENCODINGS: tuple[str, ...] = ("utf-8", "cp1252", "latin-1")
+
 _HEADING = re.compile(r"^[ \t]*([A-Z][A-Z0-9 &/,()\-]*[A-Z)])[ \t]*:", re.MULTILINE)
 _WHITESPACE = re.compile(r"\s+")
 
@@ -46,6 +52,30 @@ class ReportSections:
     def text(self) -> str:
         """FINDINGS then IMPRESSION, the text a report encoder is trained on."""
         return " ".join(part for part in (self.findings, self.impression) if part)
+
+
+@dataclass(frozen=True)
+class ReportText:
+    """A report file's text and the encoding it was read with (one of REPORT_ENCODINGS)."""
+
+    text: str
+    encoding: str
+
+    @property
+    def fallback(self) -> bool:
+        """True when the bytes were not UTF-8 (the text may differ from what was meant)."""
+        return self.encoding != REPORT_ENCODINGS[0]
+
+
+def decode_report(data: bytes) -> ReportText:
+    """The text of a report file: strict UTF-8, else cp1252, else Latin-1 (never replacement
+    characters, which would lose the letters for good)."""
+    for encoding in REPORT_ENCODINGS[:-1]:
+        try:
+            return ReportText(data.decode(encoding), encoding)
+        except UnicodeDecodeError:
+            continue
+    return ReportText(data.decode(REPORT_ENCODINGS[-1]), REPORT_ENCODINGS[-1])
 
 
 def _clean(text: str) -> str:

@@ -7,12 +7,15 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -67,11 +70,54 @@ def dicom_bytes(
     return buffer.getvalue()
 
 
+def retag(data: bytes, **tags: object) -> bytes:
+    """``data`` (a DICOM file) with header elements set by keyword, pixel data untouched: a
+    header that no longer describes its data (``Rows=20`` on 40 rows)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def gradient(rows: int = 40, cols: int = 32, top: int = 4000) -> np.ndarray:
     """A non-constant 12-bit test pattern: a ramp plus a bright square."""
     image = np.linspace(0, top * 0.6, rows * cols).reshape(rows, cols)
     image[rows // 4 : rows // 2, cols // 4 : cols // 2] = top
     return image.astype(np.uint16)
+
+
+T = TypeVar("T")
+
+
+def call_within(seconds: float, function: Callable[[], T]) -> T:
+    """``function()``, failing the test if it has not returned after ``seconds`` (it runs in a
+    daemon thread, so code stuck opening a FIFO cannot hang the test session)."""
+    outcome: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(function())
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise AssertionError(f"{function} did not return within {seconds} s")
+    if errors:
+        raise errors[0]
+    return outcome[0]
+
+
+def replace_with_fifo(path: Path) -> Path:
+    """``path`` made a FIFO: opening it for reading waits for a writer forever."""
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    return path
 
 
 @dataclass(frozen=True)
@@ -146,7 +192,16 @@ def dicom_id(n: int) -> str:
     return "-".join(f"{n:08x}" for _ in range(5))
 
 
-__all__ = ["MiniItem", "dicom_bytes", "dicom_id", "gradient", "write_mini_release"]
+__all__ = [
+    "MiniItem",
+    "call_within",
+    "dicom_bytes",
+    "dicom_id",
+    "gradient",
+    "replace_with_fifo",
+    "retag",
+    "write_mini_release",
+]
 
 
 def run_daug(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

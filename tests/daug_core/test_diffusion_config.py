@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -62,3 +63,18 @@ def test_invalid_values_raise_config_error():
     data["translation"]["unknown"] = 1
     with pytest.raises(ConfigError, match="unknown"):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("learning_rate", math.nan),
+        ("weight_decay", math.nan),
+        ("weight_decay", -0.1),
+        ("grad_clip_norm", math.inf),
+        ("grad_clip_norm", -1.0),
+    ],
+)
+def test_training_numbers_are_finite_and_not_negative(field, value):
+    with pytest.raises(ConfigError, match=f"TrainingConfig.{field} must be a finite number"):
+        dataclasses.replace(preset("tiny").generator_training, **{field: value})

@@ -5,10 +5,11 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import RLELossless
 
 from storage.decode import DicomReader, JpegReader
 from storage.errors import ItemError, QuarantineReason
-from tests.factories import dicom_bytes, gradient
+from tests.factories import dicom_bytes, gradient, retag
 
 READER = DicomReader()
 
@@ -85,6 +86,106 @@ def test_bad_dicoms_raise_item_errors_with_reasons(data, reason):
     assert "item-7" in str(info.value)
 
 
+def rle_bytes(stored: np.ndarray) -> bytes:
+    """``stored`` as an RLE Lossless file (pydicom's own encoder)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(stored)))
+    ds.compress(RLELossless)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "detail"),
+    [
+        # pydicom decodes each of these with only a warning: wrong pixels stored as ok.
+        (retag(dicom_bytes(gradient()), Rows=20), "pixel_data_size_mismatch", "need 1280"),
+        (
+            retag(dicom_bytes(gradient()), BitsAllocated=8, BitsStored=8, HighBit=7),
+            "pixel_data_size_mismatch",
+            "2560 bytes",
+        ),
+        (retag(dicom_bytes(gradient()), Columns=31), "pixel_data_size_mismatch", "need 2480"),
+        (retag(dicom_bytes(gradient()), NumberOfFrames=2), "pixel_data_size_mismatch", "5120"),
+        (dicom_bytes(gradient())[:-200], "truncated", "ends inside PixelData"),
+        (retag(dicom_bytes(gradient()), BitsStored=17), "decode_error", "BitsStored 17"),
+        (retag(dicom_bytes(gradient()), HighBit=3), "decode_error", "HighBit 3"),
+        # Compressed: the length cannot be checked before decoding; pydicom's warning is.
+        (retag(rle_bytes(gradient()), Rows=20), "decode_error", "non-conformant padding"),
+        (retag(rle_bytes(gradient()), NumberOfFrames=2), "decode_error", "StopIteration"),
+    ],
+    ids=[
+        "rows-halved",
+        "8-bit-header-on-16-bit-data",
+        "columns-short",
+        "frames-overstated",
+        "file-cut-in-pixels",
+        "bits-stored-over-allocated",
+        "high-bit",
+        "rle-rows-halved",
+        "rle-frames-overstated",
+    ],
+)
+def test_headers_that_do_not_describe_the_data_are_refused(data, reason, detail):
+    with pytest.raises(ItemError) as info:
+        READER.decode(data, "item-9")
+    assert info.value.reason.value == reason
+    assert detail in info.value.detail
+
+
+def test_pixel_data_padded_to_even_length_is_accepted():
+    # 5 x 7 8-bit pixels are 35 bytes; DICOM pads the value to 36 (PS3.5 8.1.1).
+    stored = (np.arange(35, dtype=np.uint8) * 7).reshape(5, 7)
+    data = retag(
+        dicom_bytes(np.zeros((5, 7), np.uint16), pixel_data=stored.tobytes()),
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+    )
+    assert len(pydicom.dcmread(io.BytesIO(data)).PixelData) == 36
+    np.testing.assert_allclose(READER.decode(data, "odd"), stored / stored.max(), atol=1e-6)
+
+
+def test_rle_decodes_like_the_uncompressed_file():
+    np.testing.assert_array_equal(
+        READER.decode(rle_bytes(gradient()), "r"), READER.decode(dicom_bytes(gradient()), "u")
+    )
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"Rows": 65535, "Columns": 65535},
+        {"Rows": 8000, "Columns": 8000, "NumberOfFrames": 2},
+    ],
+    ids=["65535-squared", "8000-squared-2-frames"],
+)
+@pytest.mark.parametrize("make", [dicom_bytes, rle_bytes], ids=["native", "rle"])
+def test_a_header_declaring_a_huge_image_is_refused_before_decoding(make, tags):
+    with pytest.raises(ItemError) as info:
+        READER.decode(retag(make(gradient()), **tags), "big")
+    assert info.value.reason is QuarantineReason.IMAGE_TOO_LARGE
+    assert "over the 128 MiB budget" in info.value.detail
+
+
+def test_the_budget_is_the_readers():
+    data = dicom_bytes(gradient())  # 40 x 32 x 2 bytes = 2560
+    assert DicomReader(max_decoded_bytes=2560).decode(data, "x").shape == (40, 32)
+    with pytest.raises(ItemError) as info:
+        DicomReader(max_decoded_bytes=2559).decode(data, "x")
+    assert info.value.reason is QuarantineReason.IMAGE_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    "slope", [float("nan"), float("inf"), "1e400"], ids=["nan", "inf", "overflows"]
+)
+def test_non_finite_values_after_the_modality_lut_are_named(slope):
+    with pytest.raises(ItemError) as info:
+        READER.decode(dicom_bytes(gradient(), rescale=(slope, 0.0)), "s")
+    assert info.value.reason is QuarantineReason.NON_FINITE_PIXELS
+    assert f"of {40 * 32} pixel values are NaN or infinite" in info.value.detail
+
+
 def test_unsupported_syntax_names_the_extra():
     data = dicom_bytes(
         gradient(),
@@ -120,3 +221,34 @@ def test_bad_jpegs(data, reason):
     with pytest.raises(ItemError) as info:
         JpegReader().decode(data, "j")
     assert info.value.reason is reason
+
+
+def _jpeg_declaring(height: int, width: int) -> bytes:
+    """A small JPEG whose frame header (SOF0) declares ``height`` x ``width`` pixels."""
+    data = bytearray(_jpeg(np.tile(np.arange(16, dtype=np.uint8), (16, 1))))
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize(
+    ("height", "width", "detail"),
+    [
+        (12000, 12000, "over the 128 MiB budget"),  # 137 MiB: PIL only warns
+        (60000, 60000, "decompression bomb"),  # PIL's DecompressionBombError, at open
+    ],
+)
+def test_a_jpeg_declaring_a_huge_image_is_refused_before_decoding(height, width, detail):
+    with pytest.raises(ItemError) as info:
+        JpegReader().decode(_jpeg_declaring(height, width), "j")
+    assert info.value.reason is QuarantineReason.IMAGE_TOO_LARGE
+    assert detail in info.value.detail
+
+
+def test_the_jpeg_budget_counts_bytes_per_pixel():
+    data = _jpeg_declaring(16, 16)  # 256 bytes as 8-bit grey
+    assert JpegReader(max_decoded_bytes=256).decode(data, "j").shape == (16, 16)
+    with pytest.raises(ItemError) as info:
+        JpegReader(max_decoded_bytes=255).decode(data, "j")
+    assert info.value.reason is QuarantineReason.IMAGE_TOO_LARGE

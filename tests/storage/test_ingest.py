@@ -1,5 +1,6 @@
 """Ingest as plain functions: the bad-input matrix, resume after a crash, no PHI leakage."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +9,18 @@ import pytest
 
 from storage.image_store import ImageStore
 from storage.ingest import ingest_shard, plan_ingest
-from storage.ingest_config import IngestConfig
+from storage.ingest_config import IngestConfig, ReaderConfig
 from storage.release import ReleaseReader
-from tests.factories import MiniItem, dicom_bytes, dicom_id, gradient, write_mini_release
+from tests.factories import (
+    MiniItem,
+    call_within,
+    dicom_bytes,
+    dicom_id,
+    gradient,
+    replace_with_fifo,
+    retag,
+    write_mini_release,
+)
 
 SIZE = 16
 
@@ -39,7 +49,17 @@ BAD = {
     ),
     "degenerate_size": dicom_bytes(np.full((1, 1), 5, np.uint16)),
     "constant_image": dicom_bytes(np.full((8, 8), 5, np.uint16)),
+    "pixel_data_size_mismatch": retag(dicom_bytes(gradient()), Rows=20),
+    "image_too_large": retag(dicom_bytes(gradient()), Rows=65535, Columns=65535),
+    "non_finite_pixels": dicom_bytes(gradient(), rescale=(math.nan, 0.0)),
+    "not_a_file": b"replaced by a FIFO in bad_release",
 }
+
+
+def source_file(root: Path, n: int) -> Path:
+    ids = subject(n)
+    sid = ids["subject_id"]
+    return root / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{ids['study_id']}" / f"{dicom_id(n)}.dcm"
 
 
 def bad_release(root: Path) -> Path:
@@ -50,7 +70,9 @@ def bad_release(root: Path) -> Path:
     items.append(MiniItem(dicom_id(201), **subject(201), content=good(1).content, report=None))
     items.append(MiniItem(dicom_id(3), **subject(3), content=good(3).content))  # duplicate
     items.append(MiniItem("../../../../../escape", **subject(202), content=None))
-    return write_mini_release(root, items)
+    write_mini_release(root, items)
+    replace_with_fifo(source_file(root, 100 + list(BAD).index("not_a_file")))
+    return root
 
 
 def run_all(store: ImageStore, reader: ReleaseReader, config: IngestConfig) -> None:
@@ -63,7 +85,8 @@ def run_all(store: ImageStore, reader: ReleaseReader, config: IngestConfig) -> N
 def test_bad_input_goes_to_quarantine_and_good_items_survive(tmp_path):
     reader = ReleaseReader(bad_release(tmp_path / "release"))
     store = ImageStore.create(tmp_path / "store", SIZE, shard_items=4)
-    run_all(store, reader, IngestConfig(size=SIZE, shard_items=4))
+    # Within a time limit: opening the FIFO would wait for a writer forever.
+    call_within(60, lambda: run_all(store, reader, IngestConfig(size=SIZE, shard_items=4)))
 
     quarantine = store.quarantine()
     reasons = dict(
@@ -160,3 +183,15 @@ def test_no_dicom_header_field_reaches_the_store(tmp_path):
             data = path.read_bytes()
             for secret in (b"Doe^Jane", b"SECRET-123", b"19700101", b"Doe"):
                 assert secret not in data, f"{secret!r} leaked into {path}"
+
+
+def test_the_decode_budget_travels_from_the_config_to_the_readers(tmp_path):
+    small = MiniItem(dicom_id(1), **subject(1), content=dicom_bytes(gradient(16, 16)))  # 512 B
+    large = MiniItem(dicom_id(2), **subject(2), content=dicom_bytes(gradient()))  # 2,560 B
+    release = write_mini_release(tmp_path / "release", [small, large])
+    reader_config = ReaderConfig(max_decoded_mb=1024 / (1 << 20))
+    store = ImageStore.create(tmp_path / "store", SIZE, shard_items=4)
+    run_all(store, ReleaseReader(release, reader_config), IngestConfig(size=SIZE, shard_items=4))
+    items = store.items().set_index("dicom_id")
+    assert items.loc[dicom_id(1), "status"] == "ok"
+    assert items.loc[dicom_id(2), "reason"].startswith("image_too_large: 40x32 ")

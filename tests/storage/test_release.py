@@ -8,7 +8,15 @@ from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
 from storage.ingest_config import ReaderConfig
 from storage.labels import UncertaintyPolicy
 from storage.release import ReleaseReader
-from tests.factories import MiniItem, dicom_bytes, dicom_id, gradient, write_mini_release
+from tests.factories import (
+    MiniItem,
+    call_within,
+    dicom_bytes,
+    dicom_id,
+    gradient,
+    replace_with_fifo,
+    write_mini_release,
+)
 
 GOOD = dicom_bytes(gradient())
 
@@ -128,3 +136,61 @@ def test_missing_file_and_symlink_escape(tmp_path):
 def test_not_a_release(tmp_path):
     with pytest.raises(ReleaseFormatError, match="not a directory"):
         ReleaseReader(tmp_path / "nowhere")
+
+
+def test_what_is_no_regular_file_is_not_a_file_and_never_opened(tmp_path):
+    reader = ReleaseReader(mini(tmp_path))
+    items = reader.index().items.set_index("dicom_id")
+    root = reader.root.local_path()
+    fifo = replace_with_fifo(root / items.loc[dicom_id(1), "source_path"])
+    folder = root / items.loc[dicom_id(3), "source_path"]
+    folder.unlink()
+    folder.mkdir()
+    (root / "files" / "p10" / "fifo-link.dcm").symlink_to(fifo)  # inside the root, to a FIFO
+    cases = {
+        dicom_id(1): (items.loc[dicom_id(1), "source_path"], "FIFO"),
+        dicom_id(3): (items.loc[dicom_id(3), "source_path"], "folder"),
+        "link": ("files/p10/fifo-link.dcm", "FIFO"),
+    }
+    for item_id, (source, kind) in cases.items():
+        with pytest.raises(ItemError) as info:
+            call_within(10, lambda s=source, i=item_id: reader.read_item(i, s, "none.txt", "dicom"))
+        assert info.value.reason is QuarantineReason.NOT_A_FILE
+        assert info.value.detail == f"{source} is a {kind}"
+
+
+def test_a_report_that_is_no_regular_file_is_missing_and_never_opened(tmp_path, caplog):
+    reader = ReleaseReader(mini(tmp_path))
+    row = reader.index().items.set_index("dicom_id").loc[dicom_id(1)]
+    replace_with_fifo(reader.root.local_path() / row["report_path"])
+    item = call_within(
+        10, lambda: reader.read_item(dicom_id(1), row["source_path"], row["report_path"], "dicom")
+    )
+    assert item.report_missing and item.report.text == "" and item.pixels.shape == (40, 32)
+    assert f"report of {dicom_id(1)} ignored" in caplog.text and "FIFO" in caplog.text
+
+
+FRENCH = "FINDINGS: Cœur normal, épanchement — minime.\nIMPRESSION: Rien d’aigu.\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding", "findings"),
+    [
+        (FRENCH.encode("utf-8"), "utf-8", "Cœur normal, épanchement — minime."),
+        # œ, — and ’ exist in cp1252 only (0x9c, 0x97, 0x92), é in both.
+        (FRENCH.encode("cp1252"), "cp1252", "Cœur normal, épanchement — minime."),
+        # 0x81 is undefined in cp1252: only Latin-1 reads it.
+        (b"FINDINGS: \xe9panchement \x81.\n", "latin-1", "épanchement \x81."),
+    ],
+)
+def test_reports_keep_their_letters_whatever_the_encoding(
+    tmp_path, caplog, data, encoding, findings
+):
+    reader = ReleaseReader(mini(tmp_path))
+    row = reader.index().items.set_index("dicom_id").loc[dicom_id(1)]
+    (reader.root.local_path() / row["report_path"]).write_bytes(data)
+    item = reader.read_item(dicom_id(1), row["source_path"], row["report_path"], "dicom")
+    assert item.report_encoding == encoding
+    assert item.report.findings == findings
+    warned = f"report of {dicom_id(1)}" in caplog.text and f"read as {encoding}" in caplog.text
+    assert warned == (encoding != "utf-8")

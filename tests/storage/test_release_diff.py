@@ -26,7 +26,16 @@ from storage.reports import parse_report
 from storage.status import format_status, item_states, store_status
 from storage.synthetic import SynthConfig, write_synthetic_release
 from storage.synthetic.next_release import ReleaseChangeConfig, write_next_release
-from tests.factories import fake_heatmap_provenance
+from tests.factories import (
+    MiniItem,
+    call_within,
+    dicom_bytes,
+    fake_heatmap_provenance,
+    gradient,
+    replace_with_fifo,
+    write_mini_release,
+)
+from tests.factories import dicom_id as mimic_id
 
 ALL_VIEWS = ReaderConfig(views=())
 CHANGES = ReleaseChangeConfig(
@@ -253,3 +262,24 @@ def test_update_items_refuses_unknown_columns_and_identity_changes(store):
         store.update_items(pd.DataFrame({"index": [0], "colour": ["red"]}))
     with pytest.raises(ValueError):
         store.update_items(pd.DataFrame({"index": [0], "dicom_id": ["x"]}))
+
+
+def test_diff_reads_reports_and_refuses_fifos_as_ingest_does(tmp_path):
+    items = [
+        MiniItem(mimic_id(n), study_id=f"5000000{n}", content=dicom_bytes(gradient(top=900 + n)))
+        for n in range(2)
+    ]
+    release = write_mini_release(tmp_path / "release", items)
+    # A cp1252 report: ingest and diff must read the same text, or it would differ forever.
+    report = release / "files" / "p10" / "p10000032" / "s50000000.txt"
+    report.write_bytes("FINDINGS: Épanchement — minime.\nIMPRESSION: Rien.\n".encode("cp1252"))
+    store = ImageStore.create(tmp_path / "store", 16, shard_items=4)
+    ingest(store, release)
+    assert store.items()["findings"].tolist()[0] == "Épanchement — minime."
+    assert not diff_release(store, ReleaseReader(release, ALL_VIEWS)).needs_work
+
+    index = ReleaseReader(release, ALL_VIEWS).index().items.set_index("dicom_id")
+    fifo = replace_with_fifo(release / index.loc[mimic_id(1), "source_path"])
+    assert call_within(10, lambda: file_sha256(Location.of(fifo))) == ("", 0)
+    diff = call_within(60, lambda: diff_release(store, ReleaseReader(release, ALL_VIEWS)))
+    assert diff.of_kind(ChangeKind.PIXELS_CHANGED)["dicom_id"].tolist() == [mimic_id(1)]

@@ -1,6 +1,6 @@
 import pytest
 
-from storage.reports import parse_report, split_sections
+from storage.reports import ReportText, decode_report, parse_report, split_sections
 
 MIMIC_EXAMPLE = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PA AND LAT)
@@ -98,3 +98,19 @@ def test_lowercase_label_with_colon_is_not_a_heading():
 
 def test_deidentification_tokens_are_kept():
     assert "___" in parse_report("IMPRESSION: Dr. ___ was notified at ___.").impression
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"No acute process.", ReportText("No acute process.", "utf-8")),
+        ("Épanchement — d’aigu".encode(), ReportText("Épanchement — d’aigu", "utf-8")),
+        ("Épanchement — d’aigu".encode("cp1252"), ReportText("Épanchement — d’aigu", "cp1252")),
+        (b"\xc9panchement \x81", ReportText("Épanchement \x81", "latin-1")),  # 0x81: no cp1252
+    ],
+    ids=["ascii", "utf-8", "cp1252", "latin-1"],
+)
+def test_report_bytes_decode_strictly_with_named_fallbacks(data, expected):
+    decoded = decode_report(data)
+    assert decoded == expected
+    assert decoded.fallback == (expected.encoding != "utf-8")
