@@ -22,6 +22,7 @@ set *and* its status says so, so a crash at any point leaves work that a rerun r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -157,6 +158,24 @@ def read_items(array: zarr.Array, indices: Indices) -> np.ndarray:
     return np.asarray(array.get_orthogonal_selection((idx,)), dtype=np.float32)
 
 
+def _creation_state(root: Location) -> str:
+    """``store`` (finished group metadata), ``unfinished`` (nothing yet, or what a creation
+    cut short leaves: group metadata without the store's format, empty arrays, no items) or
+    ``data_without_store`` (items or image chunks without finished group metadata)."""
+    meta = root.child("zarr.json")
+    if meta.is_file():
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except ValueError:
+            attrs = {}
+        if attrs.get("format") == STORE_FORMAT:
+            return "store"
+    chunks = [root.child(name).child("c") for name in ("images", "done")]
+    if root.child("items.csv").exists() or any(c.exists() for c in chunks):
+        return "data_without_store"
+    return "unfinished"
+
+
 class ImageStore:
     """Images of one size S in a Zarr group, with their item and quarantine tables."""
 
@@ -187,7 +206,13 @@ class ImageStore:
 
     @staticmethod
     def _array(group: zarr.Group, name: str) -> zarr.Array:
-        node = group[name]
+        try:
+            node = group[name]
+        except KeyError:
+            raise StoreFormatError(
+                f"{group.store}: no {name} array (a creation cut short by an older version); "
+                f"delete the folder and ingest again"
+            ) from None
         if not isinstance(node, zarr.Array):
             raise StoreFormatError(f"{group.store}: {name} is not an array")
         return node
@@ -195,10 +220,35 @@ class ImageStore:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def _initialise(cls, store: Any, size: int, shard_items: int, sharded: bool) -> zarr.Group:
+        """The arrays first, the group's attributes last: the ``format`` attribute is what
+        makes the folder a store, so a creation cut short (a signal, a lost node) leaves a
+        group without it, which :meth:`create` recognises and starts again."""
         if size < 8 or shard_items < 1:
             raise ValueError(f"size must be >= 8 and shard_items >= 1 (got {size}, {shard_items})")
-        # Not open_group(mode="w"): that empties the folder, which holds the run's lock file.
-        group = zarr.create_group(store, overwrite=False)
+        # Not open_group(mode="w"): that empties the folder, which holds the run's lease.
+        # overwrite=True replaces only the arrays of an unfinished creation (checked by create).
+        group = zarr.open_group(store, mode="a")
+        group.create_array(
+            "images",
+            shape=(0, size, size),
+            chunks=(1, size, size),
+            shards=(shard_items, size, size) if sharded else None,
+            dtype="float16",
+            fill_value=np.nan,
+            compressors=pixel_compressors(),
+            dimension_names=("item", "y", "x"),
+            overwrite=True,
+        )
+        group.create_array(
+            "done",
+            shape=(0,),
+            chunks=(shard_items,),
+            dtype="bool",
+            fill_value=False,
+            compressors=flag_compressors(),
+            dimension_names=("item",),
+            overwrite=True,
+        )
         group.attrs.update(
             {
                 "format": STORE_FORMAT,
@@ -213,25 +263,6 @@ class ImageStore:
                 "ingests": [],
             }
         )
-        group.create_array(
-            "images",
-            shape=(0, size, size),
-            chunks=(1, size, size),
-            shards=(shard_items, size, size) if sharded else None,
-            dtype="float16",
-            fill_value=np.nan,
-            compressors=pixel_compressors(),
-            dimension_names=("item", "y", "x"),
-        )
-        group.create_array(
-            "done",
-            shape=(0,),
-            chunks=(shard_items,),
-            dtype="bool",
-            fill_value=False,
-            compressors=flag_compressors(),
-            dimension_names=("item",),
-        )
         return group
 
     @classmethod
@@ -242,10 +273,21 @@ class ImageStore:
         shard_items: int = 64,
         sharded: bool = False,
     ) -> ImageStore:
-        """A new, empty store at ``where`` (a path or URL that must not hold a store yet)."""
+        """A new, empty store at ``where`` (a path or URL that must not hold a store yet).
+
+        A folder left by a creation cut short (group metadata without the store's attributes,
+        no items) is created again; a folder with store data but no finished group metadata (a
+        deleted or damaged ``zarr.json``) is refused, never written over."""
         root = Location.of(where)
-        if root.child("zarr.json").exists():
+        state = _creation_state(root)
+        if state == "store":
             raise StoreFormatError(f"{root} already holds a store; open it instead")
+        if state == "data_without_store":
+            raise StoreFormatError(
+                f"{root} holds store data (items table or image chunks) but no finished "
+                f"zarr.json: it was damaged, not left by an interrupted creation, and is not "
+                f"written over (run `daug verify` on a copy, or restore zarr.json)"
+            )
         root.makedirs()
         group = cls._initialise(root.zarr_store(), size, shard_items, sharded)
         return cls(group, tables_at(root), root)
@@ -269,7 +311,7 @@ class ImageStore:
     ) -> ImageStore:
         """Open an existing store (its size must match) or create one."""
         root = Location.of(where)
-        if not root.child("zarr.json").exists():
+        if _creation_state(root) != "store":
             return cls.create(root, size, shard_items, sharded)
         store = cls.open(root)
         if store.size != size:

@@ -169,3 +169,30 @@ def test_atomic_table_write_leaves_no_temp_files(tmp_path):
     store.register(rows("b"))
     leftovers = [p.name for p in (tmp_path / "s").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_a_creation_cut_short_is_created_again(tmp_path):
+    """What a creation stopped between its first and last write leaves (group metadata without
+    the store's attributes, an empty images array, no done array) is no store, and the next
+    ingest creates one over it instead of failing on every run."""
+    root = tmp_path / "s"
+    partial = zarr.open_group(root, mode="a")
+    partial.create_array("images", shape=(0, SIZE, SIZE), chunks=(1, SIZE, SIZE), dtype="float16")
+    with pytest.raises(StoreFormatError, match="not a daug-image-store"):
+        ImageStore.open(root)
+    store = ImageStore.open_or_create(root, SIZE, shard_items=4)
+    store.register(rows("a"))
+    assert ImageStore.open(root).items()["dicom_id"].tolist() == ["a"]
+    assert store.attrs["format"] == "daug-image-store"
+
+
+def test_store_data_without_its_zarr_json_is_refused_not_written_over(tmp_path):
+    root = tmp_path / "s"
+    store = ImageStore.create(root, SIZE, shard_items=4)
+    store.register(rows("a", "b"))
+    store.write_images([0], np.full((1, SIZE, SIZE), 0.5))
+    (root / "zarr.json").unlink()
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(StoreFormatError, match=r"no finished zarr.json.*daug verify"):
+        ImageStore.open_or_create(root, SIZE, shard_items=4)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
