@@ -48,11 +48,11 @@ from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore, ItemStatus, read_items
 from storage.labels import LABEL_COLUMNS
 from storage.location import Location
+from storage.release import SPLITS
 from storage.reports import ReportSections
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "validate", "test")
 MissingHeatmaps = Literal["exclude", "fail"]
 TextTransform = Callable[[str], torch.Tensor]
 

@@ -9,6 +9,7 @@ class QuarantineReason(StrEnum):
     """Why an item could not be ingested. Values are what quarantine.csv records."""
 
     MISSING_FILE = "missing_file"
+    MISSING_ID = "missing_id"
     NOT_A_FILE = "not_a_file"  # a FIFO, device, socket or folder: never opened
     PATH_ESCAPES_ROOT = "path_escapes_root"
     DUPLICATE_DICOM_ID = "duplicate_dicom_id"

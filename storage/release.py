@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -41,6 +42,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "negbio": ("subject_id", "study_id", *CHEXPERT_LABELS),
 }
 UNASSIGNED_SPLIT = "unassigned"
+SPLITS: tuple[str, ...] = ("train", "validate", "test")  # the split CSV's values
 INDEX_COLUMNS: tuple[str, ...] = (
     "dicom_id",
     "study_id",
@@ -77,6 +79,39 @@ class ReleaseItem:
     report_encoding: str = ""
 
 
+def _file_line(table: pd.DataFrame, row: object) -> int:
+    """The 1-based line of a table row in its CSV file (line 1 is the header)."""
+    return int(table.index.get_loc(row)) + 2  # type: ignore[arg-type]
+
+
+def _check_values(table: pd.DataFrame, column: str, allowed: set[str], path: Location) -> None:
+    values = table[column].dropna().astype(str).str.strip()
+    wrong = values[~values.isin(allowed)]
+    if len(wrong):
+        row = wrong.index[0]
+        raise ReleaseFormatError(
+            f"{path}: line {_file_line(table, row)}, column {column}: {wrong.iloc[0]!r} is not "
+            f"one of {sorted(allowed)} ({len(wrong)} such row(s))"
+        )
+
+
+def _check_label_values(table: pd.DataFrame, path: Location) -> pd.DataFrame:
+    """Label cells as numbers; anything but 1, 0, -1 or blank is refused (it would otherwise
+    silently become a negative label)."""
+    for column in CHEXPERT_LABELS:
+        cells = table[column]
+        numbers = pd.to_numeric(cells, errors="coerce")
+        wrong = (cells.notna() & numbers.isna()) | (numbers.notna() & ~numbers.isin([1, 0, -1]))
+        if wrong.any():
+            row = cells.index[wrong.to_numpy()][0]
+            raise ReleaseFormatError(
+                f"{path}: line {_file_line(table, row)}, column {column}: {cells[row]!r} is not "
+                f"a label (1, 0, -1 or blank; {int(wrong.sum())} such cell(s) in the column)"
+            )
+        table[column] = numbers.astype(np.float64)
+    return table
+
+
 class ReleaseReader:
     """Reads one release root laid out as MIMIC-CXR (see ../shared/MIMIC.md), on a local disk
     or at a URL (``s3://bucket/mimic-cxr``: MIMIC-CXR is distributed through cloud buckets)."""
@@ -101,17 +136,33 @@ class ReleaseReader:
         raise ReleaseFormatError(f"{self.root}: missing {CSV_PREFIX}{kind}.csv (or .csv.gz)")
 
     def read_table(self, kind: str) -> pd.DataFrame:
-        """Read one of the release CSVs and check it has the columns we need."""
+        """Read one of the release CSVs and check its columns and values: ids as text, label
+        cells 1, 0, -1 or blank, splits train/validate/test. A table that cannot be parsed
+        (empty, cut, not CSV, not gzip) or holds other values is a :class:`ReleaseFormatError`
+        naming the file and, for a value, its row (the file's line) and column."""
         path = self.csv_path(kind)
         compression: Literal["gzip"] | None = "gzip" if path.path.endswith(".gz") else None
-        table = pd.read_csv(
-            io.BytesIO(path.read_bytes()),
-            compression=compression,
-            dtype={"dicom_id": str, "ViewPosition": str, "split": str},
-        )
+        text = ("dicom_id", "subject_id", "study_id", "ViewPosition", "split")
+        if kind in ("chexpert", "negbio"):
+            text += CHEXPERT_LABELS  # read as written, so a refusal quotes the cell
+        ids = dict.fromkeys(text, str)
+        try:
+            table = pd.read_csv(io.BytesIO(path.read_bytes()), compression=compression, dtype=ids)
+        except pd.errors.EmptyDataError as exc:
+            raise ReleaseFormatError(f"{path}: empty file, not a CSV table") from exc
+        except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
+            # EOFError: a cut .csv.gz (left alone it reaches typer, which prints "Aborted.").
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ReleaseFormatError(f"{path}: not a readable CSV table ({detail})") from exc
         missing = [c for c in REQUIRED_COLUMNS[kind] if c not in table.columns]
         if missing:
             raise ReleaseFormatError(f"{path}: missing required columns {missing}")
+        if table.empty and kind == "metadata":  # no images (label tables may be empty)
+            raise ReleaseFormatError(f"{path}: the table has a header and no rows")
+        if kind in ("chexpert", "negbio"):
+            table = _check_label_values(table, path)
+        if kind == "split":
+            _check_values(table, "split", set(SPLITS), path)
         return table
 
     def detect_format(self, first: pd.Series) -> Literal["dicom", "jpg"]:
@@ -181,9 +232,9 @@ class ReleaseReader:
         n_rows = len(meta)
 
         meta = meta.assign(
-            dicom_id=meta["dicom_id"].astype(str).str.strip(),
-            subject_id=meta["subject_id"].astype(str).str.strip(),
-            study_id=meta["study_id"].astype(str).str.strip(),
+            dicom_id=meta["dicom_id"].fillna("").astype(str).str.strip(),
+            subject_id=meta["subject_id"].fillna("").astype(str).str.strip(),
+            study_id=meta["study_id"].fillna("").astype(str).str.strip(),
             view=meta["ViewPosition"].fillna("").astype(str).str.strip(),
         )
         fmt = self.detect_format(meta.iloc[0]) if n_rows else "dicom"
@@ -192,8 +243,12 @@ class ReleaseReader:
         meta["source_path"] = prefix + "/s" + meta["study_id"] + "/" + meta["dicom_id"] + suffix
         meta["report_path"] = prefix + "/s" + meta["study_id"] + ".txt"
 
-        rejected = [self._escaping_rows(meta), self._duplicate_rows(meta)]
-        bad = pd.concat(rejected, ignore_index=True)
+        rejected = [
+            self._blank_id_rows(meta),
+            self._escaping_rows(meta),
+            self._duplicate_rows(meta),
+        ]
+        bad = pd.concat(rejected, ignore_index=True).drop_duplicates("row")
         meta = meta[~meta.index.isin(bad["row"])]
 
         if self.config.views:
@@ -257,6 +312,27 @@ class ReleaseReader:
                 "source_path": bad["source_path"],
                 "reason": QuarantineReason.PATH_ESCAPES_ROOT.value
                 + ": ids make a path outside the release root",
+            }
+        )
+
+    @staticmethod
+    def _blank_id_rows(meta: pd.DataFrame) -> pd.DataFrame:
+        """Rows without a dicom_id, subject_id or study_id: no file can be found for them."""
+        columns = ["dicom_id", "subject_id", "study_id"]
+        blank = meta[columns].isin(["", "nan"])
+        rows = blank.any(axis=1).to_numpy()
+        bad = meta[rows]
+        reasons = [
+            f"{QuarantineReason.MISSING_ID.value}: blank "
+            + ", ".join(c for c, is_blank in zip(columns, flags, strict=True) if is_blank)
+            for flags in blank[rows].itertuples(index=False)
+        ]
+        return pd.DataFrame(
+            {
+                "row": bad.index,
+                "dicom_id": bad["dicom_id"],
+                "source_path": bad["source_path"],
+                "reason": pd.Series(reasons, index=bad.index, dtype=object),
             }
         )
 

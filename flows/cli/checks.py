@@ -34,12 +34,13 @@ def require_checkpoints(checkpoints: str, hint: str = "--checkpoints") -> None:
 
 
 def require_release(release: str, reader: ReaderConfig) -> None:
-    """The release root holds the CSVs ``reader`` reads (a ReleaseFormatError says which)."""
+    """The release root holds the CSVs ``reader`` reads, readable and with the values a
+    release has (a ReleaseFormatError names the file, line and column), before Prefect starts."""
     from storage.release import ReleaseReader
 
     found = ReleaseReader(release, reader)
     for kind in ("metadata", "split", reader.labeler):
-        found.csv_path(kind)
+        found.read_table(kind)
 
 
 def require_truth(truth: str) -> None:

@@ -35,6 +35,22 @@ def test_ingest_of_a_missing_release_is_one_clear_error(tmp_path):
     assert "is not a directory" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_release_table_with_a_bad_cell_is_one_error_naming_file_line_and_column(tmp_path):
+    from tests.factories import MiniItem, dicom_bytes, dicom_id, gradient, write_mini_release
+
+    release = write_mini_release(
+        tmp_path / "release", [MiniItem(dicom_id(1), content=dicom_bytes(gradient()))]
+    )
+    labels = release / "mimic-cxr-2.0.0-chexpert.csv"
+    table = pd.read_csv(labels, dtype=str)
+    table.loc[0, "Edema"] = "abc"
+    table.to_csv(labels, index=False)
+    result = daug("ingest", str(release), "--store", str(tmp_path / "store"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "chexpert.csv: line 2, column Edema: 'abc' is not a label" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "store").exists()
+
+
 def test_bad_format_option(tmp_path):
     result = daug("synth", str(tmp_path / "x"), "--format", "png")
     assert result.returncode == 2 and "--format" in result.stderr

@@ -194,3 +194,64 @@ def test_reports_keep_their_letters_whatever_the_encoding(
     assert item.report.findings == findings
     warned = f"report of {dicom_id(1)}" in caplog.text and f"read as {encoding}" in caplog.text
     assert warned == (encoding != "utf-8")
+
+
+def _edit_csv(root: Path, kind: str, edit) -> None:
+    path = root / f"mimic-cxr-2.0.0-{kind}.csv"
+    table = pd.read_csv(path, dtype=str)
+    edit(table)
+    table.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    ("kind", "column", "value", "message"),
+    [
+        ("chexpert", "Edema", "abc", r"chexpert\.csv: line 2, column Edema: 'abc' is not a label"),
+        ("chexpert", "Edema", "5", r"chexpert\.csv: line 2, column Edema: '5' is not a label"),
+        ("chexpert", "Edema", "-7", r"column Edema: '-7' is not a label"),
+        ("split", "split", "valid", r"split\.csv: line 2, column split: 'valid' is not one of"),
+    ],
+)
+def test_values_outside_the_release_vocabulary_fail_fast_naming_file_line_and_column(
+    tmp_path, kind, column, value, message
+):
+    root = mini(tmp_path)
+
+    def edit(table: pd.DataFrame) -> None:
+        table.loc[0, column] = value
+
+    _edit_csv(root, kind, edit)
+    with pytest.raises(ReleaseFormatError, match=message):
+        ReleaseReader(root).index()
+
+
+def test_unreadable_tables_are_one_release_error(tmp_path):
+    root = mini(tmp_path, gzip=True)
+    metadata = root / "mimic-cxr-2.0.0-metadata.csv.gz"
+    metadata.write_bytes(metadata.read_bytes()[:40])  # a cut download
+    with pytest.raises(ReleaseFormatError, match=r"metadata\.csv\.gz: not a readable CSV"):
+        ReleaseReader(root).index()
+    metadata.unlink()
+    (root / "mimic-cxr-2.0.0-metadata.csv").write_text("")
+    with pytest.raises(ReleaseFormatError, match="empty file"):
+        ReleaseReader(root).index()
+    (root / "mimic-cxr-2.0.0-metadata.csv").write_text(
+        "dicom_id,subject_id,study_id,ViewPosition\n"
+    )
+    with pytest.raises(ReleaseFormatError, match="a header and no rows"):
+        ReleaseReader(root).index()
+
+
+def test_a_row_with_a_blank_id_is_rejected_and_the_ids_stay_text(tmp_path):
+    root = mini(tmp_path)
+
+    def blank(table: pd.DataFrame) -> None:
+        table.loc[table["dicom_id"] == dicom_id(3), "subject_id"] = ""
+
+    _edit_csv(root, "metadata", blank)
+    index = ReleaseReader(root).index()
+    reasons = dict(zip(index.rejected["dicom_id"], index.rejected["reason"], strict=True))
+    assert reasons[dicom_id(3)] == "missing_id: blank subject_id"
+    # A blank cell must not turn the column into floats ("10000032.0"): paths stay right.
+    item = index.items.set_index("dicom_id").loc[dicom_id(1)]
+    assert item["source_path"] == f"files/p10/p10000032/s50414267/{dicom_id(1)}.dcm"
