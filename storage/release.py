@@ -142,7 +142,7 @@ class ReleaseReader:
         naming the file and, for a value, its row (the file's line) and column."""
         path = self.csv_path(kind)
         compression: Literal["gzip"] | None = "gzip" if path.path.endswith(".gz") else None
-        text = ("dicom_id", "subject_id", "study_id", "ViewPosition", "split")
+        text: tuple[str, ...] = ("dicom_id", "subject_id", "study_id", "ViewPosition", "split")
         if kind in ("chexpert", "negbio"):
             text += CHEXPERT_LABELS  # read as written, so a refusal quotes the cell
         ids = dict.fromkeys(text, str)
