@@ -26,7 +26,9 @@ non-finite chunks can be found there, and :attr:`VerifyReport.unchecksummed` nam
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +41,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 
 from storage.heatmap_store import HEATMAPS_GROUP, HeatmapStore
-from storage.image_store import ImageStore, clear_flags
+from storage.image_store import ITEM_DTYPES, ITEMS_TABLE, ImageStore, ItemStatus, clear_flags
 from storage.lease import StoreLease
 from storage.provenance import code_version
 
@@ -68,10 +70,13 @@ class VerifyReport:
     cleared: int  # flags cleared by the repair (0 without repair)
     problems: pd.DataFrame
     unchecksummed: tuple[str, ...] = field(default=())  # arrays written without CRC-32C
+    # What is wrong with items.csv against the arrays (not repaired: the table is the store's
+    # only record of the items' ids, labels and reports).
+    table_problems: tuple[str, ...] = field(default=())
 
     @property
     def clean(self) -> bool:
-        return self.corrupted == 0
+        return self.corrupted == 0 and not self.table_problems
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,43 @@ def _repair(store: ImageStore, pairs: list[_ArrayPair], findings: _Findings) -> 
     return cleared
 
 
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def check_item_table(store: ImageStore) -> tuple[str, ...]:
+    """items.csv against the arrays: parseable, every column present, one row per index of
+    ``images`` in order, statuses known, source hashes whole. A table cut short (a copy
+    stopped midway, ``head -c``) fails here instead of reading as a store with fewer items."""
+    text = store.tables.read_text(ITEMS_TABLE)
+    if text is None:
+        return () if len(store) == 0 else (f"items.csv is missing; images holds {len(store)}",)
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        return (f"items.csv cannot be parsed: {' '.join(str(exc).split())}",)
+    found: list[str] = []
+    missing = [c for c in ITEM_DTYPES if c not in table.columns]
+    if missing:
+        found.append(f"items.csv lacks columns {missing}")
+    if len(table) != len(store):
+        found.append(f"items.csv has {len(table)} rows; images holds {len(store)} items")
+    if "index" in table.columns:
+        indices = pd.to_numeric(table["index"], errors="coerce")
+        expected = np.arange(len(table))
+        if indices.isna().any() or not np.array_equal(indices.to_numpy(), expected):
+            found.append("items.csv's index column is not 0, 1, 2, ... in order")
+    if "status" in table.columns:
+        unknown = sorted(set(table["status"]) - {s.value for s in ItemStatus})
+        if unknown:
+            found.append(f"items.csv has unknown statuses {unknown[:5]}")
+    if "source_sha256" in table.columns:
+        hashes = table["source_sha256"]
+        cut = hashes[(hashes != "") & ~hashes.str.fullmatch(SHA256_HEX)]
+        if len(cut):
+            found.append(f"items.csv has {len(cut)} malformed source_sha256 value(s)")
+    return tuple(found)
+
+
 def verify_store(
     store: ImageStore, repair: bool = True, progress: Progress | None = None
 ) -> VerifyReport:
@@ -170,6 +212,7 @@ def verify_store(
     and appends ``{at, checked, corrupted, cleared, repair, code_version}`` to the store's
     ``verifications`` attribute. ``progress(done, total)`` is called as items are read."""
     with StoreLease.for_store(store, owner="verify"):
+        table_problems = check_item_table(store)
         pairs = _pairs(store)
         findings = _Findings()
         finished = [(pair, _finished_items(pair, findings)) for pair in pairs]
@@ -198,17 +241,21 @@ def verify_store(
                 for name, array in ((p.name, p.data), (p.flags_name, p.flags))
                 if not has_checksums(array)
             ),
+            table_problems=table_problems,
         )
         entry: dict[str, Any] = {
             "at": report.at,
             "checked": report.checked,
             "corrupted": report.corrupted,
             "cleared": report.cleared,
+            "table_problems": list(report.table_problems),
             "repair": repair,
             "code_version": code_version(),
         }
         store.group.attrs.update({"verifications": [*store.attrs.get("verifications", []), entry]})
-    if not report.clean:
+    for problem in report.table_problems:
+        log.warning("%s: %s", store.location, problem)
+    if report.corrupted:
         first = problems.iloc[0]
         log.warning(
             "%s: %d corrupted items, first %s[%d]: %s",

@@ -57,13 +57,14 @@ def verify(
     ] = True,
     rows: Annotated[int, typer.Option(help="problems shown in the table (all are counted)")] = 50,
 ) -> None:
-    """Re-read every finished image and heatmap item: checksums and finite values.
+    """Re-read every finished image and heatmap item (checksums, finite values) and check
+    items.csv against the arrays (rows, indices, columns, statuses, hashes).
 
     Corrupted items are listed and, unless --no-repair, marked not done:
     the next `daug ingest` re-ingests the images, the next `daug precompute`
     recomputes the heatmaps.
 
-    Exit code 0: nothing found; 1: corruption found; 2: bad input (not a
+    Exit code 0: nothing found; 1: corruption or a damaged item table found; 2: bad input (not a
     store, or the store is locked by another run).
     """
     from rich.table import Table
@@ -79,7 +80,15 @@ def verify(
             repair=repair,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    if not report.clean:
+    for problem in report.table_problems:
+        console.print(f"[bold red]items table:[/] {problem}", soft_wrap=True)
+    if report.table_problems:
+        console.print(
+            "the item table does not match the arrays: restore items.csv from a copy, or "
+            "ingest the release again into a new store (not repaired: it is the only record "
+            "of the items' ids, labels and reports)"
+        )
+    if report.corrupted:
         table = Table("index", "dicom_id", "array", "reason", title=f"corrupted items in {store}")
         for row in report.problems.head(rows).itertuples(index=False):
             table.add_row(*(str(value) for value in row))
@@ -95,7 +104,7 @@ def verify(
     )
     console.print(
         f"verified {store}: {report.checked} finished items re-read, "
-        f"{report.corrupted} corrupted" + (f"; {action}" if not report.clean else "")
+        f"{report.corrupted} corrupted" + (f"; {action}" if report.corrupted else "")
     )
     if not report.clean:
         raise typer.Exit(1)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ShardingCodec
@@ -212,3 +213,24 @@ def test_has_checksums_looks_inside_shards(tmp_path):
     plain = group.create_array("b", shape=(4,), chunks=(2,), dtype="f4", shards=(4,))
     assert isinstance(inner.metadata.codecs[0], ShardingCodec)
     assert has_checksums(inner) and not has_checksums(plain)
+
+
+def test_a_truncated_item_table_is_found_and_left_alone(store):
+    items = Path(store.location) / "items.csv"
+    text = items.read_text()
+    cut = text[: len(text) // 2]  # head -c: a copy stopped midway, cut inside a row
+    items.write_text(cut)
+    report = verify_store(ImageStore.open(store.location))
+    assert not report.clean and report.corrupted == 0
+    assert any(f"images holds {N} items" in p for p in report.table_problems), report
+    assert items.read_text() == cut  # not "repaired" into something else
+    assert ImageStore.open(store.location).attrs["verifications"][-1]["table_problems"]
+
+
+def test_a_cut_source_hash_is_a_table_problem(store):
+    items = Path(store.location) / "items.csv"
+    table = pd.read_csv(items, dtype=str, keep_default_na=False)
+    table.loc[2, "source_sha256"] = "ab" * 20  # 40 of 64 hex digits
+    table.to_csv(items, index=False)
+    report = verify_store(ImageStore.open(store.location))
+    assert report.table_problems == ("items.csv has 1 malformed source_sha256 value(s)",)
