@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -140,6 +141,19 @@ def _in_processes(
     return results, failed
 
 
+def _stop_writers(futures: list[Any]) -> None:
+    """Cancel the shard tasks not started and wait for the running ones: the caller releases
+    the store's lease afterwards, so no writer of this run outlives it (a shard thread left
+    running would write into a store another run may hold by then)."""
+    for future in futures:
+        wrapped = getattr(future, "wrapped_future", None)
+        if wrapped is not None:
+            wrapped.cancel()
+    for future in futures:
+        with contextlib.suppress(BaseException):  # only waiting; the caller re-raises
+            future.wait()
+
+
 def _ingest_locked(
     release: str, store: str, config: IngestConfig, reader: ReleaseReader, workers: int
 ) -> dict[str, Any]:
@@ -161,13 +175,17 @@ def _ingest_locked(
             for work in plan.shards
         ]
         sizes = {id(f): len(w.items) for f, w in zip(futures, plan.shards, strict=True)}
-        for future in as_completed(futures):
-            try:
-                results.append(future.result())
-            except Exception as exc:  # the shard is retried by Prefect first; then reported
-                failed.append(f"{future.task_run_id}: {exc}")
-                logger.error("shard task %s failed after retries: %s", future.task_run_id, exc)
-            progress.advance(sizes[id(future)])
+        try:
+            for future in as_completed(futures):
+                try:
+                    results.append(future.result())
+                except Exception as exc:  # the shard is retried by Prefect first; then reported
+                    failed.append(f"{future.task_run_id}: {exc}")
+                    logger.error("shard task %s failed after retries: %s", future.task_run_id, exc)
+                progress.advance(sizes[id(future)])
+        except BaseException:  # SIGTERM / Ctrl-C (KeyboardInterrupt), or a failure here
+            _stop_writers(futures)
+            raise
 
     image_store.consolidate()
     summary = summarise_store(image_store)

@@ -7,6 +7,7 @@ bars. One module per command group; their options are generated from the setting
 from __future__ import annotations
 
 import importlib
+import signal
 
 from flows.cli.app import app
 from flows.cli.console import console
@@ -18,11 +19,20 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"flows.cli.{_name}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt): the flows stop their writers and
+    release the store's lease, Prefect's temporary server is stopped, the exit code is not 0.
+    A second SIGTERM terminates at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run() -> None:
     """Console entry point: known input errors print one clear line instead of a traceback."""
     from daug_core.config import ConfigError
     from storage.errors import ReleaseFormatError, StoreFormatError
 
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except (ReleaseFormatError, StoreFormatError, FileExistsError, ConfigError) as exc:

@@ -1,4 +1,5 @@
-"""SIGKILL the `daug ingest` process mid-run, rerun it: the store equals an uninterrupted run."""
+"""SIGKILL or SIGTERM the `daug ingest` process mid-run, rerun it: the store equals an
+uninterrupted run. SIGTERM stops the run (exit code not 0) after its running shard tasks."""
 
 import os
 import signal
@@ -32,7 +33,8 @@ def _done_count(store: Path) -> int:
         return 0
 
 
-def test_killed_ingest_resumes_to_the_same_store(tmp_path, prefect_server):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_ingest_resumes_to_the_same_store(tmp_path, prefect_server, sig):
     release = write_synthetic_release(
         tmp_path / "synth", SynthConfig(studies=160, size=192), seed=21
     ).release_dir
@@ -50,9 +52,14 @@ def test_killed_ingest_resumes_to_the_same_store(tmp_path, prefect_server):
     while _done_count(killed) < 6 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
     assert process.poll() is None, "ingest finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(process.pid, sig)
+    code = process.wait(timeout=120)
     partial = _done_count(killed)
+    if sig == signal.SIGTERM:
+        # Unwound and exited by itself (killed by the signal would be -15), not finished.
+        assert code > 0, code
+        time.sleep(1.0)
+        assert _done_count(killed) == partial  # no writer of the run outlived it
     total = len(pd.read_csv(killed / "items.csv"))
     assert 0 < partial < total, (partial, total)
 
