@@ -93,6 +93,49 @@ def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+# --- file manifest: every file's sha256, checked before a checkpoint is used ----------------------
+
+MANIFEST = "SHA256SUMS.json"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(directory: Path) -> None:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    sums = {p.relative_to(directory).as_posix(): _file_sha256(p) for p in files}
+    _write_json(directory / MANIFEST, {"sha256": sums})
+
+
+def verify_checkpoint_files(directory: str | os.PathLike[str]) -> bool:
+    """Check every file of a checkpoint directory against the sha256 recorded when it was
+    written (``SHA256SUMS.json``): a changed, replaced (a pickle named like the weights) or
+    missing file is a :class:`CheckpointError` before anything is loaded. True when checked;
+    False for a checkpoint written before manifests existed (nothing to check against)."""
+    root = Path(directory)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        sums: dict[str, str] = json.loads(manifest.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(root, f"{MANIFEST} is damaged: {exc}") from None
+    for name, recorded in sums.items():
+        path = root / name
+        if not path.is_file():
+            raise CheckpointError(root, f"{name} is missing (listed in {MANIFEST})")
+        if _file_sha256(path) != recorded:
+            raise CheckpointError(
+                root, f"{name} differs from the file written with the checkpoint (sha256)"
+            )
+    return True
+
+
 # --- atomic directory writes -------------------------------------------------------------------
 
 
@@ -105,6 +148,7 @@ def _atomic_directory(target: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _write_manifest(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -231,6 +275,7 @@ def load_unet(
 ) -> UNet2DModel:
     """The UNet for inference (EMA weights by default), in eval mode, on ``device``/``dtype``."""
     path = Path(directory) / (UNET_EMA_DIR if use_ema else UNET_DIR)
+    verify_checkpoint_files(directory)
     if not (path / "config.json").is_file():
         raise CheckpointError(Path(directory), f"missing {path.name}/config.json")
     # low_cpu_mem_usage needs `accelerate` (not a dependency); without it diffusers warns.
@@ -298,6 +343,7 @@ def load_classifier(
 ) -> NoiseAwareClassifier:
     """The classifier for inference, in eval mode, on ``device``/``dtype``."""
     root = Path(directory)
+    verify_checkpoint_files(root)
     meta = _read_json(root / CLASSIFIER_JSON)
     cfg = classifier_config_from_dict(meta["classifier"])
     weights_path = root / CLASSIFIER_WEIGHTS

@@ -46,6 +46,7 @@ from daug_core.checkpoints import (
     _read_json,
     _save_trainer_state,
     _write_json,
+    verify_checkpoint_files,
 )
 from daug_core.clip_config import (
     ContrastiveConfig,
@@ -395,6 +396,7 @@ def save_clip_checkpoint(
 def load_clip_checkpoint(directory: str | Path) -> ClipCheckpoint:
     """The model (CPU, eval mode), its config and info; weights from safetensors only."""
     path = Path(directory)
+    verify_checkpoint_files(path)
     meta = _read_json(path / MODEL_JSON)
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(path, f"format_version {meta.get('format_version')} is not 1")

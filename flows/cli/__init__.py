@@ -29,13 +29,20 @@ def _terminate(signum: int, frame: object) -> None:
 
 def run() -> None:
     """Console entry point: known input errors print one clear line instead of a traceback."""
+    from daug_core.checkpoints import CheckpointError
     from daug_core.config import ConfigError
     from storage.errors import ReleaseFormatError, StoreFormatError
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
-    except (ReleaseFormatError, StoreFormatError, FileExistsError, ConfigError) as exc:
+    except (
+        ReleaseFormatError,
+        StoreFormatError,
+        FileExistsError,
+        ConfigError,
+        CheckpointError,
+    ) as exc:
         # FileExistsError: synth's ReleaseExistsError (an existing release, not overwritten)
         console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         raise SystemExit(2) from None

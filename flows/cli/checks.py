@@ -24,13 +24,15 @@ def require_store(store: str) -> ImageStore:
 
 def require_checkpoints(checkpoints: str, hint: str = "--checkpoints") -> None:
     """A train-generator output (a folder or URL) has generator/ and classifier/."""
-    from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR
+    from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, verify_checkpoint_files
     from storage.location import Location
 
     for name in (GENERATOR_DIR, CLASSIFIER_DIR):
         place = Location.of(checkpoints).child(name)
         if not place.is_dir():
             raise typer.BadParameter(f"{place} does not exist", param_hint=hint)
+        if place.is_local:  # a changed or replaced file: one error before Prefect starts
+            verify_checkpoint_files(place.local_path())
 
 
 def require_release(release: str, reader: ReaderConfig) -> None:

@@ -76,7 +76,19 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[name], tensor, rtol=0, atol=0)
     assert not list(tmp_path.glob(".ckpt.tmp-*"))  # the atomic write left nothing behind
-    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one flipped bit in a weight: loads fine without the manifest
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors differs from the file written"):
+        load_clip_checkpoint(tmp_path / "ckpt")
+    torch.save({"x": 1}, weights)  # a pickle named like the weights
+    with pytest.raises(CheckpointError, match=r"model\.safetensors differs"):
+        load_clip_checkpoint(tmp_path / "ckpt")
+    weights.unlink()
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is missing"):
+        load_clip_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "SHA256SUMS.json").unlink()  # a checkpoint from before manifests
     with pytest.raises(CheckpointError, match=r"missing model\.safetensors"):
         load_clip_checkpoint(tmp_path / "ckpt")
 
