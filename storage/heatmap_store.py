@@ -156,7 +156,8 @@ def _flat(provenance: HeatmapProvenance) -> dict[str, Any]:
     return values | values.pop("translation")
 
 
-def _check_version(version: str) -> None:
+def check_version_name(version: str) -> None:
+    """A heatmap version names a folder: letters, digits, '_', '.', '-' (no '..', no '/')."""
     if not _VERSION_NAME.match(version):
         raise ValueError(f"heatmap version {version!r}: use letters, digits, '_', '.', '-'")
 
@@ -172,7 +173,7 @@ class HeatmapStore:
     """One version of the heatmaps of an image store's items (see the module docstring)."""
 
     def __init__(self, image_store: ImageStore, version: str = DEFAULT_VERSION) -> None:
-        _check_version(version)
+        check_version_name(version)
         path = f"{HEATMAPS_GROUP}/{version}"
         try:
             node = image_store.group[path]
@@ -226,7 +227,7 @@ class HeatmapStore:
     ) -> HeatmapStore:
         """A new, empty version sized to the image store. ``sharded`` defaults to the image
         store's choice (one Zarr shard file per ``shard_items`` items)."""
-        _check_version(version)
+        check_version_name(version)
         if version in cls.versions(image_store):
             raise StoreFormatError(f"{image_store.location} already has heatmaps {version!r}")
         if sharded is None:
@@ -302,7 +303,7 @@ class HeatmapStore:
     @classmethod
     def delete_version(cls, image_store: ImageStore, version: str) -> None:
         """Remove a version's arrays and tables (explicit: nothing else deletes heatmaps)."""
-        _check_version(version)
+        check_version_name(version)
         if version not in cls.versions(image_store):
             raise StoreFormatError(f"{image_store.location} has no heatmaps {version!r}")
         parent = image_store.group[HEATMAPS_GROUP]

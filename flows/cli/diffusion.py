@@ -83,6 +83,12 @@ def precompute(
     examples: Annotated[int, typer.Option(help="items in the example overlay grid")] = 6,
 ) -> None:
     """Precompute DAug heatmaps for the ingested images of a store (resumable)."""
+    from storage.heatmap_store import check_version_name
+
+    try:  # before anything is created
+        check_version_name(heatmap_version)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--heatmap-version") from None
     require_store(store)
     require_checkpoints(checkpoints)
 

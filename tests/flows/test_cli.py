@@ -51,6 +51,19 @@ def test_a_release_table_with_a_bad_cell_is_one_error_naming_file_line_and_colum
     assert "Traceback" not in result.stderr and not (tmp_path / "store").exists()
 
 
+def test_a_heatmap_version_that_is_no_folder_name_is_refused_before_anything_is_made(tmp_path):
+    from storage.image_store import ImageStore
+
+    ImageStore.create(tmp_path / "store", 16, shard_items=4)
+    result = daug(
+        "precompute", "--store", str(tmp_path / "store"), "--checkpoints", str(tmp_path),
+        "--heatmap-version", "..",
+    )  # fmt: skip
+    assert result.returncode == 2 and "heatmap version '..'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store" / "heatmaps").exists()
+
+
 def test_bad_format_option(tmp_path):
     result = daug("synth", str(tmp_path / "x"), "--format", "png")
     assert result.returncode == 2 and "--format" in result.stderr
