@@ -189,7 +189,7 @@ def data_parallel(args: argparse.Namespace) -> None:
         nprocs=args.workers,
         join=True,
     )
-    ranks = [torch.load(f"{folder}/rank{r}.pt") for r in range(args.workers)]
+    ranks = [torch.load(f"{folder}/rank{r}.pt", weights_only=True) for r in range(args.workers)]
     print(
         f"\n## data parallel: {args.workers} workers x {args.batch // args.workers} vs 1 x "
         f"{args.batch} ({args.device}, fp32, {args.threads} threads in all)\n"

@@ -136,7 +136,7 @@ def _rank_main(rank: int, world_size: int, init_file: str, out: str) -> None:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Result]]:
     folder = tmp_path_factory.mktemp("ddp")
     mp.spawn(_rank_main, args=(2, str(folder / "init"), str(folder)), nprocs=2, join=True)
-    return [torch.load(folder / f"rank{r}.pt") for r in range(2)]
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
