@@ -31,9 +31,12 @@ def run() -> None:
     """Console entry point: known input errors print one clear line instead of a traceback."""
     from daug_core.checkpoints import CheckpointError
     from daug_core.config import ConfigError
+    from flows.cli.prefect_server import records_dir, stop_orphans
+    from storage.batches import EmptySelectionError
     from storage.errors import ReleaseFormatError, StoreFormatError
 
     signal.signal(signal.SIGTERM, _terminate)
+    stop_orphans(records_dir())
     try:
         app()
     except (
@@ -42,6 +45,7 @@ def run() -> None:
         FileExistsError,
         ConfigError,
         CheckpointError,
+        EmptySelectionError,
     ) as exc:
         # FileExistsError: synth's ReleaseExistsError (an existing release, not overwritten)
         console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)

@@ -83,6 +83,10 @@ def flow_progress() -> Iterator[None]:
 
 def run_flow(flow: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
     """Run ``flow`` (the same function a deployment runs) with progress bars. Paths become
-    strings (flow parameters travel as JSON)."""
+    strings (flow parameters travel as JSON). Without a configured Prefect server the run's
+    temporary server is started here and recorded (:mod:`flows.cli.prefect_server`)."""
+    from flows.cli.prefect_server import ensure_temporary_server
+
+    ensure_temporary_server()
     with flow_progress():
         return flow(**{k: str(v) if isinstance(v, Path) else v for k, v in params.items()})
