@@ -56,6 +56,7 @@ from storage.batches import (
     selection_sha256,
     sequential_batches,
 )
+from storage.errors import StoreFormatError
 from storage.image_store import ImageStore
 from storage.labels import SUPER_CLASS_COLUMNS
 from storage.location import Location
@@ -331,6 +332,22 @@ def train_models_data_parallel_task(
     return runs
 
 
+def training_selection(
+    store: str, training: DiffusionTrainSettings
+) -> tuple[ImageStore, Selection]:
+    """The store and its usable train items, checked before anything is created: images
+    smaller than the preset's size are a StoreFormatError, no usable item an
+    EmptySelectionError (each one error line in the CLI)."""
+    image_store = ImageStore.open(store, read_only=True)
+    size = training.config().image_size
+    if image_store.size < size:
+        raise StoreFormatError(
+            f"store {store} holds {image_store.size} px images; the "
+            f"{training.preset} preset needs at least {size} px"
+        )
+    return image_store, select(image_store, ["train"], SUPER_CLASS_COLUMNS)
+
+
 @flow(name="train-generator", flow_run_name=_run_name)
 def train_generator_flow(
     store: str,
@@ -360,16 +377,10 @@ def train_generator_flow(
     # An impossible device fails here, before any data is read. Data-parallel runs train on
     # the workers' devices; this process then only evaluates the classifier (fp32, auto).
     amp = compute.resolve() if not scaling.distributed else ComputeSettings().resolve()
-    image_store = ImageStore.open(store, read_only=True)
-    if image_store.size < config.image_size:
-        raise ValueError(
-            f"store {store} holds {image_store.size} px images; the "
-            f"{training.preset} preset needs at least {config.image_size} px"
-        )
+    image_store, train = training_selection(store, training)
     folder = RunFolder(out)  # a URL trains into a local copy, uploaded at every checkpoint
     folder.pull()
     out_path = folder.local
-    train = select(image_store, ["train"], SUPER_CLASS_COLUMNS)
     logger.info("training on %d images of %s", len(train.indices), store)
     seed = training.seed
     models = [

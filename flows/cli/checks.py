@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from daug_core.clip_config import ContrastiveConfig
+    from storage.contrastive_dataset import MissingHeatmaps
     from storage.image_store import ImageStore
     from storage.ingest_config import ReaderConfig
 
@@ -65,3 +67,16 @@ def require_heatmap_version(store: ImageStore, version: str, hint: str) -> None:
             f"(it has: {', '.join(versions) or 'none'})",
             param_hint=hint,
         )
+
+
+def require_training_data(
+    store: str, config: ContrastiveConfig, version: str, missing: MissingHeatmaps
+) -> None:
+    """The splits the contrastive training reads (train, validate) hold usable items, with
+    the heatmap version the mode reads: an empty split, a missing version or (with
+    ``missing="fail"``) missing heatmaps is one error line before the output folder exists."""
+    from flows.train import heatmap_channels, open_datasets
+
+    if heatmap_channels(config) is not None:
+        require_heatmap_version(require_store(store), version, "--heatmap-version")
+    open_datasets(store, config, version, ["train", "validate"], missing)

@@ -9,7 +9,7 @@ import typer
 from daug_core.clip_config import ClipTrainSettings
 from daug_core.compute import ComputeSettings
 from flows.cli.app import command
-from flows.cli.checks import require_store
+from flows.cli.checks import require_store, require_training_data
 from flows.cli.console import console
 from flows.cli.options import (
     Group,
@@ -52,8 +52,9 @@ def train(
 ) -> None:
     """Train the heatmap-augmented CLIP model with the hybrid loss (resumable; --workers N
     trains data-parallel on Ray Train, --batch-size being the global batch)."""
-    require_store(store)
-    scaling.check(compute, training.config().training.batch_size)
+    config = training.config()
+    scaling.check(compute, config.training.batch_size)
+    require_training_data(store, config, heatmap_version, missing_heatmaps)
     if not scaling.distributed:  # "cuda" without CUDA fails here, before Prefect starts
         compute.resolve()  # (data-parallel workers get their GPUs from Ray)
 

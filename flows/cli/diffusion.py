@@ -61,7 +61,9 @@ def train_generator(
 ) -> None:
     """Train the DDPM generator and the noise-aware classifier (resumable; --workers N trains
     data-parallel on Ray Train)."""
-    require_store(store)
+    from flows.train_generator import training_selection
+
+    training_selection(store, training)  # images big enough, usable train items
     config = training.config()
     for model in (config.generator_training, config.classifier_training):
         scaling.check(compute, model.batch_size)

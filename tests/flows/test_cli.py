@@ -64,6 +64,27 @@ def test_a_heatmap_version_that_is_no_folder_name_is_refused_before_anything_is_
     assert not (tmp_path / "store" / "heatmaps").exists()
 
 
+def test_training_without_usable_data_is_one_error_before_the_output_exists(tmp_path):
+    from storage.image_store import ImageStore
+
+    small = str(tmp_path / "small")
+    ImageStore.create(small, 16, shard_items=4)
+    empty = str(tmp_path / "empty")
+    ImageStore.create(empty, 64, shard_items=4)
+    out = tmp_path / "out"
+    cases = [
+        (("train-generator", "--store", small), "holds 16 px images; the tiny preset needs"),
+        (("train-generator", "--store", empty), "no ingested items in splits ['train']"),
+        (("train", "--store", empty), "no heatmap version 'v1' (it has: none)"),
+        (("train", "--store", empty, "--heatmap-mode", "none"), "no usable items in ['train']"),
+    ]
+    for args, message in cases:
+        result = daug(*args, "--out", str(out))
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert message in " ".join(result.stderr.split()), (args, result.stderr)
+        assert "Traceback" not in result.stderr and not out.exists()
+
+
 def test_bad_format_option(tmp_path):
     result = daug("synth", str(tmp_path / "x"), "--format", "png")
     assert result.returncode == 2 and "--format" in result.stderr
