@@ -130,18 +130,25 @@ def precompute_flow(
     started = time.perf_counter()
     provenance = heatmap_provenance(heatmaps, checkpoints)
     with StoreLease(store, owner=f"precompute:{heatmap_version}") as lease:
-        return _precompute_leased(
-            store,
-            heatmap_version,
-            worker_spec(heatmaps, provenance, checkpoints, pool),
-            provenance,
-            pool,
-            lease,
-            splits=splits,
-            retry_failed=retry_failed,
-            examples=examples,
-            started=started,
-        )
+        new = heatmap_version not in HeatmapStore.versions(ImageStore.open(store))
+        try:
+            return _precompute_leased(
+                store,
+                heatmap_version,
+                worker_spec(heatmaps, provenance, checkpoints, pool),
+                provenance,
+                pool,
+                lease,
+                splits=splits,
+                retry_failed=retry_failed,
+                examples=examples,
+                started=started,
+            )
+        except BaseException:
+            # A version this run created and never wrote to is not left behind.
+            if new and HeatmapStore.delete_if_unused(ImageStore.open(store), heatmap_version):
+                get_run_logger().info("removed the empty heatmap version %s", heatmap_version)
+            raise
 
 
 def _precompute_leased(

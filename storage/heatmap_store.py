@@ -315,6 +315,20 @@ class HeatmapStore:
         image_store.tables.delete(f"{prefix}failures")
         log.info("deleted heatmaps %s from %s", version, image_store.location)
 
+    @classmethod
+    def delete_if_unused(cls, image_store: ImageStore, version: str) -> bool:
+        """Remove ``version`` if nothing was written to it (no item done, no failure and no
+        shard part recorded): what a run that failed before its first item leaves behind.
+        Returns whether it was removed."""
+        if version not in cls.versions(image_store):
+            return False
+        store = cls(image_store, version)
+        parts = image_store.tables.names(f"{store._tables_prefix}_parts/shard-")
+        if store.done_mask().any() or parts or not store.failures().empty:
+            return False
+        cls.delete_version(image_store, version)
+        return True
+
     # ---- shape and provenance -----------------------------------------------------------
     def __len__(self) -> int:
         return int(self.heatmaps.shape[0])

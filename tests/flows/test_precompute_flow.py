@@ -218,6 +218,19 @@ def test_placement_times_out_with_a_clear_message(setup, ray_session):
         start_actors(spec, 2, 1.0, 0.0, {"no_such_node": 1.0}, placement_timeout=2)
 
 
+def test_a_run_that_fails_before_its_first_item_leaves_no_version(setup, ray_session):
+    unplaceable = dataclasses.replace(POOL, resources=("no_such_node=1",), placement_timeout=2.0)
+    with pytest.raises(PlacementError):
+        precompute_flow(
+            store=str(setup["store"]),
+            checkpoints=str(setup["ckpt"]),
+            **RUN | {"pool": unplaceable, "heatmap_version": "never"},
+        )
+    images = ImageStore.open(setup["store"], read_only=True)
+    assert "never" not in HeatmapStore.versions(images)
+    assert not images.tables.names("heatmaps/never/")
+
+
 def test_a_killed_actor_process_mid_run_loses_nothing(setup, first_run, monkeypatch):
     """SIGKILL an actor's process once the actors are up: its shards go to a replacement (or
     the others), skipping committed batches, and the heatmaps equal the uninterrupted run's."""
