@@ -14,14 +14,13 @@ from __future__ import annotations
 import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from daug_core.config import ConfigError, described
+from daug_core.config import PRECISIONS, ConfigError, Precision, described
 
 if TYPE_CHECKING:
     import torch
 
-Precision = Literal["fp32", "bf16", "fp16"]
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -41,7 +40,7 @@ class ComputeSettings:
             raise ConfigError(
                 f"ComputeSettings.device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
             )
-        if self.precision not in ("fp32", "bf16", "fp16"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"ComputeSettings.precision must be fp32, bf16 or fp16, got {self.precision!r}"
             )

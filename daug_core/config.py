@@ -40,6 +40,9 @@ GuidanceMode = Literal["softmax", "sigmoid"]
 # How x0 and its counterfactual are compared (see daug_core.heatmaps).
 HeatmapDifference = Literal["minmax", "raw"]
 HEATMAP_DIFFERENCES: tuple[str, ...] = ("minmax", "raw")
+# Model precision: fp32, bfloat16 or float16 (CUDA only), of training and of heatmap passes.
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 PresetName = Literal["tiny", "paper"]
 
 
@@ -156,6 +159,11 @@ class TranslationConfig:
     |x0 - x_cf| / 2, the change in store pixel units, which a global brightness shift of x_cf
     does not spread over the whole image. ``smoothing_sigma`` (pixels, 0 = none) blurs the
     heatmap with a Gaussian, which suppresses single-pixel reconstruction noise.
+
+    ``precision`` is the dtype of the models' weights and activations in every UNet and
+    classifier pass (``bf16``: bfloat16; ``fp16``: float16, CUDA only); the DDIM updates and
+    the heatmap stay float32, the guidance gradient is returned in float32. It changes the
+    values, so a heatmap version holds one precision.
     """
 
     level: int = 500
@@ -166,8 +174,11 @@ class TranslationConfig:
     inversion_refinements: int = 0
     difference: HeatmapDifference = "minmax"
     smoothing_sigma: float = 0.0
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 1 <= self.steps <= self.level:
             raise ConfigError(
                 f"need 1 <= steps <= level, got steps={self.steps}, level={self.level}"

@@ -14,6 +14,7 @@ from daug_core.config import (
     DiffusionConfig,
     GuidanceMode,
     HeatmapDifference,
+    Precision,
     PresetName,
     TranslationConfig,
     described,
@@ -31,6 +32,7 @@ TRANSLATION_FIELDS: tuple[str, ...] = (
     "difference",
     "smoothing_sigma",
     "clip_denoised",
+    "precision",
 )
 
 
@@ -67,6 +69,10 @@ class HeatmapSettings:
     )
     clip_denoised: bool | None = described(
         None, "clamp the predicted x0 to [-1, 1] at every DDIM step (guided-diffusion's flag)"
+    )
+    precision: Precision | None = described(
+        None,
+        "UNet and classifier passes in fp32, bf16 or fp16 (CUDA); DDIM updates stay fp32",
     )
 
     def __post_init__(self) -> None:

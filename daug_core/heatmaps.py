@@ -21,10 +21,14 @@ Two public paths, equal up to float rounding:
   stays bounded.
 * :func:`compute_heatmaps_reference`: re-inverts per (image, target) pair at batch 1, as the
   official code does; kept for tests and benchmarks.
+
+Both run the models in ``TranslationConfig.precision`` (:func:`in_precision` casts a copy of
+each model once; inputs are cast per call, outputs and DDIM updates stay float32).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,8 +36,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from daug_core.config import DiffusionConfig, HeatmapDifference, TranslationConfig
-from daug_core.ddim import EpsModel, invert_to_level
+from daug_core.config import DiffusionConfig, HeatmapDifference, Precision, TranslationConfig
+from daug_core.ddim import EpsModel, invert_to_level, model_dtype
 from daug_core.guidance import (
     classifier_logits,
     guided_decode,
@@ -97,7 +101,31 @@ def heatmap(signed: torch.Tensor, smoothing_sigma: float = 0.0) -> torch.Tensor:
     return smooth(signed.abs(), smoothing_sigma)
 
 
-def _check_inputs(x0: torch.Tensor, targets: Sequence[Target], cfg: DiffusionConfig) -> None:
+PRECISION_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def in_precision(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
+    """``model`` with its weights in ``precision`` (itself when they already are, else a
+    cast copy in eval mode); fp16 needs a CUDA device."""
+    dtype = PRECISION_DTYPES[precision]
+    if model_dtype(model, dtype) == dtype:
+        return model
+    device = next(model.parameters()).device
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(f"fp16 heatmaps need a CUDA device, the models are on {device}")
+    return copy.deepcopy(model).to(dtype).eval()
+
+
+def _check_inputs(
+    x0: torch.Tensor,
+    targets: Sequence[Target],
+    cfg: DiffusionConfig,
+    models: Sequence[object] = (),
+) -> None:
     s = cfg.image_size
     if x0.ndim != 4 or x0.shape[1] != 1 or tuple(x0.shape[2:]) != (s, s):
         raise ValueError(f"x0 must be (B, 1, {s}, {s}), got {tuple(x0.shape)}")
@@ -107,6 +135,15 @@ def _check_inputs(x0: torch.Tensor, targets: Sequence[Target], cfg: DiffusionCon
     bad = [str(t) for t in targets if not 0 <= t.class_index < k]
     if bad:
         raise ValueError(f"targets {bad} are outside the classifier's {k} classes")
+    precision = cfg.translation.precision
+    dtype = PRECISION_DTYPES[precision]
+    for model in models:
+        if model_dtype(model, dtype) != dtype:
+            raise ValueError(
+                f"{type(model).__name__} has {model_dtype(model, dtype)} weights, the "
+                f"translation's precision is {precision}: pass in_precision(model, "
+                f"{precision!r})"
+            )
 
 
 def _result(
@@ -140,7 +177,7 @@ def compute_heatmaps(
 
     Models stay where they are; x0 (B, 1, S, S) in [-1, 1] must be on their device.
     """
-    _check_inputs(x0, targets, cfg)
+    _check_inputs(x0, targets, cfg, (unet, classifier))
     tr = cfg.translation
     ab = alphas_cumprod(cfg.schedule)
     b, k, s, chunk = x0.shape[0], len(targets), cfg.image_size, cfg.inference.max_batch
@@ -195,7 +232,7 @@ def compute_heatmaps_reference(
     cfg: DiffusionConfig,
 ) -> HeatmapResult:
     """Reference path: for every (image, target) pair, invert and decode at batch 1."""
-    _check_inputs(x0, targets, cfg)
+    _check_inputs(x0, targets, cfg, (unet, classifier))
     tr = cfg.translation
     ab = alphas_cumprod(cfg.schedule)
     cfs, befores, afters = [], [], []

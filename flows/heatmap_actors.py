@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from daug_core.checkpoints import checkpoint_sha256, load_classifier, load_unet
-from daug_core.config import DiffusionConfig
-from daug_core.heatmaps import HeatmapResult, compute_heatmaps
+from daug_core.config import DiffusionConfig, Precision
+from daug_core.heatmaps import HeatmapResult, compute_heatmaps, in_precision
 from daug_core.model_input import to_model_space
 from daug_core.targets import Target
 from storage.checkpoint_cache import cached_checkpoint
@@ -70,6 +70,10 @@ class HeatmapWorker:
         classifier = _local_checkpoint(spec.classifier_dir, spec.classifier_sha256)
         self.unet = load_unet(generator, use_ema=True, device=self.device)
         self.classifier = load_classifier(classifier, device=self.device)
+        # The models in each precision asked for (the spec's; the quality sweep may ask for
+        # others), cast once: an fp16 spec on a CPU fails here, when the pool starts.
+        self._models: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+        self.models(spec.config.translation.precision)
         self._stores: dict[tuple[str, str], tuple[ImageStore, HeatmapStore]] = {}
         names = tuple(self.classifier.config.class_names)
         if names != spec.config.class_names:
@@ -117,7 +121,17 @@ class HeatmapWorker:
         (default: the spec's; the quality sweep passes other translation numbers)."""
         cfg = config or self.spec.config
         x0 = to_model_space(images, cfg.image_size).to(self.device)
-        return compute_heatmaps(self.unet, self.classifier, x0, self.targets, cfg)
+        unet, classifier = self.models(cfg.translation.precision)
+        return compute_heatmaps(unet, classifier, x0, self.targets, cfg)
+
+    def models(self, precision: Precision) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The UNet and the classifier with weights in ``precision``."""
+        if precision not in self._models:
+            self._models[precision] = (
+                in_precision(self.unet, precision),
+                in_precision(self.classifier, precision),
+            )
+        return self._models[precision]
 
     def _compute(self, images: np.ndarray) -> np.ndarray:
         return self.compute(images).heatmaps.detach().cpu().numpy()

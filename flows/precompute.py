@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, checkpoint_sha256
+from daug_core.config import ConfigError
 from daug_core.heatmap_settings import HeatmapSettings
 from flows.dispatch import DispatchReport, dispatch
 from flows.heatmap_actors import WorkerSpec, start_actors
@@ -75,6 +76,16 @@ def checkpoint_digest(where: Location) -> str:
     return digest
 
 
+def check_precision(settings: HeatmapSettings, pool: PoolSettings) -> None:
+    """fp16 heatmaps need GPU actors (float16 convolutions on a CPU are neither fast nor
+    supported everywhere): a ConfigError before any actor starts."""
+    precision = settings.config().translation.precision
+    if precision == "fp16" and pool.device != "cuda":
+        raise ConfigError(
+            "precision fp16 needs GPU actors (--gpus-per-actor > 0); on CPUs use fp32 or bf16"
+        )
+
+
 def worker_spec(
     settings: HeatmapSettings,
     provenance: HeatmapProvenance,
@@ -83,6 +94,7 @@ def worker_spec(
 ) -> WorkerSpec:
     """What each actor loads: the checkpoints (path or URL, with the sha256 they must have),
     the settings' config and the targets."""
+    check_precision(settings, pool)
     root = Location.of(checkpoints)
     return WorkerSpec(
         generator_dir=root.child(GENERATOR_DIR).url,

@@ -109,6 +109,17 @@ def test_same_provenance_reopens_other_provenance_refuses_naming_what_differs(im
         HeatmapStore.create(images, PROVENANCE, version="../x")
 
 
+def test_a_version_holds_one_precision_and_older_versions_are_fp32(images):
+    HeatmapStore.create(images, PROVENANCE)
+    bf16 = with_translation(PROVENANCE, precision="bf16")
+    with pytest.raises(ProvenanceMismatchError, match="precision: 'fp32' -> 'bf16'"):
+        HeatmapStore.open_or_create(images, bf16)
+    assert HeatmapStore.open_or_create(images, bf16, version="v2").provenance == bf16
+    written_before = PROVENANCE.as_dict()
+    del written_before["translation"]["precision"]
+    assert HeatmapProvenance.from_dict(written_before).translation.precision == "fp32"
+
+
 def test_provenance_of_a_version_written_before_the_definition_setting_is_the_official_one():
     # Versions written before the translation was embedded whole keep its numbers at the top
     # level; those from before `difference` / `smoothing_sigma` existed hold minmax maps.
