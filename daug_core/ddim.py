@@ -33,6 +33,11 @@ its cost is divided by K.
 
 Precision. The trajectory and all coefficients stay in float32 (coefficients from float64); the
 models see the input cast to their own parameter dtype (e.g. bfloat16), outputs are upcast.
+
+Work. Every model pass without guidance runs under ``torch.inference_mode`` (no autograd
+records). Decodings that start from the same x_L (the K targets of one image) share the first
+step's eps_theta(x_L, L): :func:`level_epsilon` computes it once per image and
+:func:`ddim_decode` takes it as ``first_eps``.
 """
 
 from __future__ import annotations
@@ -122,7 +127,6 @@ def guided_epsilon(eps: torch.Tensor, cond_grad: torch.Tensor, alpha_bar: float)
     return eps - math.sqrt(1.0 - alpha_bar) * cond_grad
 
 
-@torch.no_grad()
 def invert_to_level(
     eps_model: EpsModel,
     x0: torch.Tensor,
@@ -137,17 +141,29 @@ def invert_to_level(
     ``level`` in ``steps`` steps, each refined ``refinements`` times by fixed-point iteration
     toward the exact inverse of the decoding step; returns x_L in float32 on x0's device."""
     grid = ddim_grid(alphas_cumprod, level, steps)
-    x = x0.float()
-    for i in range(grid.steps):
-        ab_from, ab_to = grid.alpha_bars[i], grid.alpha_bars[i + 1]
-        eps = predict_epsilon(eps_model, x, grid.timesteps[i])
-        x_next = ddim_step(x, eps, ab_from, ab_to, clip_denoised=clip_denoised)
-        for _ in range(refinements):
-            # Fixed point of x_r = step(x_s, eps(x_r, r)): decoding from x_r then returns x_s.
-            eps = predict_epsilon(eps_model, x_next, grid.timesteps[i + 1])
+    with torch.inference_mode():
+        x = x0.float()
+        for i in range(grid.steps):
+            ab_from, ab_to = grid.alpha_bars[i], grid.alpha_bars[i + 1]
+            eps = predict_epsilon(eps_model, x, grid.timesteps[i])
             x_next = ddim_step(x, eps, ab_from, ab_to, clip_denoised=clip_denoised)
-        x = x_next
-    return x
+            for _ in range(refinements):
+                # Fixed point of x_r = step(x_s, eps(x_r, r)): decoding from x_r returns x_s.
+                eps = predict_epsilon(eps_model, x_next, grid.timesteps[i + 1])
+                x_next = ddim_step(x, eps, ab_from, ab_to, clip_denoised=clip_denoised)
+            x = x_next
+    return x.clone()  # a normal tensor: callers may use it in autograd
+
+
+def level_epsilon(
+    eps_model: EpsModel, x_level: torch.Tensor, *, alphas_cumprod: torch.Tensor, level: int
+) -> torch.Tensor:
+    """eps_theta(x_L, L) in float32: the unguided eps of the first decoding step, the same for
+    every decoding that starts from x_L (pass it to :func:`ddim_decode` as ``first_eps``)."""
+    ddim_grid(alphas_cumprod, level, 1)  # checks the level
+    with torch.inference_mode():
+        eps = predict_epsilon(eps_model, x_level.float(), level)
+    return eps.clone()
 
 
 def ddim_decode(
@@ -159,19 +175,26 @@ def ddim_decode(
     steps: int,
     cond_fn: CondFn | None = None,
     clip_denoised: bool = False,
+    first_eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM from x_L back to a clean image over the same grid as
     :func:`invert_to_level`. With ``cond_fn`` the eps of each step is replaced by the
-    classifier-guided eps_hat (:func:`guided_epsilon`). Returns float32."""
+    classifier-guided eps_hat (:func:`guided_epsilon`). ``first_eps``: eps_theta(x_L, L) if
+    already known (:func:`level_epsilon`), saving one model pass. Returns float32."""
     grid = ddim_grid(alphas_cumprod, level, steps)
+    if first_eps is not None and first_eps.shape != x_level.shape:
+        raise ValueError(f"first_eps {tuple(first_eps.shape)} != x_L {tuple(x_level.shape)}")
     x = x_level.float()
     for i in range(grid.steps, 0, -1):
         t, alpha_bar = grid.timesteps[i], grid.alpha_bars[i]
-        with torch.no_grad():
-            eps = predict_epsilon(eps_model, x, t)
+        with torch.inference_mode():
+            if i == grid.steps and first_eps is not None:
+                eps = first_eps.float()
+            else:
+                eps = predict_epsilon(eps_model, x, t)
         if cond_fn is not None:
             timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
             eps = guided_epsilon(eps, cond_fn(x, timesteps).float(), alpha_bar)
-        with torch.no_grad():
+        with torch.inference_mode():
             x = ddim_step(x, eps, alpha_bar, grid.alpha_bars[i - 1], clip_denoised=clip_denoised)
-    return x.detach()
+    return x.clone()  # a normal tensor: callers may use it in autograd

@@ -103,9 +103,11 @@ def guided_decode(
     level: int,
     steps: int,
     clip_denoised: bool = False,
+    first_eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM from x_L (B, 1, S, S) to counterfactuals x_cf, guided toward ``targets`` (one for all
-    rows, or one per row). ``scale = 0`` is plain DDIM decoding. Returns float32."""
+    rows, or one per row). ``scale = 0`` is plain DDIM decoding; ``first_eps`` the unguided
+    eps_theta(x_L, L) if known. Returns float32."""
     index, sign = target_tensors(_rows(targets, x_level.shape[0]), x_level.device)
     cond_fn = make_cond_fn(classifier, index, sign, mode=mode, scale=scale) if scale else None
     return ddim_decode(
@@ -116,6 +118,7 @@ def guided_decode(
         steps=steps,
         cond_fn=cond_fn,
         clip_denoised=clip_denoised,
+        first_eps=first_eps,
     )
 
 

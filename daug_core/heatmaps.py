@@ -16,14 +16,15 @@ sign (an edge that moves) from cancelling.
 
 Two public paths, equal up to float rounding:
 
-* :func:`compute_heatmaps` (fast): inverts each image once and decodes all K targets as one
-  batch of B*K rows, cut into chunks of at most ``InferenceConfig.max_batch`` rows so memory
-  stays bounded.
+* :func:`compute_heatmaps` (fast): inverts each image once, computes the first decoding
+  step's eps once per image, and decodes all K targets as one batch of B*K rows, cut into
+  chunks of at most ``InferenceConfig.max_batch`` rows so memory stays bounded.
 * :func:`compute_heatmaps_reference`: re-inverts per (image, target) pair at batch 1, as the
   official code does; kept for tests and benchmarks.
 
-Both run the models in ``TranslationConfig.precision`` (:func:`in_precision` casts a copy of
-each model once; inputs are cast per call, outputs and DDIM updates stay float32).
+Both run the models in ``TranslationConfig.precision`` (:func:`prepare_model` casts a copy of
+each model once, in the memory format and compiled as ``InferenceConfig`` says; inputs are cast
+per call, outputs and DDIM updates stay float32).
 """
 
 from __future__ import annotations
@@ -32,12 +33,19 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from daug_core.config import DiffusionConfig, HeatmapDifference, Precision, TranslationConfig
-from daug_core.ddim import EpsModel, invert_to_level, model_dtype
+from daug_core.config import (
+    DiffusionConfig,
+    HeatmapDifference,
+    InferenceConfig,
+    Precision,
+    TranslationConfig,
+)
+from daug_core.ddim import EpsModel, invert_to_level, level_epsilon, model_dtype
 from daug_core.guidance import (
     classifier_logits,
     guided_decode,
@@ -108,16 +116,30 @@ PRECISION_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def in_precision(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
-    """``model`` with its weights in ``precision`` (itself when they already are, else a
-    cast copy in eval mode); fp16 needs a CUDA device."""
+def prepare_model(
+    model: torch.nn.Module, precision: Precision, inference: InferenceConfig
+) -> torch.nn.Module:
+    """``model`` as the heatmap passes run it: weights in ``precision``, channels-last and
+    compiled as ``inference`` says. ``model`` itself when nothing changes, else a copy in eval
+    mode whose weights need no gradient (the guidance differentiates the classifier with
+    respect to its input only; the original is untouched). fp16 needs a CUDA device."""
     dtype = PRECISION_DTYPES[precision]
-    if model_dtype(model, dtype) == dtype:
-        return model
     device = next(model.parameters()).device
     if dtype == torch.float16 and device.type != "cuda":
         raise ValueError(f"fp16 heatmaps need a CUDA device, the models are on {device}")
-    return copy.deepcopy(model).to(dtype).eval()
+    if model_dtype(model, dtype) == dtype and not inference.channels_last and not inference.compile:
+        return model
+    prepared = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+    if inference.channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    if inference.compile:
+        from torch._dynamo import config as dynamo_config
+
+        # Where a graph cannot be compiled (no C++ compiler, an unsupported op) that part runs
+        # eagerly, with a logged warning, instead of failing the run.
+        dynamo_config.suppress_errors = True
+        return cast(torch.nn.Module, torch.compile(prepared))
+    return prepared
 
 
 def _check_inputs(
@@ -141,8 +163,8 @@ def _check_inputs(
         if model_dtype(model, dtype) != dtype:
             raise ValueError(
                 f"{type(model).__name__} has {model_dtype(model, dtype)} weights, the "
-                f"translation's precision is {precision}: pass in_precision(model, "
-                f"{precision!r})"
+                f"translation's precision is {precision}: pass prepare_model(model, "
+                f"{precision!r}, ...)"
             )
 
 
@@ -195,6 +217,14 @@ def compute_heatmaps(
             for i in range(0, b, chunk)
         ]
     )
+    # All K decodings of an image start from its x_L: their first unguided eps is computed
+    # once per image, not once per row.
+    eps_level = torch.cat(
+        [
+            level_epsilon(unet, x_level[i : i + chunk], alphas_cumprod=ab, level=tr.level)
+            for i in range(0, b, chunk)
+        ]
+    )
     logits_x0 = torch.cat(
         [classifier_logits(classifier, x0[i : i + chunk]) for i in range(0, b, chunk)]
     )
@@ -216,6 +246,7 @@ def compute_heatmaps(
             level=tr.level,
             steps=tr.steps,
             clip_denoised=tr.clip_denoised,
+            first_eps=eps_level[image_of_row],
         )
         cf_parts.append(cf)
         after_parts.append(target_probability(classifier, cf, part_targets, mode=tr.mode))

@@ -22,7 +22,7 @@ import torch
 
 from daug_core.checkpoints import checkpoint_sha256, load_classifier, load_unet
 from daug_core.config import DiffusionConfig, Precision
-from daug_core.heatmaps import HeatmapResult, compute_heatmaps, in_precision
+from daug_core.heatmaps import HeatmapResult, compute_heatmaps, prepare_model
 from daug_core.model_input import to_model_space
 from daug_core.targets import Target
 from storage.checkpoint_cache import cached_checkpoint
@@ -125,11 +125,12 @@ class HeatmapWorker:
         return compute_heatmaps(unet, classifier, x0, self.targets, cfg)
 
     def models(self, precision: Precision) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """The UNet and the classifier with weights in ``precision``."""
+        """The UNet and the classifier with weights in ``precision``, in the memory format
+        and compiled as the spec's inference settings say."""
         if precision not in self._models:
             self._models[precision] = (
-                in_precision(self.unet, precision),
-                in_precision(self.classifier, precision),
+                prepare_model(self.unet, precision, self.spec.config.inference),
+                prepare_model(self.classifier, precision, self.spec.config.inference),
             )
         return self._models[precision]
 

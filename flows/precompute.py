@@ -9,6 +9,7 @@ computed, one :class:`~flows.heatmap_actors.PoolSettings`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -96,10 +97,11 @@ def worker_spec(
     the settings' config and the targets."""
     check_precision(settings, pool)
     root = Location.of(checkpoints)
+    config = settings.config()
     return WorkerSpec(
         generator_dir=root.child(GENERATOR_DIR).url,
         classifier_dir=root.child(CLASSIFIER_DIR).url,
-        config=settings.config(),
+        config=dataclasses.replace(config, inference=pool.inference(config.inference)),
         targets=provenance.targets,
         torch_threads=pool.torch_threads,
         device=pool.device,
@@ -271,6 +273,8 @@ def _precompute_leased(
         "retried_shards": dispatched.retried,
         "batch_size": pool.batch_size,
         "max_batch": spec.config.inference.max_batch,
+        "channels_last": spec.config.inference.channels_last,
+        "compile": spec.config.inference.compile,
         "splits": splits,
     }
     heatmap_store.record_run(run)

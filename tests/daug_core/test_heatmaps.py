@@ -4,21 +4,22 @@ bfloat16 on CPU, and one guided step of the paper preset at 512 px."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
 from daug_core_helpers import micro_config
 
 from daug_core.classifier import build_classifier
-from daug_core.config import preset
+from daug_core.config import InferenceConfig, preset
 from daug_core.generator import build_unet
 from daug_core.guidance import guided_decode, target_probability
 from daug_core.heatmaps import (
     compute_heatmaps,
     compute_heatmaps_reference,
     heatmap,
-    in_precision,
     minmax,
+    prepare_model,
     signed_difference,
     smooth,
 )
@@ -140,10 +141,11 @@ def test_heatmaps_in_bfloat16_stay_close_to_float32():
     unet, classifier, x0 = make_models(cfg, seed=2)
     targets = all_targets()[:3]
     ref32 = compute_heatmaps(unet, classifier, x0, targets, cfg)
-    with pytest.raises(ValueError, match="precision is bf16: pass in_precision"):
+    with pytest.raises(ValueError, match="precision is bf16: pass prepare_model"):
         compute_heatmaps(unet, classifier, x0, targets, cfg16)
-    unet16, classifier16 = in_precision(unet, "bf16"), in_precision(classifier, "bf16")
-    assert in_precision(unet16, "bf16") is unet16  # already bf16: no copy
+    plain = InferenceConfig(channels_last=False)
+    unet16, classifier16 = (prepare_model(m, "bf16", plain) for m in (unet, classifier))
+    assert prepare_model(unet16, "bf16", plain) is unet16  # nothing to change: no copy
     assert next(unet.parameters()).dtype == torch.float32  # the original is untouched
     res16 = compute_heatmaps(unet16, classifier16, x0, targets, cfg16)
     for name in ("heatmaps", "counterfactuals", "prob_after"):
@@ -154,7 +156,30 @@ def test_heatmaps_in_bfloat16_stay_close_to_float32():
     assert difference.mean() < 0.01 and difference.max() < 0.1, difference
     assert difference.mean() > 0  # the passes did run in bf16
     with pytest.raises(ValueError, match="fp16 heatmaps need a CUDA device"):
-        in_precision(unet, "fp16")
+        prepare_model(unet, "fp16", plain)
+
+
+@pytest.mark.parametrize(
+    "inference",
+    [InferenceConfig(channels_last=True), InferenceConfig(channels_last=True, compile=True)],
+    ids=["channels_last", "compiled"],
+)
+def test_channels_last_and_compiled_models_give_the_same_heatmaps(inference, monkeypatch):
+    # Compiled with dynamo's eager backend: the graph capture of every pass (inference mode,
+    # the classifier's input gradient) without inductor's minutes of C++ builds; inductor's
+    # results are compared with the eager ones by benchmarks/heatmap_throughput.py --compile.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg = micro_config(scale=10.0, steps=2, level=40)
+    unet, classifier, x0 = make_models(cfg, seed=4)
+    targets = all_targets()[:2]
+    plain = compute_heatmaps(unet, classifier, x0, targets, cfg)
+    fast_unet, fast_classifier = (prepare_model(m, "fp32", inference) for m in (unet, classifier))
+    assert fast_unet is not unet and next(unet.parameters()).is_contiguous()
+    fast = compute_heatmaps(fast_unet, fast_classifier, x0, targets, cfg)
+    for name in ("heatmaps", "counterfactuals", "prob_after"):
+        torch.testing.assert_close(
+            getattr(fast, name), getattr(plain, name), atol=1e-4, rtol=0, msg=name
+        )
 
 
 def test_input_validation():
