@@ -54,9 +54,9 @@ def train(
     trains data-parallel on Ray Train, --batch-size being the global batch)."""
     config = training.config()
     scaling.check(compute, config.training.batch_size)
-    require_training_data(store, config, heatmap_version, missing_heatmaps)
     if not scaling.distributed:  # "cuda" without CUDA fails here, before Prefect starts
         compute.resolve()  # (data-parallel workers get their GPUs from Ray)
+    require_training_data(store, config, heatmap_version, missing_heatmaps)
 
 
 @command(PANEL, flow="flows.evaluate:evaluate_flow", show=show_headline)

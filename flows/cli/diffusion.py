@@ -63,12 +63,13 @@ def train_generator(
     data-parallel on Ray Train)."""
     from flows.train_generator import training_selection
 
-    training_selection(store, training)  # images big enough, usable train items
+    require_store(store)
     config = training.config()
     for model in (config.generator_training, config.classifier_training):
         scaling.check(compute, model.batch_size)
     if not scaling.distributed:  # "cuda" without CUDA fails here, before Prefect starts
         compute.resolve()  # (data-parallel workers get their GPUs from Ray)
+    training_selection(store, training)  # images big enough, usable train items
 
 
 @command(PANEL, flow="flows.precompute:precompute_flow")
