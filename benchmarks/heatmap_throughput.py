@@ -36,10 +36,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from daug_core.classifier import build_classifier
+from daug_core.compute import precision_dtype
 from daug_core.config import DiffusionConfig, InferenceConfig, Precision, preset
 from daug_core.generator import build_unet
 from daug_core.heatmaps import (
-    PRECISION_DTYPES,
     HeatmapResult,
     compute_heatmaps,
     compute_heatmaps_reference,
@@ -248,7 +248,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     peaks = {"fp32": measure_peak(torch.float32)}
     if args.bf16:
-        peaks["bf16"] = measure_peak(PRECISION_DTYPES["bf16"])
+        peaks["bf16"] = measure_peak(precision_dtype("bf16"))
     print("peak FLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
     tiny = preset("tiny")
     compare(tiny, args.images, peaks, args)

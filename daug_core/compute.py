@@ -70,6 +70,13 @@ class ComputeSettings:
         return Compute(device=device, precision=self.precision)
 
 
+def precision_dtype(precision: Precision) -> torch.dtype:
+    """The torch dtype of a precision name."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Compute:
     """A resolved :class:`ComputeSettings`: the device and the mixed-precision tools."""
@@ -80,9 +87,7 @@ class Compute:
     @property
     def dtype(self) -> torch.dtype | None:
         """The autocast dtype, None for fp32."""
-        import torch
-
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        return None if self.precision == "fp32" else precision_dtype(self.precision)
 
     def autocast(self) -> AbstractContextManager[Any]:
         """The forward passes' autocast context (disabled for fp32)."""

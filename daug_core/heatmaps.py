@@ -38,6 +38,7 @@ from typing import cast
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from daug_core.compute import precision_dtype
 from daug_core.config import (
     DiffusionConfig,
     HeatmapDifference,
@@ -109,13 +110,6 @@ def heatmap(signed: torch.Tensor, smoothing_sigma: float = 0.0) -> torch.Tensor:
     return smooth(signed.abs(), smoothing_sigma)
 
 
-PRECISION_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-
-
 def prepare_model(
     model: torch.nn.Module, precision: Precision, inference: InferenceConfig
 ) -> torch.nn.Module:
@@ -123,7 +117,7 @@ def prepare_model(
     compiled as ``inference`` says. ``model`` itself when nothing changes, else a copy in eval
     mode whose weights need no gradient (the guidance differentiates the classifier with
     respect to its input only; the original is untouched). fp16 needs a CUDA device."""
-    dtype = PRECISION_DTYPES[precision]
+    dtype = precision_dtype(precision)
     device = next(model.parameters()).device
     if dtype == torch.float16 and device.type != "cuda":
         raise ValueError(f"fp16 heatmaps need a CUDA device, the models are on {device}")
@@ -158,7 +152,7 @@ def _check_inputs(
     if bad:
         raise ValueError(f"targets {bad} are outside the classifier's {k} classes")
     precision = cfg.translation.precision
-    dtype = PRECISION_DTYPES[precision]
+    dtype = precision_dtype(precision)
     for model in models:
         if model_dtype(model, dtype) != dtype:
             raise ValueError(
