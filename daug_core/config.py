@@ -201,10 +201,11 @@ class TranslationConfig:
 class InferenceConfig:
     """How the heatmap path runs, not what it computes (so not part of heatmap provenance):
     ``max_batch`` bounds the rows of one UNet/classifier call in the batched path;
-    ``channels_last`` runs the models in channels-last memory format (1.4x faster UNet
-    convolutions in fp32 on this machine's CPU, the fast layout of GPU tensor cores);
-    ``compile`` wraps them in ``torch.compile`` (a further 1.2x here, after a first call of
-    40-70 s per input shape and process). Results equal the defaults' up to float rounding."""
+    ``channels_last`` runs the models in channels-last memory format (the tiny heatmap path
+    1.3x faster in fp32 on this machine's CPU; the fast layout of GPU tensor cores);
+    ``compile`` wraps them in ``torch.compile`` (+5 % at the tiny widths, -16 % at the paper's
+    on this CPU, after 40 s to minutes of compilation per input shape and process: off by
+    default). Results equal the defaults' up to float rounding."""
 
     max_batch: int = 64
     channels_last: bool = True

@@ -272,9 +272,7 @@ def _precompute_leased(
         "lost_actors": dispatched.lost_actors,
         "retried_shards": dispatched.retried,
         "batch_size": pool.batch_size,
-        "max_batch": spec.config.inference.max_batch,
-        "channels_last": spec.config.inference.channels_last,
-        "compile": spec.config.inference.compile,
+        **dataclasses.asdict(spec.config.inference),  # max_batch, channels_last, compile
         "splits": splits,
     }
     heatmap_store.record_run(run)
