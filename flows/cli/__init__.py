@@ -50,3 +50,5 @@ def run() -> None:
         # FileExistsError: synth's ReleaseExistsError (an existing release, not overwritten)
         console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # one that escaped typer's own handling (exit 130 too)
+        raise SystemExit(130) from None

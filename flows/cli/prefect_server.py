@@ -25,6 +25,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 RECORDS = "cli-servers"
+# Prefect waits 20 s for its temporary server by default; the first start on a new
+# PREFECT_HOME creates and migrates the database, which takes longer on a loaded 2-core host.
+STARTUP_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +111,7 @@ def ensure_temporary_server() -> None:
     server = SubprocessASGIServer()
     if server.running:
         return
-    server.start()
+    server.start(timeout=max(settings.server.ephemeral.startup_timeout_seconds, STARTUP_TIMEOUT_S))
     assert server.server_process is not None and server.port is not None
     server_pid = server.server_process.pid
     record = ServerRecord(
@@ -123,8 +126,10 @@ def ensure_temporary_server() -> None:
     path = directory / f"{server_pid}.json"
 
     def stop() -> None:
-        server.stop()
-        path.unlink(missing_ok=True)
+        try:
+            server.stop()
+        finally:  # a signal during the stop still removes the record
+            path.unlink(missing_ok=True)
 
     atexit.register(stop)  # before the record exists: a signal between the two leaves none
     partial = path.with_suffix(".json.partial")
