@@ -1,19 +1,27 @@
-"""Ablation flow: the DAug paper's grid on one store, same splits, several seeds.
+"""Ablation flow: the DAug paper's grids on one store, same splits, several seeds.
 
-Variants (paper Tables 2-3): ``baseline`` (no heatmap, CLIP loss only), ``daug`` (heatmap in
-channel 0, CLIP loss only), ``hybrid`` (no heatmap, hybrid loss with weight w), ``daug+hybrid``
-(both). Every (variant, seed) trains into ``OUT/<variant>/seed-<s>`` (resumable: a rerun
-skips finished runs and resumes unfinished ones) and is evaluated on the test split. Writes
+Three grids (``grid``), each four variants (paper Tables 2-3): no heatmap or the heatmap in
+channel 0, times the CLIP loss alone or the hybrid loss.
+
+* ``ours``: ``baseline`` (no heatmap, w = 1: CLIP loss only), ``daug`` (heatmap, w = 1),
+  ``hybrid`` (no heatmap, hybrid loss with the settings' w, default the preset's 0.7),
+  ``daug+hybrid`` (both).
+* ``classification`` and ``retrieval``: the official code's grids (``configs/abl/*.yaml`` of
+  github.com/drjinying/DAug), with its names and its fixed w per row. Classification:
+  ``cls_baseline`` and ``cls_daug`` at w = 0 (the class loss alone), ``cls_hcontra`` and
+  ``cls_all`` at w = 0.7. Retrieval: ``retrieval_baseline`` and ``retrieval_daug`` at w = 1,
+  ``retrieval_hcontra`` and ``retrieval_all`` at w = 0.8.
+
+Every (variant, seed) trains into ``OUT/<variant>/seed-<s>`` (resumable: a rerun skips
+finished runs and resumes unfinished ones) and is evaluated on the test split. Writes
 ``OUT/ablation_runs.csv`` (one row per run), ``OUT/ablation.csv`` (mean and std per
 variant), ``OUT/RESULTS.md`` and ``OUT/ablation.png``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +33,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from daug_core.clip_config import ClipTrainSettings, HeatmapMode
+from daug_core.clip_config import ClipTrainSettings
 from daug_core.compute import ComputeSettings
+from flows.ablation_grids import (
+    VARIANTS,
+    AblationGrid,
+    Variant,
+    grid_variants,
+    variant_settings,
+)
 from flows.evaluate import evaluate_checkpoint
 from flows.reports import ablation as report
 from flows.reports.ablation import HEADLINE
@@ -36,21 +51,6 @@ from flows.train import BEST, train_contrastive
 from storage.location import Location
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    mode: HeatmapMode
-    hybrid: bool  # False: w = 1 (CLIP loss only)
-
-
-VARIANTS = (
-    Variant("baseline", "none", False),
-    Variant("daug", "channel", False),
-    Variant("hybrid", "none", True),
-    Variant("daug+hybrid", "channel", True),
-)
 
 
 def _run_name() -> str:
@@ -76,31 +76,20 @@ def ablation_run(
     """Train (or resume) and evaluate one (variant, seed); skips both when already done."""
     run_dir = out / variant.name / f"seed-{seed}"
     metrics_path = run_dir / "metrics.json"
+    config = variant_settings(training, variant, seed).config()
     if not metrics_path.is_file():
-        config = variant_settings(training, variant, seed).config()
         amp = compute.resolve()
         train_contrastive(store, run_dir, config, heatmap_version, compute=amp)
         evaluate_checkpoint(
             run_dir / BEST, store, run_dir, heatmap_version, plots=False, compute=amp
         )
     metrics = json.loads(metrics_path.read_text())
-    return {"variant": variant.name, "seed": seed, **metrics["headline"]}
+    return {"variant": variant.name, "seed": seed, "w": config.loss.weight, **metrics["headline"]}
 
 
-def variant_settings(training: ClipTrainSettings, variant: Variant, seed: int) -> ClipTrainSettings:
-    """``training`` as the variant trains it: its heatmap mode, w = 1 without the hybrid loss
-    (the settings' w, default the preset's, with it), and ``seed``."""
-    return dataclasses.replace(
-        training,
-        heatmap_mode=variant.mode,
-        weight=training.weight if variant.hybrid else 1.0,
-        seed=seed,
-    )
-
-
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std (ddof = 1) per variant, in the paper's variant order."""
-    order = [v.name for v in VARIANTS if v.name in set(runs["variant"])]
+def summarise(runs: pd.DataFrame, variants: tuple[Variant, ...] = VARIANTS) -> pd.DataFrame:
+    """Mean and sample std (ddof = 1) per variant, in the order of ``variants``."""
+    order = [v.name for v in variants if v.name in set(runs["variant"])]
     grouped = runs.groupby("variant")[list(HEADLINE)]
     mean, std = grouped.mean().loc[order], grouped.std(ddof=1).loc[order]
     table = pd.concat({"mean": mean, "std": std}, axis=1)
@@ -114,6 +103,7 @@ def ablate_flow(
     out: str,
     seeds: list[int] | None = None,
     variants: list[str] | None = None,
+    grid: AblationGrid = "ours",
     training: ClipTrainSettings = ClipTrainSettings(),
     heatmap_version: str = "v1",
     torch_threads: int = 1,
@@ -125,10 +115,13 @@ def ablate_flow(
         store: image store with heatmaps (``+No Finding`` at least) in ``heatmap_version``.
         out: output folder; a rerun skips finished runs.
         seeds: training seeds (default 0, 1, 2).
-        variants: subset of baseline, daug, hybrid, daug+hybrid (default all).
+        variants: subset of the grid's variants (default all), e.g. baseline, daug, hybrid,
+            daug+hybrid for ``ours``.
+        grid: ``ours``, or the official code's ``classification`` or ``retrieval`` grid
+            (module docstring).
         training: the preset and overrides every run starts from; each variant sets the
-            heatmap mode, w (1 without the hybrid loss; else ``training.weight``, default the
-            preset's 0.7: 0.7 classification, 0.8 retrieval in the paper) and the seed.
+            heatmap mode, w (``ours``: 1 without the hybrid loss, else ``training.weight``,
+            default the preset's 0.7; the official grids fix w per row) and the seed.
         heatmap_version: heatmap version to read.
         torch_threads: torch threads per process (runs go two at a time on the task
             runner's threads; one torch thread each keeps both cores busy without the
@@ -138,13 +131,9 @@ def ablate_flow(
     logger = get_run_logger()
     compute.resolve()  # an impossible device fails here, before any run starts
     seeds = list(seeds) if seeds is not None else [0, 1, 2]
-    chosen = [v for v in VARIANTS if variants is None or v.name in variants]
-    unknown = set(variants or ()) - {v.name for v in VARIANTS}
-    if unknown or not chosen or not seeds:
-        raise ValueError(
-            f"variants must be among {[v.name for v in VARIANTS]} (got {variants}); "
-            f"seeds must not be empty (got {seeds})"
-        )
+    chosen = grid_variants(grid, variants, training)
+    if not seeds:
+        raise ValueError("seeds must not be empty")
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     folder = RunFolder(out)  # a URL: runs train into a local copy, uploaded as they finish
@@ -164,7 +153,7 @@ def ablate_flow(
         progress.advance(1)
     runs = pd.DataFrame(rows).sort_values(["variant", "seed"]).reset_index(drop=True)
     runs.to_csv(target / "ablation_runs.csv", index=False)
-    summary = summarise(runs)
+    summary = summarise(runs, chosen)
     flat = summary.copy()
     flat.columns = [f"{c[0]}_{c[1]}" if c[1] else c[0] for c in flat.columns]
     flat.to_csv(target / "ablation.csv", index_label="variant")

@@ -8,6 +8,7 @@ import typer
 
 from daug_core.clip_config import ClipTrainSettings
 from daug_core.compute import ComputeSettings
+from flows.ablation_grids import AblationGrid, grid_variants
 from flows.cli.app import command
 from flows.cli.checks import require_store, require_training_data
 from flows.cli.console import console
@@ -105,12 +106,26 @@ def ablate(
     variants: Annotated[
         list[str] | None,
         typer.Option(
-            "--variant", help="baseline | daug | hybrid | daug+hybrid (repeat); default all"
+            "--variant",
+            help="a variant of the grid (repeat; default all), e.g. baseline | daug | hybrid | "
+            "daug+hybrid for ours, cls_baseline ... cls_all, retrieval_baseline ... "
+            "retrieval_all for the official grids",
         ),
     ] = None,
+    grid: Annotated[
+        AblationGrid,
+        typer.Option(
+            help="ours (w = 1 without the hybrid loss, --weight with it), or the official "
+            "code's classification (w 0 / 0.7) or retrieval (w 1 / 0.8) grid"
+        ),
+    ] = "ours",
     heatmap_version: HeatmapVersionOption = "v1",
     torch_threads: TorchThreadsOption = 1,
 ) -> None:
     """The paper's ablation grid (baseline, +DAug, +hybrid loss, both) over seeds."""
+    try:
+        grid_variants(grid, variants, training)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--grid / --variant / --weight") from None
     require_store(store)
     compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
