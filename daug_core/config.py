@@ -36,7 +36,8 @@ DEFAULT_CLASS_NAMES: tuple[str, ...] = (
     "Support Devices",
 )
 
-GuidanceMode = Literal["softmax", "sigmoid"]
+GuidanceMode = Literal["softmax", "sigmoid", "official"]
+GUIDANCE_MODES: tuple[str, ...] = ("softmax", "sigmoid", "official")
 # How x0 and its counterfactual are compared (see daug_core.heatmaps).
 HeatmapDifference = Literal["minmax", "raw"]
 HEATMAP_DIFFERENCES: tuple[str, ...] = ("minmax", "raw")
@@ -145,6 +146,8 @@ class TranslationConfig:
 
     ``level`` is a timestep index of the training schedule (500 of T = 1000 in DAug); ``steps`` DDIM
     steps are spread evenly over [0, level] (``steps == level`` uses every timestep).
+    ``mode`` is how a target's log-probability is formed (:mod:`daug_core.guidance`: softmax,
+    sigmoid, or the official code's softmax variant).
     ``scale`` multiplies the classifier gradient; ``0`` is plain DDIM reconstruction (no guidance:
     the heatmap is the reconstruction error, the baseline the guidance is measured against).
     ``clip_denoised`` clamps the predicted x0 to [-1, 1] (guided-diffusion's ``clip_denoised``); it
@@ -183,8 +186,8 @@ class TranslationConfig:
             raise ConfigError(
                 f"need 1 <= steps <= level, got steps={self.steps}, level={self.level}"
             )
-        if self.mode not in ("softmax", "sigmoid"):
-            raise ConfigError(f"mode must be 'softmax' or 'sigmoid', got {self.mode!r}")
+        if self.mode not in GUIDANCE_MODES:
+            raise ConfigError(f"mode must be one of {GUIDANCE_MODES}, got {self.mode!r}")
         check_finite("TranslationConfig", "scale", self.scale, 0.0)
         if self.inversion_refinements < 0:
             raise ConfigError(
@@ -266,6 +269,11 @@ class DiffusionConfig:
         t_max = self.schedule.num_train_timesteps - 1
         if self.translation.level > t_max:
             raise ConfigError(f"translation level {self.translation.level} > T-1 = {t_max}")
+        if self.translation.mode == "official" and self.class_names[0] != "No Finding":
+            raise ConfigError(
+                "guidance mode 'official' needs 'No Finding' as the classifier's first class "
+                f"(the official code's order), got {self.class_names}"
+            )
         m = self.classifier_training.max_noise_timestep
         if m is not None and not 0 <= m <= t_max:
             raise ConfigError(f"classifier max_noise_timestep {m} outside [0, {t_max}]")

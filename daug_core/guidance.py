@@ -8,6 +8,12 @@ over the classifier's logits z (B, C):
   others down; log p(-c) = log(1 - softmax(z)_c) = logsumexp_{j != c} z_j - logsumexp_j z_j.
 * ``sigmoid`` (baseline): each class on its own; log p(+c) = logsigmoid(z_c),
   log p(-c) = logsigmoid(-z_c).
+* ``official`` (the official DAug code, ``classifier_sample_known.py``, whose classifier puts
+  No Finding first, as our class order does): ``+c`` for a finding c normalises over the
+  finding logits only, log p(+c) = z_c - logsumexp_{j >= 1} z_j; ``+No Finding`` is the
+  softmax over all classes; ``-c`` follows -grad log softmax(z)_c instead of
+  grad log(1 - softmax(z)_c) (:func:`guidance_objective`; its reported probability stays
+  1 - p_c).
 
 :func:`make_cond_fn` binds a classifier and per-row targets into guided-diffusion's
 ``cond_fn(x_t, t) = s * grad_x log p(y | x_t)``; :func:`daug_core.ddim.ddim_decode` applies it
@@ -45,14 +51,30 @@ def target_log_prob(
     if mode == "sigmoid":
         z_c = z.gather(1, idx).squeeze(1)
         return F.logsigmoid(torch.where(toward, z_c, -z_c))
-    if mode == "softmax":
-        log_norm = torch.logsumexp(z, dim=1)
-        log_p_c = z.gather(1, idx).squeeze(1) - log_norm
-        # log(1 - p_c) without cancellation: drop class c from the numerator's logsumexp.
-        others = z.scatter(1, idx, float("-inf"))
-        log_not_c = torch.logsumexp(others, dim=1) - log_norm
-        return torch.where(toward, log_p_c, log_not_c)
-    raise ValueError(f"mode must be 'softmax' or 'sigmoid', got {mode!r}")
+    if mode not in ("softmax", "official"):
+        raise ValueError(f"mode must be 'softmax', 'sigmoid' or 'official', got {mode!r}")
+    z_c = z.gather(1, idx).squeeze(1)
+    log_norm = torch.logsumexp(z, dim=1)
+    log_p_c = z_c - log_norm
+    if mode == "official":  # a finding's softmax leaves No Finding (class 0) out
+        log_p_c = torch.where(idx.view(-1) == 0, log_p_c, z_c - torch.logsumexp(z[:, 1:], dim=1))
+    # log(1 - p_c) without cancellation: drop class c from the numerator's logsumexp.
+    others = z.scatter(1, idx, float("-inf"))
+    log_not_c = torch.logsumexp(others, dim=1) - log_norm
+    return torch.where(toward, log_p_c, log_not_c)
+
+
+def guidance_objective(
+    logits: torch.Tensor, class_index: torch.Tensor, direction: torch.Tensor, mode: GuidanceMode
+) -> torch.Tensor:
+    """What guidance ascends, per row (N,): log p(target | x), except for ``official``
+    ``-c``, which is -log softmax(z)_c (the official ``cond_fn_neg``)."""
+    log_p = target_log_prob(logits, class_index, direction, mode)
+    if mode != "official":
+        return log_p
+    z = logits.float()
+    log_softmax_c = z.gather(1, class_index.view(-1, 1)).squeeze(1) - torch.logsumexp(z, dim=1)
+    return torch.where(direction.view(-1) > 0, log_p, -log_softmax_c)
 
 
 def make_cond_fn(
@@ -63,7 +85,8 @@ def make_cond_fn(
     mode: GuidanceMode,
     scale: float,
 ) -> CondFn:
-    """``cond_fn(x_t, t) = scale * grad_x log p(target | x_t, t)`` for per-row targets
+    """``cond_fn(x_t, t) = scale * grad_x log p(target | x_t, t)`` (:func:`guidance_objective`)
+    for per-row targets
     (``class_index``/``direction`` of length B, on the device of the x_t it will be called with).
 
     ``classifier(x, t) -> logits`` runs in its own dtype; the gradient is returned in float32.
@@ -75,8 +98,8 @@ def make_cond_fn(
         with torch.inference_mode(False), torch.enable_grad():
             x_in = x.detach().to(model_dtype(classifier, x.dtype)).clone().requires_grad_(True)
             logits = classifier(x_in, t.clone())
-            log_p = target_log_prob(logits, class_index.clone(), direction.clone(), mode)
-            (grad,) = torch.autograd.grad(log_p.sum(), x_in)
+            objective = guidance_objective(logits, class_index.clone(), direction.clone(), mode)
+            (grad,) = torch.autograd.grad(objective.sum(), x_in)
         return grad.float() * scale
 
     return cond_fn

@@ -52,7 +52,10 @@ class HeatmapSettings:
         '"+Class" or "-Class", in channel order (repeat; default: +c for every class)',
         option="target",
     )
-    mode: GuidanceMode | None = described(None, "guidance: softmax (DAug) or sigmoid (baseline)")
+    mode: GuidanceMode | None = described(
+        None,
+        "guidance: softmax (DAug), sigmoid (baseline) or official (the official code's softmax)",
+    )
     scale: float | None = described(
         None, "classifier guidance scale s >= 0 (0: no guidance, reconstruction error only)"
     )

@@ -44,10 +44,17 @@ def closed_form_grad(w, logits, c, direction, mode):
         return (1 - s) * w[c] if direction > 0 else -s * w[c]
     p = torch.softmax(logits, dim=0)
     centred = w[c] - p @ w  # grad of log softmax_c = W_c - sum_k p_k W_k
+    if mode == "official":  # +c for a finding: softmax over classes 1..; -c: -grad log p_c
+        if direction < 0:
+            return -centred
+        if c > 0:
+            q = torch.softmax(logits[1:], dim=0)
+            return w[c] - q @ w[1:]
+        return centred
     return centred if direction > 0 else -(p[c] / (1 - p[c])) * centred
 
 
-@pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("mode", ["softmax", "sigmoid", "official"])
 def test_cond_fn_equals_closed_form_gradient(mode):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(7, P, generator=g, dtype=torch.float64) / P**0.5
@@ -106,7 +113,35 @@ def test_log_not_c_is_stable_when_class_dominates():
     assert torch.isfinite(target_log_prob(logits, index, sign, "sigmoid")).all()
 
 
-@pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
+def test_official_probabilities_leave_no_finding_out_of_a_findings_softmax():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.3, 1.0, 0.2, -0.4]])
+    targets = [Target(0, 1, "NF"), Target(2, 1, "b"), Target(3, -1, "c")]
+    index, sign = target_tensors(targets, "cpu")
+    got = target_log_prob(logits[[0, 0, 1]], index, sign, "official").exp()
+    p_all, p_findings = torch.softmax(logits, 1), torch.softmax(logits[:, 1:], 1)
+    expected = torch.stack([p_all[0, 0], p_findings[0, 1], 1 - p_all[1, 3]])
+    torch.testing.assert_close(got, expected)
+    # The findings' softmax ignores the No Finding logit entirely.
+    moved = logits.clone()
+    moved[:, 0] += 5.0
+    again = target_log_prob(moved[[0]], index[1:2], sign[1:2], "official")
+    torch.testing.assert_close(again.exp(), p_findings[0, 1:2])
+
+
+def test_official_mode_needs_no_finding_first():
+    from dataclasses import replace
+
+    from daug_core.config import ConfigError, TranslationConfig, preset
+
+    config = preset("tiny")
+    official = replace(config, translation=TranslationConfig(mode="official"))
+    assert official.translation.mode == "official"
+    names = ("Pleural", "No Finding")
+    with pytest.raises(ConfigError, match="'No Finding' as the classifier's first class"):
+        replace(official, classifier=replace(config.classifier, class_names=names))
+
+
+@pytest.mark.parametrize("mode", ["softmax", "sigmoid", "official"])
 def test_guidance_moves_target_probability_in_requested_direction(mode):
     cfg = micro_config()
     g = torch.Generator().manual_seed(2)
