@@ -186,6 +186,9 @@ class ClipModelConfig:
     - ``rescale_heatmaps``: min-max each heatmap channel per image to [0, 1] inside the model, as
       the official dataset does before feeding it (stored heatmaps are |Δ| of [0, 1] images and
       rarely reach 1).
+    - ``quick_gelu``: x·σ(1.702x) activations (open_clip's ``force_quick_gelu``), what OpenAI's
+      CLIP weights and the official run use; converted Hugging Face weights
+      (:mod:`daug_core.clip_convert`) need it.
     """
 
     model_name: str
@@ -196,6 +199,7 @@ class ClipModelConfig:
     heatmap_mode: HeatmapMode = "channel"
     channel_target: str = "+No Finding"
     rescale_heatmaps: bool = True
+    quick_gelu: bool = False
 
     def __post_init__(self) -> None:
         if not self.model_name:
@@ -509,6 +513,11 @@ class ClipTrainSettings:
     pretrained: str | None = described(
         None, "local open_clip checkpoint file (.pt / .safetensors) to start from"
     )
+    quick_gelu: bool | None = described(
+        None,
+        "QuickGELU activations, as OpenAI's CLIP weights (daug convert-clip) were trained with "
+        "(default: the preset's GELU)",
+    )
 
     def __post_init__(self) -> None:
         self.config()
@@ -520,6 +529,7 @@ class ClipTrainSettings:
             model = dataclasses.replace(model, heatmap_mode=self.heatmap_mode)
         if self.pretrained is not None:
             model = dataclasses.replace(model, pretrained=self.pretrained)
+        model = _replaced(model, quick_gelu=self.quick_gelu)
         loss = _replaced(config.loss, weight=self.weight, class_loss=self.class_loss)
         training = _replaced(
             config.training,

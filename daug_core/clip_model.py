@@ -390,6 +390,7 @@ def build_clip_model(
                 pretrained=str(checkpoint) if checkpoint else None,
                 force_image_size=config.image_size,
                 force_context_length=config.context_length,
+                force_quick_gelu=config.quick_gelu,
             )
         except Exception as exc:  # torch / safetensors / open_clip raise many types
             source = f"checkpoint {str(checkpoint)!r}" if checkpoint else "random init"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -96,6 +97,7 @@ def ablate(
                 "batch_size",
                 "learning_rate",
                 "pretrained",
+                "quick_gelu",
             )
         ),
     ],
@@ -129,3 +131,30 @@ def ablate(
         raise typer.BadParameter(str(exc), param_hint="--grid / --variant / --weight") from None
     require_store(store)
     compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
+
+
+@command(PANEL, "convert-clip")
+def convert_clip(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="a Hugging Face CLIPModel folder (config.json, model.safetensors), e.g. "
+            "openai/clip-vit-base-patch32 downloaded elsewhere"
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="the open_clip checkpoint to write (.safetensors)")],
+) -> None:
+    """Convert OpenAI CLIP in Hugging Face format (what the official DAug code loads) into an
+    open_clip checkpoint for --pretrained (OpenAI's ViT-B/32 becomes ViT-B-32-quickgelu)."""
+    from daug_core.clip_convert import convert_hf_clip
+
+    if out.suffix != ".safetensors":
+        raise typer.BadParameter(f"{out} must end in .safetensors", param_hint="OUT")
+    architecture = convert_hf_clip(source, out)
+    vision, text = architecture["vision_cfg"], architecture["text_cfg"]
+    console.print(
+        f"wrote {out}: ViT {vision['width']} wide, {vision['layers']} layers, patch "
+        f"{vision['patch_size']}, {vision['image_size']} px; text {text['width']} wide, "
+        f"{text['layers']} layers, {text['context_length']} tokens; "
+        f"{'QuickGELU' if architecture['quick_gelu'] else 'GELU'}"
+    )
