@@ -94,7 +94,10 @@ LearningRateSchedule = Literal["cosine", "constant"]
 # validate) or the official DAug run's (train + validate, no model selection: the last epoch).
 TrainSplits = Literal["train", "train+validate"]
 ModelSelection = Literal["validate", "last"]
-ContrastivePresetName = Literal["tiny", "paper"]
+# AdamW recipe: CLIP's (betas 0.9/0.98, eps 1e-6, no decay on biases, norms, 1-d parameters and
+# the logit scale) or the official DAug code's (torch defaults: betas 0.9/0.999, eps 1e-8).
+OptimizerRecipe = Literal["clip", "official"]
+ContrastivePresetName = Literal["tiny", "paper", "official"]
 
 HEATMAP_MODES: tuple[str, ...] = typing.get_args(HeatmapMode)
 CLASS_LOSSES: tuple[str, ...] = typing.get_args(ClassLoss)
@@ -325,6 +328,7 @@ class ContrastiveTrainingConfig:
     lr_schedule: LearningRateSchedule = "cosine"
     train_splits: TrainSplits = "train"
     model_selection: ModelSelection = "validate"
+    optimizer: OptimizerRecipe = "clip"
 
     @property
     def train_split_names(self) -> tuple[str, ...]:
@@ -373,6 +377,11 @@ class ContrastiveTrainingConfig:
             raise ConfigError(
                 f"ContrastiveTrainingConfig.model_selection must be 'validate' or 'last', "
                 f"got {self.model_selection!r}"
+            )
+        if self.optimizer not in typing.get_args(OptimizerRecipe):
+            raise ConfigError(
+                f"ContrastiveTrainingConfig.optimizer must be 'clip' or 'official', "
+                f"got {self.optimizer!r}"
             )
         if "validate" in self.train_split_names and self.model_selection == "validate":
             raise ConfigError(
@@ -460,12 +469,30 @@ def _paper() -> ContrastiveConfig:
     )
 
 
-_PRESETS = {"tiny": _tiny, "paper": _paper}
+def _official() -> ContrastiveConfig:
+    """The official DAug run switch for switch (``daug/configs/conf.yaml``, ``model.py``,
+    ``main.py``): ViT-B/32 with QuickGELU (OpenAI's weights, ``daug convert-clip``), trained on
+    train + validate for 10 epochs and the last epoch kept, AdamW with torch's betas and eps."""
+    paper = _paper()
+    return ContrastiveConfig(
+        name="official",
+        model=dataclasses.replace(paper.model, quick_gelu=True),
+        loss=paper.loss,
+        training=dataclasses.replace(
+            paper.training,
+            train_splits="train+validate",
+            model_selection="last",
+            optimizer="official",
+        ),
+    )
+
+
+_PRESETS = {"tiny": _tiny, "paper": _paper, "official": _official}
 CONTRASTIVE_PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
 
 
 def contrastive_preset(name: str) -> ContrastiveConfig:
-    """The named preset (``"tiny"`` or ``"paper"``)."""
+    """The named preset (``"tiny"``, ``"paper"`` or ``"official"``)."""
     try:
         return _PRESETS[name]()
     except KeyError:
@@ -491,7 +518,9 @@ class ClipTrainSettings:
     preset's). Validated once, by building the config it stands for (:meth:`config`)."""
 
     preset: ContrastivePresetName = described(
-        "tiny", "contrastive preset: tiny (64 px ViT, CPU) or paper (ViT-B/32 at 256 px)"
+        "tiny",
+        "contrastive preset: tiny (64 px ViT, CPU), paper (ViT-B/32 at 256 px) or official "
+        "(paper as the official code runs it)",
     )
     heatmap_mode: HeatmapMode | None = described(
         None, "how heatmaps enter the image: none | channel | add | append (default: channel)"
@@ -512,6 +541,9 @@ class ClipTrainSettings:
     )
     pretrained: str | None = described(
         None, "local open_clip checkpoint file (.pt / .safetensors) to start from"
+    )
+    optimizer: OptimizerRecipe | None = described(
+        None, "AdamW recipe: clip (betas 0.9/0.98, eps 1e-6) or official (0.9/0.999, 1e-8)"
     )
     quick_gelu: bool | None = described(
         None,
@@ -539,6 +571,7 @@ class ClipTrainSettings:
             seed=self.seed,
             train_splits=self.train_splits,
             model_selection=self.model_selection,
+            optimizer=self.optimizer,
         )
         return dataclasses.replace(config, model=model, loss=loss, training=training)
 

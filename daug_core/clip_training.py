@@ -51,6 +51,7 @@ from daug_core.checkpoints import (
 from daug_core.clip_config import (
     ContrastiveConfig,
     ContrastiveTrainingConfig,
+    OptimizerRecipe,
     contrastive_config_from_dict,
     contrastive_config_to_dict,
 )
@@ -117,25 +118,37 @@ class Embedded:
 
 
 # ---- optimiser ------------------------------------------------------------------------------
-def _no_weight_decay(name: str, parameter: nn.Parameter) -> bool:
+def no_weight_decay(name: str, parameter: nn.Parameter, recipe: OptimizerRecipe) -> bool:
+    """``clip`` (open_clip's rule): biases, norms, every 1-d parameter and the logit scale.
+    ``official``: biases and LayerNorm parameters. The official code lists BERT's names
+    (``bias``, ``LayerNorm.bias``, ``LayerNorm.weight``), which none of CLIP's norms matches,
+    so as written only biases escape decay; we keep its evident intent and exclude the norms
+    (open_clip's ``ln_*``) too."""
+    if recipe == "official":
+        module = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]  # "ln_1" of "...ln_1.weight"
+        return name.endswith("bias") or module.startswith("ln_")
     return parameter.ndim < 2 or "bias" in name or "ln" in name or "logit_scale" in name
 
 
 def make_optimizer(model: nn.Module, config: ContrastiveTrainingConfig) -> torch.optim.AdamW:
-    """AdamW; biases, norm gains and the logit scale get no weight decay (open_clip's rule)."""
+    """AdamW in the recipe ``config.optimizer`` (:func:`no_weight_decay` for the groups):
+    ``clip`` with CLIP's betas for transformers (Radford et al. 2021, Sec. 2.5), ``official``
+    with torch's defaults, as the official code builds it."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if _no_weight_decay(name, parameter) else decay).append(parameter)
+            exempt = no_weight_decay(name, parameter, config.optimizer)
+            (no_decay if exempt else decay).append(parameter)
+    betas, eps = ((0.9, 0.98), 1e-6) if config.optimizer == "clip" else ((0.9, 0.999), 1e-8)
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=config.learning_rate,
-        betas=(0.9, 0.98),  # CLIP's betas for transformers (Radford et al. 2021, Sec. 2.5)
-        eps=1e-6,
+        betas=betas,
+        eps=eps,
     )
 
 

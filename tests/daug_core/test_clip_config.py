@@ -70,7 +70,37 @@ def test_tiny_preset_is_a_small_custom_architecture() -> None:
     assert cfg.loss.learn_logit_scale and cfg.loss.logit_scale == pytest.approx(1 / 0.07)
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_official_preset_is_paper_with_the_official_codes_switches() -> None:
+    paper, official = contrastive_preset("paper"), contrastive_preset("official")
+    assert official.model.quick_gelu and not paper.model.quick_gelu
+    t = official.training
+    assert (t.train_splits, t.model_selection, t.optimizer) == (
+        "train+validate",
+        "last",
+        "official",
+    )
+    assert paper.training.optimizer == "clip"
+    # Everything else as the paper preset.
+    assert (
+        dataclasses.replace(
+            official,
+            name="paper",
+            model=paper.model,
+            training=dataclasses.replace(
+                t, train_splits="train", model_selection="validate", optimizer="clip"
+            ),
+        )
+        == paper
+    )
+
+
+def test_a_config_stored_before_the_official_switches_still_loads() -> None:
+    data = contrastive_config_to_dict(contrastive_preset("paper"))
+    del data["model"]["quick_gelu"], data["training"]["optimizer"]
+    assert contrastive_config_from_dict(data) == contrastive_preset("paper")
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper", "official"])
 def test_json_round_trip(name: str) -> None:
     cfg = contrastive_preset(name)
     text = json.dumps(contrastive_config_to_dict(cfg))

@@ -50,6 +50,24 @@ def test_optimizer_spares_biases_norms_and_logit_scale_from_weight_decay():
     assert not any("logit_scale" in named[id(p)] for p in decay["params"])
 
 
+def test_official_optimizer_decays_embeddings_and_uses_torchs_betas():
+    config = contrastive_preset("tiny")
+    training = dataclasses.replace(config.training, optimizer="official")
+    model = build_model(config, ("+No Finding",), seed=0)
+    optimizer = make_optimizer(model, training)
+    decay, no_decay = optimizer.param_groups
+    assert (decay["betas"], decay["eps"]) == ((0.9, 0.999), 1e-8)
+    named = {id(p): n for n, p in model.named_parameters()}
+    spared = {named[id(p)] for p in no_decay["params"]}
+    decayed = {named[id(p)] for p in decay["params"]}
+    assert spared and all(n.endswith("bias") or ".ln_" in f".{n}" for n in spared)
+    assert any(n.endswith("ln_1.weight") for n in spared)  # norms: the official intent
+    assert any(n.endswith("class_embedding") for n in decayed)  # 1-d, decayed officially
+    clip_groups = make_optimizer(model, config.training).param_groups
+    assert (clip_groups[0]["betas"], clip_groups[0]["eps"]) == ((0.9, 0.98), 1e-6)
+    assert not any(named[id(p)].endswith("class_embedding") for p in clip_groups[0]["params"])
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     config = contrastive_preset("tiny")
     model = build_model(config, ("+No Finding",), seed=0)
@@ -155,3 +173,30 @@ def test_bf16_autocast_trains_the_tiny_clip_to_the_fp32_loss():
     assert fp32[-1] < fp32[0]  # it learns
     for step, (ours, reference) in enumerate(zip(bf16, fp32, strict=True)):
         assert abs(ours - reference) <= 0.05 * reference, (step, bf16, fp32)
+
+
+@pytest.mark.slow
+def test_official_preset_trains_one_step_at_its_real_size():
+    from daug_core.clip_model import build_tokenizer
+    from daug_core.clip_training import PromptTokens, train_epoch
+    from daug_core.losses import HybridContrastiveLoss
+
+    config = contrastive_preset("official")
+    model = build_model(config, ("+No Finding",), seed=0)
+    assert type(model.clip.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    tokenizer = build_tokenizer(config.model)
+    tokens = tokenizer(["no acute process", "small left effusion"])
+    assert tokens.shape == (2, 154)
+    batch = ClipBatch(
+        torch.rand(2, 1, 256, 256), torch.rand(2, 1, 256, 256), tokens, torch.eye(2, 14)
+    )
+    prompts = PromptTokens(tokenizer(list(config.loss.class_prompts)), None)
+    training = dataclasses.replace(config.training, warmup_steps=0)  # lr > 0 at step 0
+    optimizer = make_optimizer(model, training)
+    scheduler = make_scheduler(optimizer, training, total_steps=10)
+    before = model.clip.visual.conv1.weight.detach().clone()
+    stats = train_epoch(
+        model, HybridContrastiveLoss(config.loss), [batch], prompts, optimizer, scheduler
+    )
+    assert math.isfinite(stats.loss) and stats.batches == 1
+    assert not torch.equal(model.clip.visual.conv1.weight, before)
