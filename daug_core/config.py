@@ -167,6 +167,10 @@ class TranslationConfig:
     classifier pass (``bf16``: bfloat16; ``fp16``: float16, CUDA only); the DDIM updates and
     the heatmap stay float32, the guidance gradient is returned in float32. It changes the
     values, so a heatmap version holds one precision.
+
+    ``generator_ema`` decodes with the generator's EMA weights (``unet_ema/``, the usual choice
+    for sampling); ``False`` uses the raw training weights (``unet/``), as the official code
+    does.
     """
 
     level: int = 500
@@ -178,6 +182,7 @@ class TranslationConfig:
     difference: HeatmapDifference = "minmax"
     smoothing_sigma: float = 0.0
     precision: Precision = "fp32"
+    generator_ema: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -33,6 +33,7 @@ TRANSLATION_FIELDS: tuple[str, ...] = (
     "smoothing_sigma",
     "clip_denoised",
     "precision",
+    "generator_ema",
 )
 
 
@@ -76,6 +77,9 @@ class HeatmapSettings:
     precision: Precision | None = described(
         None,
         "UNet and classifier passes in fp32, bf16 or fp16 (CUDA); DDIM updates stay fp32",
+    )
+    generator_ema: bool | None = described(
+        None, "decode with the generator's EMA weights (default) or its raw weights (official)"
     )
 
     def __post_init__(self) -> None:

@@ -68,7 +68,8 @@ class HeatmapWorker:
         self.device = torch.device(spec.device)
         generator = _local_checkpoint(spec.generator_dir, spec.generator_sha256)
         classifier = _local_checkpoint(spec.classifier_dir, spec.classifier_sha256)
-        self.unet = load_unet(generator, use_ema=True, device=self.device)
+        use_ema = spec.config.translation.generator_ema
+        self.unet = load_unet(generator, use_ema=use_ema, device=self.device)
         self.classifier = load_classifier(classifier, device=self.device)
         # The models in each precision asked for (the spec's; the quality sweep may ask for
         # others), cast once: an fp16 spec on a CPU fails here, when the pool starts.

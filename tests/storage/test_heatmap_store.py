@@ -120,6 +120,16 @@ def test_a_version_holds_one_precision_and_older_versions_are_fp32(images):
     assert HeatmapProvenance.from_dict(written_before).translation.precision == "fp32"
 
 
+def test_a_version_holds_one_generator_weight_set_and_older_versions_used_ema(images):
+    HeatmapStore.create(images, PROVENANCE)
+    raw = with_translation(PROVENANCE, generator_ema=False)
+    with pytest.raises(ProvenanceMismatchError, match="generator_ema: True -> False"):
+        HeatmapStore.open_or_create(images, raw)
+    written_before = PROVENANCE.as_dict()
+    del written_before["translation"]["generator_ema"]
+    assert HeatmapProvenance.from_dict(written_before).translation.generator_ema is True
+
+
 def test_provenance_of_a_version_written_before_the_definition_setting_is_the_official_one():
     # Versions written before the translation was embedded whole keep its numbers at the top
     # level; those from before `difference` / `smoothing_sigma` existed hold minmax maps.
