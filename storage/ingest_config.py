@@ -23,6 +23,7 @@ FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP", "AP AXIAL")
 # refuses what no chest X-ray is (8000 x 8000 x 2 frames, the 65535^2 maximum).
 DEFAULT_MAX_DECODED_MB = 128.0
 MIB = 1 << 20
+LABEL_FILE_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".parquet")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,12 @@ class ReaderConfig:
         "refuse an image (image_too_large) whose decoded pixels would exceed this many MiB "
         "(rows x columns x frames x bytes per sample x samples), before decoding it",
     )
+    labels: str | None = described(
+        None,
+        "a label file (path or URL; .csv, .csv.gz or .parquet) keyed by dicom_id or study_id "
+        "with the 14 CheXpert columns (e.g. Visual CheXbert predictions), used instead of the "
+        "release's labeler table",
+    )
 
     def __post_init__(self) -> None:
         if self.labeler not in ("chexpert", "negbio"):
@@ -63,6 +70,10 @@ class ReaderConfig:
                 "ReaderConfig.max_decoded_mb must be a finite number > 0, "
                 f"got {self.max_decoded_mb!r}"
             )
+        if self.labels is not None and not self.labels.endswith(LABEL_FILE_SUFFIXES):
+            raise ConfigError(
+                f"ReaderConfig.labels {self.labels!r} must end in one of {LABEL_FILE_SUFFIXES}"
+            )
         # Prefect and the CLI hand over the value; the store's records hold strings.
         object.__setattr__(self, "uncertainty", UncertaintyPolicy(self.uncertainty))
         object.__setattr__(self, "views", tuple(self.views))
@@ -74,6 +85,7 @@ class ReaderConfig:
             "uncertainty": self.uncertainty.value,
             "image_format": self.image_format,
             "max_decoded_mb": self.max_decoded_mb,
+            "labels": self.labels,
         }
 
     @property
@@ -98,6 +110,7 @@ class ReaderConfig:
             uncertainty=UncertaintyPolicy(data.get("uncertainty", "u-zeros")),
             image_format=image_format,
             max_decoded_mb=float(data.get("max_decoded_mb", DEFAULT_MAX_DECODED_MB)),
+            labels=data.get("labels"),
         )
 
 

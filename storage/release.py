@@ -165,6 +165,36 @@ class ReleaseReader:
             _check_values(table, "split", set(SPLITS), path)
         return table
 
+    def read_labels(self) -> tuple[pd.DataFrame, str]:
+        """The label table and its key column: the release's ``labeler`` CSV (per study), or
+        the external file of ``config.labels`` (per image when it has ``dicom_id``, else per
+        study), its cells checked like the release's."""
+        if self.config.labels is None:
+            return self.read_table(self.config.labeler), "study_id"
+        path = Location.of(self.config.labels)
+        try:
+            data = io.BytesIO(path.read_bytes())
+            if path.path.endswith(".parquet"):
+                table = pd.read_parquet(data)
+                table = table.astype({c: str for c in table.columns if c.endswith("_id")})
+            else:
+                compression: Literal["gzip"] | None = "gzip" if path.path.endswith(".gz") else None
+                text = dict.fromkeys(("dicom_id", "study_id", *CHEXPERT_LABELS), str)
+                table = pd.read_csv(data, compression=compression, dtype=text)
+        except FileNotFoundError as exc:
+            raise ReleaseFormatError(f"label file {path} does not exist") from exc
+        except (ValueError, OSError, EOFError, zlib.error) as exc:  # pandas / pyarrow errors
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ReleaseFormatError(f"label file {path}: not readable ({detail})") from exc
+        key = "dicom_id" if "dicom_id" in table.columns else "study_id"
+        missing = [c for c in (key, *CHEXPERT_LABELS) if c not in table.columns]
+        if missing:
+            raise ReleaseFormatError(
+                f"label file {path}: missing columns {missing} (needs dicom_id or study_id and "
+                "the 14 CheXpert labels)"
+            )
+        return _check_label_values(table, path), key
+
     def detect_format(self, first: pd.Series) -> Literal["dicom", "jpg"]:
         if self.config.image_format != "auto":
             return self.config.image_format
@@ -228,7 +258,7 @@ class ReleaseReader:
         """Join metadata + split + labels per image, filter views, apply the label policy."""
         meta = self.read_table("metadata")
         split = self.read_table("split")
-        labels = self.read_table(self.config.labeler)
+        labels, label_key = self.read_labels()
         n_rows = len(meta)
 
         meta = meta.assign(
@@ -263,12 +293,12 @@ class ReleaseReader:
         items = meta.merge(split, on="dicom_id", how="left", validate="one_to_one")
         items["split"] = items["split"].fillna(UNASSIGNED_SPLIT)
 
-        labels = labels.assign(study_id=labels["study_id"].astype(str).str.strip())
-        labels = labels.drop_duplicates("study_id")[["study_id", *CHEXPERT_LABELS]]
-        items = items.merge(labels, on="study_id", how="left", validate="many_to_one")
+        labels = labels.assign(**{label_key: labels[label_key].astype(str).str.strip()})
+        labels = labels.drop_duplicates(label_key)[[label_key, *CHEXPERT_LABELS]]
+        items = items.merge(labels, on=label_key, how="left", validate="many_to_one")
         items["labels_missing"] = items[list(CHEXPERT_LABELS)].isna().all(axis=1) & ~items[
-            "study_id"
-        ].isin(labels["study_id"])
+            label_key
+        ].isin(labels[label_key])
 
         raw = items[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64)
         binary = binarize(raw, self.config.uncertainty)

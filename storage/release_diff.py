@@ -183,6 +183,8 @@ def _release_id(reader: ReleaseReader, release: pd.DataFrame, reports: pd.DataFr
             digest.update(reader.csv_path(kind).read_bytes())
         except ReleaseFormatError:  # a release may lack the labeler the store does not use
             digest.update(f"no {CSV_PREFIX}{kind}".encode())
+    if reader.config.labels is not None:  # an external label file replaces the labeler
+        digest.update(Location.of(reader.config.labels).read_bytes())
     for dicom_id, sha in sorted(zip(release["dicom_id"], release["source_sha256"], strict=True)):
         digest.update(f"{dicom_id}:{sha}\n".encode())
     for path, sha in sorted(zip(reports["report_path"], reports["report_sha256"], strict=True)):

@@ -255,3 +255,47 @@ def test_a_row_with_a_blank_id_is_rejected_and_the_ids_stay_text(tmp_path):
     # A blank cell must not turn the column into floats ("10000032.0"): paths stay right.
     item = index.items.set_index("dicom_id").loc[dicom_id(1)]
     assert item["source_path"] == f"files/p10/p10000032/s50414267/{dicom_id(1)}.dcm"
+
+
+def _labels(rows: dict[str, dict[str, float]], key: str) -> pd.DataFrame:
+    """A label table in the CheXpert layout, one row per key value."""
+    from storage.labels import CHEXPERT_LABELS
+
+    return pd.DataFrame([{key: k, **dict.fromkeys(CHEXPERT_LABELS), **v} for k, v in rows.items()])
+
+
+def test_an_external_label_file_replaces_the_labeler_per_image_or_per_study(tmp_path):
+    root = mini(tmp_path)
+    per_image = tmp_path / "chexbert.csv"
+    _labels(
+        {dicom_id(1): {"Pleural Effusion": 1.0}, dicom_id(3): {"Edema": 1.0}}, "dicom_id"
+    ).to_csv(per_image, index=False)
+    config = ReaderConfig(labels=str(per_image))
+    items = ReleaseReader(root, config).index().items.set_index("dicom_id")
+    assert items.loc[dicom_id(1), "super_pleural"] == 1.0
+    assert items.loc[dicom_id(1), "super_cardiomediastinal"] == 0.0  # the release's 1 is gone
+    assert items.loc[dicom_id(3), "super_parenchymal"] == 1.0
+    assert items.loc[dicom_id(4), "labels_missing"]  # not in the file
+    assert ReaderConfig.from_dict(config.as_dict()) == config  # recorded with the ingest
+
+    per_study = tmp_path / "chexbert.parquet"
+    _labels({"50414267": {"Support Devices": 1.0}}, "study_id").to_parquet(per_study)
+    items = ReleaseReader(root, ReaderConfig(labels=str(per_study))).index().items
+    items = items.set_index("dicom_id")
+    assert items.loc[dicom_id(1), "super_support_devices"] == 1.0
+    assert items.loc[dicom_id(3), "labels_missing"]
+
+
+def test_a_bad_external_label_file_is_one_error_naming_it(tmp_path):
+    root = mini(tmp_path)
+    bad = tmp_path / "labels.csv"
+    _labels({dicom_id(1): {"Edema": 5.0}}, "dicom_id").to_csv(bad, index=False)
+    with pytest.raises(ReleaseFormatError, match=r"labels\.csv: line 2, column Edema: '5\.0'"):
+        ReleaseReader(root, ReaderConfig(labels=str(bad))).index()
+    _labels({dicom_id(1): {}}, "path").to_csv(bad, index=False)
+    with pytest.raises(ReleaseFormatError, match="missing columns \\['study_id'\\]"):
+        ReleaseReader(root, ReaderConfig(labels=str(bad))).index()
+    with pytest.raises(ReleaseFormatError, match="does not exist"):
+        ReleaseReader(root, ReaderConfig(labels=str(tmp_path / "none.csv"))).index()
+    with pytest.raises(ValueError, match="must end in one of"):
+        ReaderConfig(labels=str(tmp_path / "labels.xlsx"))
