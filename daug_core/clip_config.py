@@ -68,6 +68,25 @@ DEFAULT_CLASS_PROMPTS: tuple[str, ...] = (
     "A chest x-ray image of support devices.",
 )
 
+# The official code's prompts (``main.py``, ``label_bce: true``), verbatim (some without the
+# final full stop), reordered from its class order into CHEXPERT_LABELS order.
+OFFICIAL_CLASS_PROMPTS: tuple[str, ...] = (
+    "A chest-xray image of atelectasis",
+    "A chest-xray image of cardiomegaly.",
+    "A chest-xray image of consolidation",
+    "A chest-xray image of edema",
+    "A chest-xray image of enlarged cardiomediastinum.",
+    "A chest-xray image of rib fracture",
+    "A chest-xray image of lung lesion.",
+    "A chest-xray image of lung opacity",
+    "A healthy chest-xray image with no findings.",
+    "A chest-xray image of pleural effusion",
+    "A chest-xray image of other pleural diseases",
+    "A chest-xray image of pneumonia",
+    "A chest-xray image of pneumothorax",
+    "A chest-xray image of support devices",
+)
+
 # The negative half of each (negative, positive) pair of the paired-softmax variant (official
 # ``label_bce: false``); for No Finding the negative is an abnormal image.
 DEFAULT_NEGATIVE_PROMPTS: tuple[str, ...] = (
@@ -471,13 +490,14 @@ def _paper() -> ContrastiveConfig:
 
 def _official() -> ContrastiveConfig:
     """The official DAug run switch for switch (``daug/configs/conf.yaml``, ``model.py``,
-    ``main.py``): ViT-B/32 with QuickGELU (OpenAI's weights, ``daug convert-clip``), trained on
-    train + validate for 10 epochs and the last epoch kept, AdamW with torch's betas and eps."""
+    ``main.py``): ViT-B/32 with QuickGELU (OpenAI's weights, ``daug convert-clip``), its class
+    prompts, trained on train + validate for 10 epochs and the last epoch kept, AdamW with
+    torch's betas and eps."""
     paper = _paper()
     return ContrastiveConfig(
         name="official",
         model=dataclasses.replace(paper.model, quick_gelu=True),
-        loss=paper.loss,
+        loss=dataclasses.replace(paper.loss, class_prompts=OFFICIAL_CLASS_PROMPTS),
         training=dataclasses.replace(
             paper.training,
             train_splits="train+validate",

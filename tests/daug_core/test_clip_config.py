@@ -80,12 +80,17 @@ def test_official_preset_is_paper_with_the_official_codes_switches() -> None:
         "official",
     )
     assert paper.training.optimizer == "clip"
+    prompts = dict(zip(official.loss.class_names, official.loss.class_prompts, strict=True))
+    assert prompts["No Finding"] == "A healthy chest-xray image with no findings."
+    assert prompts["Pleural Other"] == "A chest-xray image of other pleural diseases"
+    assert prompts["Fracture"] == "A chest-xray image of rib fracture"
     # Everything else as the paper preset.
     assert (
         dataclasses.replace(
             official,
             name="paper",
             model=paper.model,
+            loss=paper.loss,
             training=dataclasses.replace(
                 t, train_splits="train", model_selection="validate", optimizer="clip"
             ),
