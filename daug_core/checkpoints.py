@@ -38,7 +38,12 @@ from safetensors.torch import load_file, save_file
 
 from daug_core.classifier import NoiseAwareClassifier
 from daug_core.classifier_training import ClassifierState
-from daug_core.config import classifier_config_from_dict, config_from_dict, config_to_dict
+from daug_core.config import (
+    CheckpointError,
+    classifier_config_from_dict,
+    config_from_dict,
+    config_to_dict,
+)
 from daug_core.generator import GeneratorState, make_ema
 from daug_core.training import make_optimizer
 
@@ -50,15 +55,6 @@ UNET_DIR = "unet"
 UNET_EMA_DIR = "unet_ema"
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_JSON = "classifier.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing files or holds something else than expected."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"checkpoint {path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 # --- provenance -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,16 @@ PresetName = Literal["tiny", "paper"]
 
 class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent with another one."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing files or holds something else than expected (here,
+    torch-free, so the CLI can name it without importing the models)."""
+
+    def __init__(self, path: os.PathLike[str] | str, reason: str) -> None:
+        super().__init__(f"checkpoint {path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 def described(default: Any, help: str, **metadata: Any) -> Any:

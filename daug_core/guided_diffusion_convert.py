@@ -221,8 +221,9 @@ def convert_unet(model: GuidedDiffusionUNet, state: dict[str, torch.Tensor]) -> 
     from diffusers import UNet2DModel
 
     unet = UNet2DModel(**unet_config(model))
-    unet.load_state_dict(convert_state_dict(model, state), strict=True)
-    return unet.eval()
+    module: nn.Module = unet  # type: ignore[assignment]  # diffusers' stubs hide nn.Module
+    module.load_state_dict(convert_state_dict(model, state), strict=True)
+    return module.eval()
 
 
 class ConditionedEps(nn.Module):

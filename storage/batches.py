@@ -12,11 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.errors import EmptySelectionError
 from storage.image_store import ImageStore
-
-
-class EmptySelectionError(ValueError):
-    """No usable item matches the requested split."""
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,7 @@ class ReleaseFormatError(Exception):
 
 class StoreFormatError(Exception):
     """A store exists but does not match what the caller asked for (size, format version)."""
+
+
+class EmptySelectionError(ValueError):
+    """No usable item matches the requested split."""

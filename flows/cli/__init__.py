@@ -29,11 +29,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 def run() -> None:
     """Console entry point: known input errors print one clear line instead of a traceback."""
-    from daug_core.checkpoints import CheckpointError
-    from daug_core.config import ConfigError
+    # Light modules only: a CLI start must not pay for torch, diffusers or zarr.
+    from daug_core.config import CheckpointError, ConfigError
     from flows.cli.prefect_server import records_dir, stop_orphans
-    from storage.batches import EmptySelectionError
-    from storage.errors import ReleaseFormatError, StoreFormatError
+    from storage.errors import EmptySelectionError, ReleaseFormatError, StoreFormatError
 
     signal.signal(signal.SIGTERM, _terminate)
     stop_orphans(records_dir())

@@ -58,9 +58,14 @@ def _alive(pid: int, started: int) -> bool:
 
 
 def records_dir() -> Path:
-    from prefect.settings import get_current_settings
+    """``$PREFECT_HOME/cli-servers``. The environment variable wins over every other source of
+    Prefect's settings, so when it is set, Prefect (2 s to import) is not asked."""
+    home = os.environ.get("PREFECT_HOME")
+    if not home:
+        from prefect.settings import get_current_settings
 
-    return Path(get_current_settings().home).expanduser() / RECORDS
+        home = str(get_current_settings().home)
+    return Path(home).expanduser() / RECORDS
 
 
 def stop_orphans(directory: Path) -> list[int]:
