@@ -45,7 +45,7 @@ HEATMAP_DIFFERENCES: tuple[str, ...] = ("minmax", "raw")
 # Model precision: fp32, bfloat16 or float16 (CUDA only), of training and of heatmap passes.
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-PresetName = Literal["tiny", "paper"]
+PresetName = Literal["tiny", "paper", "official"]
 
 
 class ConfigError(ValueError):
@@ -421,12 +421,41 @@ def _paper() -> DiffusionConfig:
     )
 
 
-_PRESETS = {"tiny": _tiny, "paper": _paper}
+def _official() -> DiffusionConfig:
+    """The official DAug code's translation switch for switch (``classifier_sample_known.py``,
+    ``train_ddpm.sh``): its guidance targets, ``clip_denoised``, the raw (non-EMA) generator
+    weights, 500 DDIM steps each way to L = 500, s = 100, the minmax heatmap; its generator
+    layout (channel mult (1, 1, 2, 2, 4, 4) x 128, 2 res-blocks, one attention head at 16 px)
+    and its classifier's learning rate and weight decay (1e-4, 0). Not matched (diffusers'
+    UNet2DModel and our encoder): the generator's class conditioning and learned variance
+    (a converted official checkpoint has them: :mod:`daug_core.guided_diffusion_convert`) and
+    the classifier's depth-4 encoder with attention pooling."""
+    paper = _paper()
+    return dataclasses.replace(
+        paper,
+        name="official",
+        generator=dataclasses.replace(
+            paper.generator,
+            block_out_channels=(128, 128, 256, 256, 512, 512),
+            down_block_types=("DownBlock2D",) * 5 + ("AttnDownBlock2D",),
+            up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * 5,
+            attention_head_dim=512,  # one head of all 512 channels, as num_heads=1
+        ),
+        translation=dataclasses.replace(
+            paper.translation, mode="official", clip_denoised=True, generator_ema=False
+        ),
+        classifier_training=dataclasses.replace(
+            paper.classifier_training, learning_rate=1e-4, weight_decay=0.0
+        ),
+    )
+
+
+_PRESETS = {"tiny": _tiny, "paper": _paper, "official": _official}
 PRESET_NAMES: tuple[str, ...] = tuple(_PRESETS)
 
 
 def preset(name: str) -> DiffusionConfig:
-    """The named preset (``"tiny"`` or ``"paper"``)."""
+    """The named preset (``"tiny"``, ``"paper"`` or ``"official"``)."""
     try:
         return _PRESETS[name]()
     except KeyError:
@@ -438,7 +467,11 @@ class DiffusionTrainSettings:
     """One training run of the generator and the noise-aware classifier: the preset and the
     step counts to train to (None: the preset's)."""
 
-    preset: PresetName = described("tiny", "diffusion preset: tiny (64 px, CPU) or paper (512 px)")
+    preset: PresetName = described(
+        "tiny",
+        "diffusion preset: tiny (64 px, CPU), paper (512 px) or official (paper as the official "
+        "code runs it)",
+    )
     seed: int = described(0, "seeds weights, noise and batches (a resumed run continues alike)")
     generator_steps: int | None = described(
         None, "total generator steps to train to (default: the preset's)"

@@ -47,7 +47,11 @@ class HeatmapSettings:
     class, ``+No Finding`` first), see :meth:`target_names`.
     """
 
-    preset: PresetName = described("tiny", "diffusion preset: tiny (64 px, CPU) or paper (512 px)")
+    preset: PresetName = described(
+        "tiny",
+        "diffusion preset: tiny (64 px, CPU), paper (512 px) or official (paper as the official "
+        "code runs it)",
+    )
     targets: tuple[str, ...] = described(
         (),
         '"+Class" or "-Class", in channel order (repeat; default: +c for every class)',

@@ -78,3 +78,33 @@ def test_invalid_values_raise_config_error():
 def test_training_numbers_are_finite_and_not_negative(field, value):
     with pytest.raises(ConfigError, match=f"TrainingConfig.{field} must be a finite number"):
         dataclasses.replace(preset("tiny").generator_training, **{field: value})
+
+
+def test_official_preset_sets_the_official_translation_and_generator_layout():
+    official, paper = preset("official"), preset("paper")
+    tr = official.translation
+    assert (tr.mode, tr.clip_denoised, tr.generator_ema) == ("official", True, False)
+    assert (tr.level, tr.steps, tr.scale, tr.difference) == (500, 500, 100.0, "minmax")
+    assert official.classifier_training.learning_rate == 1e-4
+    assert official.classifier_training.weight_decay == 0.0
+    assert official.classifier == paper.classifier and official.schedule == paper.schedule
+
+
+def test_official_generator_layout_is_the_converted_guided_diffusion_unet():
+    # Our UNet at the official preset's layout and a converted official checkpoint are the same
+    # network but for the class embedding and the learned-variance output channel.
+    import torch
+    from diffusers import UNet2DModel
+
+    from daug_core.generator import build_unet
+    from daug_core.guided_diffusion_convert import GuidedDiffusionUNet, unet_config
+
+    seed = torch.Generator()
+    with torch.device("meta"):
+        ours = build_unet(preset("official").generator, generator=seed)
+        theirs = UNet2DModel(
+            **unet_config(GuidedDiffusionUNet(num_classes=None, learn_sigma=False))
+        )
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
