@@ -122,6 +122,9 @@ class ReleaseReader:
         if not self.root.is_dir():
             raise ReleaseFormatError(f"release root {self.root} is not a directory")
         budget = self.config.max_decoded_bytes
+        # sha256 of each table's bytes as it was parsed, by path: what the release diff's
+        # content id is made of, so no table is read twice.
+        self.table_sha256: dict[str, str] = {}
         self.image_readers: dict[str, ImageReader] = {
             fmt: reader_type(max_decoded_bytes=budget) for fmt, reader_type in READER_TYPES.items()
         }
@@ -141,19 +144,10 @@ class ReleaseReader:
         (empty, cut, not CSV, not gzip) or holds other values is a :class:`ReleaseFormatError`
         naming the file and, for a value, its row (the file's line) and column."""
         path = self.csv_path(kind)
-        compression: Literal["gzip"] | None = "gzip" if path.path.endswith(".gz") else None
         text: tuple[str, ...] = ("dicom_id", "subject_id", "study_id", "ViewPosition", "split")
         if kind in ("chexpert", "negbio"):
             text += CHEXPERT_LABELS  # read as written, so a refusal quotes the cell
-        ids = dict.fromkeys(text, str)
-        try:
-            table = pd.read_csv(io.BytesIO(path.read_bytes()), compression=compression, dtype=ids)
-        except pd.errors.EmptyDataError as exc:
-            raise ReleaseFormatError(f"{path}: empty file, not a CSV table") from exc
-        except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
-            # EOFError: a cut .csv.gz (left alone it reaches typer, which prints "Aborted.").
-            detail = " ".join(str(exc).split()) or type(exc).__name__
-            raise ReleaseFormatError(f"{path}: not a readable CSV table ({detail})") from exc
+        table = self._parse_table(path, text)
         missing = [c for c in REQUIRED_COLUMNS[kind] if c not in table.columns]
         if missing:
             raise ReleaseFormatError(f"{path}: missing required columns {missing}")
@@ -171,29 +165,43 @@ class ReleaseReader:
         study), its cells checked like the release's."""
         if self.config.labels is None:
             return self.read_table(self.config.labeler), "study_id"
-        path = Location.of(self.config.labels)
-        try:
-            data = io.BytesIO(path.read_bytes())
-            if path.path.endswith(".parquet"):
-                table = pd.read_parquet(data)
-                table = table.astype({c: str for c in table.columns if c.endswith("_id")})
-            else:
-                compression: Literal["gzip"] | None = "gzip" if path.path.endswith(".gz") else None
-                text = dict.fromkeys(("dicom_id", "study_id", *CHEXPERT_LABELS), str)
-                table = pd.read_csv(data, compression=compression, dtype=text)
-        except FileNotFoundError as exc:
-            raise ReleaseFormatError(f"label file {path} does not exist") from exc
-        except (ValueError, OSError, EOFError, zlib.error) as exc:  # pandas / pyarrow errors
-            detail = " ".join(str(exc).split()) or type(exc).__name__
-            raise ReleaseFormatError(f"label file {path}: not readable ({detail})") from exc
+        table = self._parse_table(
+            Location.of(self.config.labels), ("dicom_id", "study_id", *CHEXPERT_LABELS)
+        )
         key = "dicom_id" if "dicom_id" in table.columns else "study_id"
         missing = [c for c in (key, *CHEXPERT_LABELS) if c not in table.columns]
         if missing:
             raise ReleaseFormatError(
-                f"label file {path}: missing columns {missing} (needs dicom_id or study_id and "
+                f"{self.config.labels}: missing columns {missing} (needs dicom_id or study_id and "
                 "the 14 CheXpert labels)"
             )
-        return _check_label_values(table, path), key
+        return _check_label_values(table, Location.of(self.config.labels)), key
+
+    def _parse_table(self, path: Location, text_columns: tuple[str, ...]) -> pd.DataFrame:
+        """One table (CSV, CSV.gz or Parquet; a CSV's ``text_columns`` as written); anything that
+        cannot be parsed (missing, empty, cut, not CSV, not gzip) is a
+        :class:`ReleaseFormatError` naming the file. Records the sha256 of the bytes parsed."""
+        parquet = path.path.endswith(".parquet")
+        try:
+            data = path.read_bytes()
+            self.table_sha256[str(path)] = hashlib.sha256(data).hexdigest()
+            if parquet:
+                table = pd.read_parquet(io.BytesIO(data))
+                # typed columns: only the ids need to be text (labels stay numbers or nulls)
+                return table.astype({c: str for c in table.columns if c.endswith("_id")})
+            compression: Literal["gzip"] | None = "gzip" if path.path.endswith(".gz") else None
+            dtypes = dict.fromkeys(text_columns, str)
+            return pd.read_csv(io.BytesIO(data), compression=compression, dtype=dtypes)
+        except FileNotFoundError as exc:
+            raise ReleaseFormatError(f"{path} does not exist") from exc
+        except pd.errors.EmptyDataError as exc:
+            raise ReleaseFormatError(f"{path}: empty file, not a CSV table") from exc
+        except (ValueError, UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
+            # pandas' ParserError and pyarrow's errors are ValueErrors; EOFError: a cut .csv.gz
+            # (left alone it reaches typer, which prints "Aborted.").
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            form = "Parquet" if parquet else "CSV"
+            raise ReleaseFormatError(f"{path}: not a readable {form} table ({detail})") from exc
 
     def detect_format(self, first: pd.Series) -> Literal["dicom", "jpg"]:
         if self.config.image_format != "auto":

@@ -35,11 +35,10 @@ from typing import Literal, TypeVar
 import numpy as np
 import pandas as pd
 
-from storage.errors import ReleaseFormatError
 from storage.image_store import ImageStore, ItemStatus
 from storage.labels import CHEXPERT_LABELS
 from storage.location import Location, NotRegularFileError
-from storage.release import CSV_PREFIX, ReleaseReader
+from storage.release import ReleaseReader
 from storage.reports import decode_report, parse_report
 
 log = logging.getLogger(__name__)
@@ -175,16 +174,12 @@ def _release_reports(reader: ReleaseReader, paths: pd.Series, workers: int) -> p
 
 
 def _release_id(reader: ReleaseReader, release: pd.DataFrame, reports: pd.DataFrame) -> str:
-    """Content hash of the release as the store sees it: the CSVs, every indexed image and
-    every report. Equal ids mean nothing the diff looks at changed."""
+    """Content hash of the release as the store sees it: the tables the index read (metadata,
+    split and the labels in use; by file name, so a moved copy keeps its id), every indexed
+    image and every report. Equal ids mean nothing the diff looks at changed."""
     digest = hashlib.sha256()
-    for kind in ("metadata", "split", "chexpert", "negbio"):
-        try:
-            digest.update(reader.csv_path(kind).read_bytes())
-        except ReleaseFormatError:  # a release may lack the labeler the store does not use
-            digest.update(f"no {CSV_PREFIX}{kind}".encode())
-    if reader.config.labels is not None:  # an external label file replaces the labeler
-        digest.update(Location.of(reader.config.labels).read_bytes())
+    for path, sha in sorted(reader.table_sha256.items()):
+        digest.update(f"{path.rsplit('/', 1)[-1]}:{sha}\n".encode())
     for dicom_id, sha in sorted(zip(release["dicom_id"], release["source_sha256"], strict=True)):
         digest.update(f"{dicom_id}:{sha}\n".encode())
     for path, sha in sorted(zip(reports["report_path"], reports["report_sha256"], strict=True)):

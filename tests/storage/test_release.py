@@ -286,6 +286,29 @@ def test_an_external_label_file_replaces_the_labeler_per_image_or_per_study(tmp_
     assert items.loc[dicom_id(3), "labels_missing"]
 
 
+def test_the_reader_records_the_hash_of_each_table_it_parsed(tmp_path):
+    """What the release diff's content id is made of: the bytes each table was parsed from, so
+    no table is read twice; an external label file stands in for the labeler."""
+    import hashlib
+
+    root = mini(tmp_path)
+    reader = ReleaseReader(root)
+    reader.index()
+    names = {path.rsplit("/", 1)[-1]: sha for path, sha in reader.table_sha256.items()}
+    expected = [f"mimic-cxr-2.0.0-{kind}.csv" for kind in ("chexpert", "metadata", "split")]
+    assert sorted(names) == expected
+    assert names[expected[1]] == hashlib.sha256((root / expected[1]).read_bytes()).hexdigest()
+
+    labels = tmp_path / "chexbert.csv"
+    _labels({dicom_id(1): {"Edema": 1.0}}, "dicom_id").to_csv(labels, index=False)
+    reader = ReleaseReader(root, ReaderConfig(labels=str(labels)))
+    reader.index()
+    assert sorted(p.rsplit("/", 1)[-1] for p in reader.table_sha256) == [
+        "chexbert.csv",
+        *expected[1:],
+    ]
+
+
 def test_a_bad_external_label_file_is_one_error_naming_it(tmp_path):
     root = mini(tmp_path)
     bad = tmp_path / "labels.csv"

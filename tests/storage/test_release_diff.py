@@ -100,6 +100,14 @@ def test_diff_of_the_ingested_release_is_all_unchanged(base_store, releases):
     assert again.release_id == diff.release_id
 
 
+def test_a_moved_copy_of_a_release_keeps_its_id(base_store, releases, tmp_path):
+    store = ImageStore.open(base_store, read_only=True)
+    diff = diff_release(store, ReleaseReader(releases["base"] / "release", ALL_VIEWS))
+    shutil.copytree(releases["base"] / "release", tmp_path / "moved")
+    moved = diff_release(store, ReleaseReader(tmp_path / "moved", ALL_VIEWS))
+    assert moved.release_id == diff.release_id and not moved.needs_work
+
+
 def test_diff_equals_the_ground_truth_changes(base_store, releases):
     store = ImageStore.open(base_store, read_only=True)
     diff = diff_release(store, ReleaseReader(releases["next"] / "release", ALL_VIEWS))
