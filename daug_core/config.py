@@ -38,13 +38,13 @@ DEFAULT_CLASS_NAMES: tuple[str, ...] = (
 )
 
 GuidanceMode = Literal["softmax", "sigmoid", "official"]
-GUIDANCE_MODES: tuple[str, ...] = ("softmax", "sigmoid", "official")
+GUIDANCE_MODES: tuple[str, ...] = typing.get_args(GuidanceMode)
 # How x0 and its counterfactual are compared (see daug_core.heatmaps).
 HeatmapDifference = Literal["minmax", "raw"]
-HEATMAP_DIFFERENCES: tuple[str, ...] = ("minmax", "raw")
+HEATMAP_DIFFERENCES: tuple[str, ...] = typing.get_args(HeatmapDifference)
 # Model precision: fp32, bfloat16 or float16 (CUDA only), of training and of heatmap passes.
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 PresetName = Literal["tiny", "paper", "official"]
 
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from daug_core.config import GuidanceMode
+from daug_core.config import GUIDANCE_MODES, GuidanceMode
 from daug_core.ddim import CondFn, EpsModel, ddim_decode, model_dtype
 from daug_core.targets import Target, TargetError
 
@@ -41,27 +41,34 @@ def target_tensors(
     return index, sign
 
 
-def target_log_prob(
+def _log_prob_and_log_softmax(
     logits: torch.Tensor, class_index: torch.Tensor, direction: torch.Tensor, mode: GuidanceMode
-) -> torch.Tensor:
-    """log p(target | x) per row, (N,), from logits (N, C); see the module docstring."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target | x) per row and, for the softmax modes, log softmax(z)_c (else None)."""
+    if mode not in GUIDANCE_MODES:
+        raise ValueError(f"mode must be one of {GUIDANCE_MODES}, got {mode!r}")
     z = logits.float()
     idx = class_index.view(-1, 1)
     toward = direction.view(-1) > 0
-    if mode == "sigmoid":
-        z_c = z.gather(1, idx).squeeze(1)
-        return F.logsigmoid(torch.where(toward, z_c, -z_c))
-    if mode not in ("softmax", "official"):
-        raise ValueError(f"mode must be 'softmax', 'sigmoid' or 'official', got {mode!r}")
     z_c = z.gather(1, idx).squeeze(1)
+    if mode == "sigmoid":
+        return F.logsigmoid(torch.where(toward, z_c, -z_c)), None
     log_norm = torch.logsumexp(z, dim=1)
-    log_p_c = z_c - log_norm
+    log_softmax_c = z_c - log_norm
+    log_p_c = log_softmax_c
     if mode == "official":  # a finding's softmax leaves No Finding (class 0) out
         log_p_c = torch.where(idx.view(-1) == 0, log_p_c, z_c - torch.logsumexp(z[:, 1:], dim=1))
     # log(1 - p_c) without cancellation: drop class c from the numerator's logsumexp.
     others = z.scatter(1, idx, float("-inf"))
     log_not_c = torch.logsumexp(others, dim=1) - log_norm
-    return torch.where(toward, log_p_c, log_not_c)
+    return torch.where(toward, log_p_c, log_not_c), log_softmax_c
+
+
+def target_log_prob(
+    logits: torch.Tensor, class_index: torch.Tensor, direction: torch.Tensor, mode: GuidanceMode
+) -> torch.Tensor:
+    """log p(target | x) per row, (N,), from logits (N, C); see the module docstring."""
+    return _log_prob_and_log_softmax(logits, class_index, direction, mode)[0]
 
 
 def guidance_objective(
@@ -69,11 +76,9 @@ def guidance_objective(
 ) -> torch.Tensor:
     """What guidance ascends, per row (N,): log p(target | x), except for ``official``
     ``-c``, which is -log softmax(z)_c (the official ``cond_fn_neg``)."""
-    log_p = target_log_prob(logits, class_index, direction, mode)
-    if mode != "official":
+    log_p, log_softmax_c = _log_prob_and_log_softmax(logits, class_index, direction, mode)
+    if mode != "official" or log_softmax_c is None:
         return log_p
-    z = logits.float()
-    log_softmax_c = z.gather(1, class_index.view(-1, 1)).squeeze(1) - torch.logsumexp(z, dim=1)
     return torch.where(direction.view(-1) > 0, log_p, -log_softmax_c)
 
 
