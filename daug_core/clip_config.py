@@ -22,12 +22,11 @@ override), carried whole from the CLI or a deployment to the trainer.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Literal
 
-from daug_core.config import ConfigError, dataclass_from_dict, described
+from daug_core.config import ConfigError, check_choices, dataclass_from_dict, described
 
 # Equivalent of storage.labels.CHEXPERT_LABELS (same order and spelling); daug_core must not
 # import storage. A test holds the two equal.
@@ -118,8 +117,6 @@ ModelSelection = Literal["validate", "last"]
 OptimizerRecipe = Literal["clip", "official"]
 ContrastivePresetName = Literal["tiny", "paper", "official"]
 
-HEATMAP_MODES: tuple[str, ...] = typing.get_args(HeatmapMode)
-CLASS_LOSSES: tuple[str, ...] = typing.get_args(ClassLoss)
 # Local checkpoint files open_clip's ``load_checkpoint`` reads (torch pickle or safetensors).
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -224,6 +221,7 @@ class ClipModelConfig:
     quick_gelu: bool = False
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not self.model_name:
             raise ConfigError("ClipModelConfig.model_name must be non-empty")
         if self.image_size < 1:
@@ -236,11 +234,6 @@ class ClipModelConfig:
             raise ConfigError(
                 f"ClipModelConfig.image_size={self.image_size} is not a multiple of the patch "
                 f"size {self.architecture.vision_patch_size}"
-            )
-        if self.heatmap_mode not in HEATMAP_MODES:
-            raise ConfigError(
-                f"ClipModelConfig.heatmap_mode must be one of {HEATMAP_MODES}, "
-                f"got {self.heatmap_mode!r}"
             )
         if not self.channel_target:
             raise ConfigError("ClipModelConfig.channel_target must be non-empty")
@@ -293,13 +286,9 @@ class HybridLossConfig:
     negative_prompts: tuple[str, ...] = DEFAULT_NEGATIVE_PROMPTS
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not 0.0 <= self.weight <= 1.0:
             raise ConfigError(f"HybridLossConfig.weight must be in [0, 1], got {self.weight}")
-        if self.class_loss not in CLASS_LOSSES:
-            raise ConfigError(
-                f"HybridLossConfig.class_loss must be one of {CLASS_LOSSES}, "
-                f"got {self.class_loss!r}"
-            )
         if not self.logit_scale > 0.0:
             raise ConfigError(
                 f"HybridLossConfig.logit_scale must be > 0 (the scale, not its log), "
@@ -354,6 +343,7 @@ class ContrastiveTrainingConfig:
         return tuple(self.train_splits.split("+"))
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not self.learning_rate > 0.0:
             raise ConfigError(
                 f"ContrastiveTrainingConfig.learning_rate must be > 0, got {self.learning_rate}"
@@ -381,26 +371,6 @@ class ContrastiveTrainingConfig:
             raise ConfigError(
                 f"ContrastiveTrainingConfig.rotation_degrees must be in [0, 180), "
                 f"got {self.rotation_degrees}"
-            )
-        if self.lr_schedule not in typing.get_args(LearningRateSchedule):
-            raise ConfigError(
-                f"ContrastiveTrainingConfig.lr_schedule must be 'cosine' or 'constant', "
-                f"got {self.lr_schedule!r}"
-            )
-        if self.train_splits not in typing.get_args(TrainSplits):
-            raise ConfigError(
-                f"ContrastiveTrainingConfig.train_splits must be 'train' or 'train+validate', "
-                f"got {self.train_splits!r}"
-            )
-        if self.model_selection not in typing.get_args(ModelSelection):
-            raise ConfigError(
-                f"ContrastiveTrainingConfig.model_selection must be 'validate' or 'last', "
-                f"got {self.model_selection!r}"
-            )
-        if self.optimizer not in typing.get_args(OptimizerRecipe):
-            raise ConfigError(
-                f"ContrastiveTrainingConfig.optimizer must be 'clip' or 'official', "
-                f"got {self.optimizer!r}"
             )
         if "validate" in self.train_split_names and self.model_selection == "validate":
             raise ConfigError(
@@ -572,6 +542,7 @@ class ClipTrainSettings:
     )
 
     def __post_init__(self) -> None:
+        check_choices(self)
         self.config()
 
     def apply(self, config: ContrastiveConfig) -> ContrastiveConfig:

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from daug_core.config import PRECISIONS, ConfigError, Precision, described
+from daug_core.config import ConfigError, Precision, check_choices, described
 
 if TYPE_CHECKING:
     import torch
@@ -36,13 +36,10 @@ class ComputeSettings:
     )
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not _DEVICE.fullmatch(self.device):
             raise ConfigError(
                 f"ComputeSettings.device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"ComputeSettings.precision must be fp32, bf16 or fp16, got {self.precision!r}"
             )
 
     def resolve(self) -> Compute:

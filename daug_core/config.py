@@ -41,11 +41,10 @@ GuidanceMode = Literal["softmax", "sigmoid", "official"]
 GUIDANCE_MODES: tuple[str, ...] = typing.get_args(GuidanceMode)
 # How x0 and its counterfactual are compared (see daug_core.heatmaps).
 HeatmapDifference = Literal["minmax", "raw"]
-HEATMAP_DIFFERENCES: tuple[str, ...] = typing.get_args(HeatmapDifference)
 # Model precision: fp32, bfloat16 or float16 (CUDA only), of training and of heatmap passes.
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 PresetName = Literal["tiny", "paper", "official"]
+UNION_TYPES = (typing.Union, types.UnionType)
 
 
 class ConfigError(ValueError):
@@ -76,6 +75,40 @@ def check_finite(owner: str, name: str, value: float, low: float, high: float = 
     if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
         bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
         raise ConfigError(f"{owner}.{name} must be a finite number {bounds}, got {value!r}")
+
+
+_CHOICE_FIELDS: dict[type, tuple[tuple[str, tuple[Any, ...]], ...]] = {}
+
+
+def _choice_fields(cls: type) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """(name, allowed values) of each field of dataclass ``cls`` typed ``Literal[...]`` (or
+    ``Literal[...] | None``, None then allowed too); computed once per class."""
+    if cls in _CHOICE_FIELDS:
+        return _CHOICE_FIELDS[cls]
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for item in dataclasses.fields(cls):
+        hint = hints[item.name]
+        members = typing.get_args(hint) if typing.get_origin(hint) in UNION_TYPES else (hint,)
+        literals = [m for m in members if typing.get_origin(m) is Literal]
+        if literals:
+            nullable = (None,) if type(None) in members else ()
+            fields.append((item.name, (*typing.get_args(literals[0]), *nullable)))
+    _CHOICE_FIELDS[cls] = tuple(fields)
+    return _CHOICE_FIELDS[cls]
+
+
+def check_choices(settings: object) -> None:
+    """Raise :class:`ConfigError` naming the field and its choices when a ``Literal``-typed
+    field of the dataclass ``settings`` holds anything else (a typo in a YAML file or a
+    Prefect parameter is caught where it is read, not deep in a run)."""
+    for name, choices in _choice_fields(type(settings)):
+        value = getattr(settings, name)
+        if value not in choices:
+            shown = ", ".join(repr(c) for c in choices if c is not None)
+            raise ConfigError(
+                f"{type(settings).__name__}.{name} must be one of {shown}, got {value!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,22 +229,15 @@ class TranslationConfig:
     generator_ema: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_choices(self)
         if not 1 <= self.steps <= self.level:
             raise ConfigError(
                 f"need 1 <= steps <= level, got steps={self.steps}, level={self.level}"
             )
-        if self.mode not in GUIDANCE_MODES:
-            raise ConfigError(f"mode must be one of {GUIDANCE_MODES}, got {self.mode!r}")
         check_finite("TranslationConfig", "scale", self.scale, 0.0)
         if self.inversion_refinements < 0:
             raise ConfigError(
                 f"inversion_refinements must be >= 0, got {self.inversion_refinements}"
-            )
-        if self.difference not in HEATMAP_DIFFERENCES:
-            raise ConfigError(
-                f"difference must be one of {HEATMAP_DIFFERENCES}, got {self.difference!r}"
             )
         check_finite("TranslationConfig", "smoothing_sigma", self.smoothing_sigma, 0.0, 16.0)
 
@@ -481,7 +507,7 @@ class DiffusionTrainSettings:
     )
 
     def __post_init__(self) -> None:
-        preset(self.preset)  # an unknown name fails here, with the known ones
+        check_choices(self)
         for name in ("generator_steps", "classifier_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -548,7 +574,7 @@ def _coerce(hint: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return dataclass_from_dict(hint, value)
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    if origin in UNION_TYPES:
         members = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(members) == 1:
             return _coerce(members[0], value)

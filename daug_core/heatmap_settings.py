@@ -17,6 +17,7 @@ from daug_core.config import (
     Precision,
     PresetName,
     TranslationConfig,
+    check_choices,
     described,
     preset,
 )
@@ -87,6 +88,7 @@ class HeatmapSettings:
     )
 
     def __post_init__(self) -> None:
+        check_choices(self)
         # Building the config runs TranslationConfig's checks (ranges, steps <= level, ...) and
         # DiffusionConfig's (level < T); parsing the targets checks them against the classes.
         self.target_names(self.config().class_names)

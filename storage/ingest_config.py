@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from daug_core.config import ConfigError, described
+from daug_core.config import ConfigError, check_choices, described
 from storage.errors import StoreFormatError
 from storage.geometry import FitMode
 from storage.labels import UncertaintyPolicy
@@ -55,12 +55,7 @@ class ReaderConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.labeler not in ("chexpert", "negbio"):
-            raise ConfigError(f"ReaderConfig.labeler must be chexpert or negbio: {self.labeler!r}")
-        if self.image_format not in ("auto", "dicom", "jpg"):
-            raise ConfigError(
-                f"ReaderConfig.image_format must be auto, dicom or jpg: {self.image_format!r}"
-            )
+        check_choices(self)
         if not (
             isinstance(self.max_decoded_mb, int | float)
             and math.isfinite(self.max_decoded_mb)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from daug_core.config import ConfigError, described
+from daug_core.config import ConfigError, check_choices, described
 from storage.labels import CHEXPERT_LABELS
 
 ImageFormat = Literal["dicom", "jpg"]
@@ -86,12 +86,11 @@ class SynthConfig:
     rescale_rate: float = 0.4
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.studies < 1:
             raise ConfigError(f"SynthConfig.studies must be >= 1, got {self.studies}")
         if not 32 <= self.size <= 4096:
             raise ConfigError(f"SynthConfig.size must be in [32, 4096], got {self.size}")
-        if self.image_format not in ("dicom", "jpg"):
-            raise ConfigError(f"SynthConfig.image_format must be dicom|jpg: {self.image_format!r}")
         if not 0.0 <= self.noise <= 0.2:
             raise ConfigError(f"SynthConfig.noise must be in [0, 0.2], got {self.noise}")
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions):

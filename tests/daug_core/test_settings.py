@@ -36,7 +36,7 @@ from daug_core.targets import TargetError
         ({"smoothing_sigma": 17.0}, "smoothing_sigma"),
         ({"mode": "tanh"}, "mode"),
         ({"difference": "ratio"}, "difference"),
-        ({"preset": "huge"}, "unknown preset"),
+        ({"preset": "huge"}, "preset must be one of .tiny., .paper., .official., got .huge."),
     ],
 )
 def test_heatmap_settings_refuse_bad_numbers_naming_them(changes, match):
@@ -99,7 +99,7 @@ def test_diffusion_train_settings_set_the_step_counts():
     assert config.classifier_training.num_steps == preset("tiny").classifier_training.num_steps
     with pytest.raises(ConfigError, match="classifier_steps"):
         DiffusionTrainSettings(classifier_steps=0)
-    with pytest.raises(ConfigError, match="unknown preset"):
+    with pytest.raises(ConfigError, match="preset must be one of"):
         DiffusionTrainSettings(preset="huge")  # type: ignore[arg-type]
 
 
@@ -117,3 +117,43 @@ def test_clip_train_settings_override_the_preset():
         ClipTrainSettings(batch_size=1)
     with pytest.raises(ConfigError, match="local checkpoint"):
         ClipTrainSettings(pretrained="openai")
+
+
+def _settings_with_choices() -> list[object]:
+    """One instance of every settings class with a ``Literal`` field (the scan in
+    tests/test_settings_shape.py finds the classes; this list must name each one)."""
+    from daug_core.compute import ComputeSettings
+    from storage.ingest_config import ReaderConfig
+    from storage.synthetic.config import SynthConfig
+
+    tiny = contrastive_preset("tiny")
+    return [
+        TranslationConfig(),
+        DiffusionTrainSettings(),
+        HeatmapSettings(),
+        ComputeSettings(),
+        ClipTrainSettings(),
+        tiny.model,
+        tiny.loss,
+        tiny.training,
+        ReaderConfig(),
+        SynthConfig(),
+    ]
+
+
+def _choice_fields(settings: object) -> list[str]:
+    import typing
+
+    hints = typing.get_type_hints(type(settings))
+    return [f.name for f in dataclasses.fields(settings) if "Literal[" in str(hints[f.name])]
+
+
+@pytest.mark.parametrize("settings", _settings_with_choices(), ids=lambda s: type(s).__name__)
+def test_every_choice_field_refuses_a_value_outside_its_choices(settings):
+    """A typo in a YAML file, a Prefect parameter or a --flag fails where it is read, with the
+    class and the field in the message."""
+    names = _choice_fields(settings)
+    assert names, type(settings).__name__
+    for name in names:
+        with pytest.raises(ConfigError, match=rf"{type(settings).__name__}\.{name} must be one of"):
+            dataclasses.replace(settings, **{name: "no-such-choice"})
