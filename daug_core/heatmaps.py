@@ -111,19 +111,26 @@ def heatmap(signed: torch.Tensor, smoothing_sigma: float = 0.0) -> torch.Tensor:
 
 
 def prepare_model(
-    model: torch.nn.Module, precision: Precision, inference: InferenceConfig
+    model: torch.nn.Module,
+    precision: Precision,
+    inference: InferenceConfig,
+    device: torch.device | str | None = None,
 ) -> torch.nn.Module:
-    """``model`` as the heatmap passes run it: weights in ``precision``, channels-last and
-    compiled as ``inference`` says. ``model`` itself when nothing changes, else a copy in eval
-    mode whose weights need no gradient (the guidance differentiates the classifier with
-    respect to its input only; the original is untouched). fp16 needs a CUDA device."""
+    """``model`` as the heatmap passes run it: on ``device`` (default: where it is), weights in
+    ``precision``, channels-last and compiled as ``inference`` says. ``model`` itself when
+    nothing changes, else a copy in eval mode whose weights need no gradient (the guidance
+    differentiates the classifier with respect to its input only; the original is untouched,
+    so a worker keeps its source weights in host memory and only the copies on the GPU).
+    fp16 needs a CUDA device."""
     dtype = precision_dtype(precision)
-    device = next(model.parameters()).device
-    if dtype == torch.float16 and device.type != "cuda":
-        raise ValueError(f"fp16 heatmaps need a CUDA device, the models are on {device}")
-    if model_dtype(model, dtype) == dtype and not inference.channels_last and not inference.compile:
+    source = next(model.parameters()).device
+    target = torch.device(device) if device is not None else source
+    if dtype == torch.float16 and target.type != "cuda":
+        raise ValueError(f"fp16 heatmaps need a CUDA device, the models are on {target}")
+    unchanged = model_dtype(model, dtype) == dtype and target == source
+    if unchanged and not inference.channels_last and not inference.compile:
         return model
-    prepared = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+    prepared = copy.deepcopy(model).to(device=target, dtype=dtype).eval().requires_grad_(False)
     if inference.channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
     if inference.compile:

@@ -69,10 +69,12 @@ class HeatmapWorker:
         generator = _local_checkpoint(spec.generator_dir, spec.generator_sha256)
         classifier = _local_checkpoint(spec.classifier_dir, spec.classifier_sha256)
         use_ema = spec.config.translation.generator_ema
-        self.unet = load_unet(generator, use_ema=use_ema, device=self.device)
-        self.classifier = load_classifier(classifier, device=self.device)
-        # The models in each precision asked for (the spec's; the quality sweep may ask for
-        # others), cast once: an fp16 spec on a CPU fails here, when the pool starts.
+        # The source weights stay in host memory; the device holds one prepared copy per
+        # precision asked for (the spec's; the quality sweep may ask for others), cast once:
+        # an fp16 spec on a CPU fails here, when the pool starts. On a CPU worker in fp32 the
+        # prepared models are the loaded ones (no copy).
+        self.unet = load_unet(generator, use_ema=use_ema, device="cpu")
+        self.classifier = load_classifier(classifier, device="cpu")
         self._models: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
         self.models(spec.config.translation.precision)
         self._stores: dict[tuple[str, str], tuple[ImageStore, HeatmapStore]] = {}
@@ -130,8 +132,8 @@ class HeatmapWorker:
         and compiled as the spec's inference settings say."""
         if precision not in self._models:
             self._models[precision] = (
-                prepare_model(self.unet, precision, self.spec.config.inference),
-                prepare_model(self.classifier, precision, self.spec.config.inference),
+                prepare_model(self.unet, precision, self.spec.config.inference, self.device),
+                prepare_model(self.classifier, precision, self.spec.config.inference, self.device),
             )
         return self._models[precision]
 

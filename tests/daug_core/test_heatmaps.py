@@ -157,6 +157,13 @@ def test_heatmaps_in_bfloat16_stay_close_to_float32():
     assert difference.mean() > 0  # the passes did run in bf16
     with pytest.raises(ValueError, match="fp16 heatmaps need a CUDA device"):
         prepare_model(unet, "fp16", plain)
+    # A worker keeps the source weights where they were loaded and prepares a copy on its
+    # device ("meta" stands in for a GPU); on the same device in fp32 nothing is copied.
+    assert prepare_model(unet, "fp32", plain, "cpu") is unet
+    moved = prepare_model(classifier, "bf16", plain, "meta")
+    assert {p.device.type for p in moved.parameters()} == {"meta"}
+    assert {p.dtype for p in moved.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in classifier.parameters()} == {"cpu"}
 
 
 @pytest.mark.parametrize(
