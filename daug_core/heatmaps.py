@@ -204,31 +204,23 @@ def compute_heatmaps(
     tr = cfg.translation
     ab = alphas_cumprod(cfg.schedule)
     b, k, s, chunk = x0.shape[0], len(targets), cfg.image_size, cfg.inference.max_batch
-    x_level = torch.cat(
-        [
-            invert_to_level(
-                unet,
-                x0[i : i + chunk],
-                alphas_cumprod=ab,
-                level=tr.level,
-                steps=tr.steps,
-                refinements=tr.inversion_refinements,
-                clip_denoised=tr.clip_denoised,
-            )
-            for i in range(0, b, chunk)
-        ]
-    )
-    # All K decodings of an image start from its x_L: their first unguided eps is computed
-    # once per image, not once per row.
-    eps_level = torch.cat(
-        [
-            level_epsilon(unet, x_level[i : i + chunk], alphas_cumprod=ab, level=tr.level)
-            for i in range(0, b, chunk)
-        ]
-    )
-    logits_x0 = torch.cat(
-        [classifier_logits(classifier, x0[i : i + chunk]) for i in range(0, b, chunk)]
-    )
+    # Per chunk of images: x_L, and (all K decodings of an image start from its x_L) the
+    # first unguided eps once per image, not once per row; the classifier's logits of x0.
+    levels, first_eps, logits = [], [], []
+    for i in range(0, b, chunk):
+        x_chunk = invert_to_level(
+            unet,
+            x0[i : i + chunk],
+            alphas_cumprod=ab,
+            level=tr.level,
+            steps=tr.steps,
+            refinements=tr.inversion_refinements,
+            clip_denoised=tr.clip_denoised,
+        )
+        levels.append(x_chunk)
+        first_eps.append(level_epsilon(unet, x_chunk, alphas_cumprod=ab, level=tr.level))
+        logits.append(classifier_logits(classifier, x0[i : i + chunk]))
+    x_level, eps_level, logits_x0 = torch.cat(levels), torch.cat(first_eps), torch.cat(logits)
     before = target_probabilities(logits_x0, targets, mode=tr.mode)
     # Row r of the B*K batch is image r // K with target r % K; a chunk gathers only its rows.
     rows_t = list(targets) * b
