@@ -7,6 +7,12 @@ Generator checkpoint directory::
     trainer_state.safetensors + trainer_state.json
                           AdamW tensors, torch.Generator state, step, EMA counters, DiffusionConfig
 
+A guided-diffusion generator converted by ``daug convert-generator`` has the same ``unet/`` and
+``unet_ema/`` (diffusers ``UNet2DModel``, class embedding and variance channels included) and,
+instead of the trainer state, ``eps.json``: the class label every decoding uses and the
+ε channels; :func:`load_unet` then returns the ε-model (:class:`ConditionedEps`). It decodes
+heatmaps; it cannot resume training.
+
 Classifier checkpoint directory::
 
     classifier.safetensors + classifier.json   weights; ClassifierConfig and pos_weight
@@ -45,6 +51,12 @@ from daug_core.config import (
     config_to_dict,
 )
 from daug_core.generator import GeneratorState, make_ema
+from daug_core.guided_diffusion_convert import (
+    ConditionedEps,
+    GuidedDiffusionConfig,
+    convert_unet,
+    read_weights,
+)
 from daug_core.training import make_optimizer
 
 FORMAT_VERSION = 1
@@ -53,6 +65,7 @@ GENERATOR_DIR, CLASSIFIER_DIR = "generator", "classifier"
 TRAINER_STATE = "trainer_state"
 UNET_DIR = "unet"
 UNET_EMA_DIR = "unet_ema"
+EPS_JSON = "eps.json"
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_JSON = "classifier.json"
 
@@ -262,14 +275,41 @@ def save_generator_checkpoint(state: GeneratorState, directory: str | os.PathLik
     return target
 
 
-def load_unet(
+def save_converted_generator(
+    unet: torch.nn.Module,
+    ema_unet: torch.nn.Module,
     directory: str | os.PathLike[str],
     *,
-    use_ema: bool = True,
+    model: GuidedDiffusionConfig,
+    sources: dict[str, str],
+) -> Path:
+    """Write converted guided-diffusion UNets (raw and EMA weights, diffusers ``UNet2DModel``)
+    as a generator checkpoint, with ``eps.json`` (decoding label, ε channels, the
+    guided-diffusion settings and the sha256 of each source file); atomically."""
+    target = Path(directory)
+    with _atomic_directory(target) as tmp:
+        for module, name in ((unet, UNET_DIR), (ema_unet, UNET_EMA_DIR)):
+            module.save_pretrained(tmp / name, safe_serialization=True)  # type: ignore[operator]
+        _write_json(
+            tmp / EPS_JSON,
+            {
+                "format": FORMAT_VERSION,
+                "class_label": model.label,
+                "eps_channels": model.in_channels,
+                "guided_diffusion": dataclasses.asdict(model),
+                "sources": sources,
+            },
+        )
+    return target
+
+
+def _load_diffusers_unet(
+    directory: str | os.PathLike[str],
+    *,
+    use_ema: bool,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> UNet2DModel:
-    """The UNet for inference (EMA weights by default), in eval mode, on ``device``/``dtype``."""
     path = Path(directory) / (UNET_EMA_DIR if use_ema else UNET_DIR)
     verify_checkpoint_files(directory)
     if not (path / "config.json").is_file():
@@ -281,16 +321,60 @@ def load_unet(
     return unet.to(device=device).eval()
 
 
+def convert_guided_diffusion(
+    model: GuidedDiffusionConfig,
+    weights: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    *,
+    ema_weights: str | os.PathLike[str] | None = None,
+) -> Path:
+    """A guided-diffusion generator (``weights``: its ``model*.pt``; ``ema_weights``: its
+    ``ema_*.pt``, else the raw weights serve as both) as our generator checkpoint at
+    ``directory``; the official DAug code decodes with the raw weights."""
+    raw = convert_unet(model, read_weights(weights))
+    ema = convert_unet(model, read_weights(ema_weights)) if ema_weights is not None else raw
+    sources = {"weights": _file_sha256(Path(weights))}
+    if ema_weights is not None:
+        sources["ema_weights"] = _file_sha256(Path(ema_weights))
+    return save_converted_generator(raw, ema, directory, model=model, sources=sources)
+
+
+def load_unet(
+    directory: str | os.PathLike[str],
+    *,
+    use_ema: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.nn.Module:
+    """The ε-model for inference (EMA weights by default), in eval mode, on ``device``/
+    ``dtype``: the UNet itself, or for a converted guided-diffusion generator the UNet
+    decoding with its class label, variance channels dropped."""
+    unet = _load_diffusers_unet(directory, use_ema=use_ema, device=device, dtype=dtype)
+    module: torch.nn.Module = unet
+    eps_file = Path(directory) / EPS_JSON
+    if eps_file.is_file():
+        meta = _read_json(eps_file)
+        module = ConditionedEps(
+            module, channels=int(meta["eps_channels"]), class_label=meta["class_label"]
+        )
+    return module.eval()
+
+
 def load_generator_checkpoint(
     directory: str | os.PathLike[str], *, device: str | torch.device = "cpu"
 ) -> GeneratorState:
     """The full training state, to resume :func:`daug_core.generator.train_generator`."""
     root = Path(directory)
+    if (root / EPS_JSON).is_file():
+        raise CheckpointError(
+            root,
+            "a converted guided-diffusion generator decodes heatmaps; it cannot resume training",
+        )
     dev = _device(device)
     meta = _read_json(root / f"{TRAINER_STATE}.json")
     config = config_from_dict(meta["config"])
-    unet = load_unet(root, use_ema=False, device=dev)
-    ema_weights = load_unet(root, use_ema=True, device=dev)
+    unet = _load_diffusers_unet(root, use_ema=False, device=dev)
+    ema_weights = _load_diffusers_unet(root, use_ema=True, device=dev)
     ema = make_ema(ema_weights, config.generator_training)
     ema.load_state_dict(meta["ema"])
     optimizer = make_optimizer(unet, config.generator_training)

@@ -30,58 +30,22 @@ Timesteps use guided-diffusion's [cos, sin] sinusoid without frequency shift
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from daug_core.config import ConfigError
+from daug_core.guided_diffusion_config import GuidedDiffusionConfig, GuidedDiffusionError
 
 
-class GuidedDiffusionError(ConfigError):
-    """A guided-diffusion model this converter cannot express or a state dict that does not
-    match its settings."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class GuidedDiffusionUNet:
-    """The ``create_model`` arguments of a guided-diffusion UNet (the official DAug generator:
-    ``image_size=512, model_channels=128, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
-    attention_resolutions=(32,), num_classes=2, learn_sigma=True``, the defaults here)."""
-
-    image_size: int = 512
-    in_channels: int = 1
-    model_channels: int = 128
-    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
-    num_res_blocks: int = 2
-    # Downsample rates (image_size // resolution): 512 // 16 = 32 for "attention at 16 px".
-    attention_resolutions: tuple[int, ...] = (32,)
-    num_classes: int | None = 2
-    learn_sigma: bool = True
-    num_heads: int = 1
-    use_scale_shift_norm: bool = False
-    resblock_updown: bool = False
-
-    def __post_init__(self) -> None:
-        if self.num_heads != 1:
-            raise GuidedDiffusionError(
-                f"num_heads={self.num_heads}: only one attention head is mapped (the official "
-                "generator's)"
-            )
-        if self.resblock_updown:
-            raise GuidedDiffusionError("resblock_updown=True is not mapped (the official: False)")
-
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels * (2 if self.learn_sigma else 1)
-
-
-def _has_attention(model: GuidedDiffusionUNet, level: int) -> bool:
+def _has_attention(model: GuidedDiffusionConfig, level: int) -> bool:
     return 2**level in model.attention_resolutions
 
 
-def unet_config(model: GuidedDiffusionUNet) -> dict[str, Any]:
+def unet_config(model: GuidedDiffusionConfig) -> dict[str, Any]:
     """diffusers ``UNet2DModel`` arguments of the same network."""
     levels = range(len(model.channel_mult))
     return {
@@ -104,7 +68,7 @@ def unet_config(model: GuidedDiffusionUNet) -> dict[str, Any]:
         "attn_norm_num_groups": 32,
         "norm_eps": 1e-5,
         "resnet_time_scale_shift": "scale_shift" if model.use_scale_shift_norm else "default",
-        "num_class_embeds": model.num_classes,
+        "num_class_embeds": model.classes,
         "downsample_padding": 1,
     }
 
@@ -147,7 +111,7 @@ def _attention(state: dict[str, torch.Tensor], source: str, target: str) -> dict
 
 
 def convert_state_dict(
-    model: GuidedDiffusionUNet, state: dict[str, torch.Tensor]
+    model: GuidedDiffusionConfig, state: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """The guided-diffusion state dict ``state`` under ``UNet2DModel`` names. Every tensor must
     be used and every expected one present (:class:`GuidedDiffusionError` names the first
@@ -165,7 +129,7 @@ def convert_state_dict(
         "out.2.weight": "conv_out.weight",
         "out.2.bias": "conv_out.bias",
     }
-    if model.num_classes is not None:
+    if model.classes is not None:
         renames["label_emb.weight"] = "class_embedding.weight"
     out: dict[str, torch.Tensor] = {}
     levels = len(model.channel_mult)
@@ -216,7 +180,7 @@ def convert_state_dict(
     return out
 
 
-def convert_unet(model: GuidedDiffusionUNet, state: dict[str, torch.Tensor]) -> nn.Module:
+def convert_unet(model: GuidedDiffusionConfig, state: dict[str, torch.Tensor]) -> nn.Module:
     """A diffusers ``UNet2DModel`` carrying the guided-diffusion weights ``state`` (strict)."""
     from diffusers import UNet2DModel
 
@@ -224,6 +188,29 @@ def convert_unet(model: GuidedDiffusionUNet, state: dict[str, torch.Tensor]) -> 
     module: nn.Module = unet  # type: ignore[assignment]  # diffusers' stubs hide nn.Module
     module.load_state_dict(convert_state_dict(model, state), strict=True)
     return module.eval()
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A guided-diffusion state dict from ``.safetensors``, or from the ``.pt`` files
+    guided-diffusion writes, read with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, nothing in the file is executed (a file that needs more is refused)."""
+    source = Path(path)
+    if not source.is_file():
+        raise GuidedDiffusionError(f"{source} is not a file")
+    try:
+        if source.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(source))
+        if source.suffix not in (".pt", ".pth"):
+            raise GuidedDiffusionError(f"{source}: expected a .pt, .pth or .safetensors file")
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise GuidedDiffusionError(f"{source}: not a readable state dict ({detail})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GuidedDiffusionError(f"{source}: not a state dict of tensors")
+    return state
 
 
 class ConditionedEps(nn.Module):

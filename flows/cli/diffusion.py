@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from daug_core.compute import ComputeSettings
 from daug_core.config import DiffusionTrainSettings
+from daug_core.guided_diffusion_config import GuidedDiffusionConfig
 from daug_core.heatmap_settings import HeatmapSettings
 from flows.cli.app import command
 from flows.cli.checks import (
@@ -144,3 +146,43 @@ def heatmap_quality(
         )
     if sweep.enabled and checkpoints is not None:  # "cuda" without CUDA fails here
         ComputeSettings(device=sweep.device).resolve()
+
+
+@command(PANEL, "convert-generator")
+def convert_generator(
+    weights: Annotated[
+        Path,
+        typer.Argument(
+            help="a guided-diffusion UNet state dict (model*.pt or .safetensors), e.g. the "
+            "official DAug generator"
+        ),
+    ],
+    checkpoints: Annotated[
+        Path, typer.Argument(help="checkpoint folder: the generator is written to generator/")
+    ],
+    model: GuidedDiffusionConfig,
+    ema: Annotated[
+        Path | None, typer.Option(help="its EMA weights (ema_*.pt); default: the raw weights")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an existing generator/ in CHECKPOINTS")
+    ] = False,
+) -> None:
+    """Convert a guided-diffusion generator (the official DAug code's) into a generator
+    checkpoint precompute decodes with (class label fixed, variance channels dropped)."""
+    from daug_core.checkpoints import GENERATOR_DIR, convert_guided_diffusion
+    from daug_core.guided_diffusion_config import GuidedDiffusionError
+
+    target = checkpoints / GENERATOR_DIR
+    if target.exists() and not overwrite:
+        raise typer.BadParameter(f"{target} exists (--overwrite replaces it)", param_hint="OUT")
+    try:
+        convert_guided_diffusion(model, weights, target, ema_weights=ema)
+    except GuidedDiffusionError as exc:
+        raise typer.BadParameter(str(exc), param_hint="WEIGHTS / --ema / model options") from None
+    label = "unconditional" if model.label is None else f"class label {model.label}"
+    sigma = ", variance channels dropped" if model.learn_sigma else ""
+    console.print(
+        f"wrote {target}: {model.image_size} px, width {model.model_channels} x "
+        f"{model.channel_mult}, decoding with {label}{sigma}"
+    )

@@ -97,13 +97,13 @@ def test_official_generator_layout_is_the_converted_guided_diffusion_unet():
     from diffusers import UNet2DModel
 
     from daug_core.generator import build_unet
-    from daug_core.guided_diffusion_convert import GuidedDiffusionUNet, unet_config
+    from daug_core.guided_diffusion_convert import GuidedDiffusionConfig, unet_config
 
     seed = torch.Generator()
     with torch.device("meta"):
         ours = build_unet(preset("official").generator, generator=seed)
         theirs = UNet2DModel(
-            **unet_config(GuidedDiffusionUNet(num_classes=None, learn_sigma=False))
+            **unet_config(GuidedDiffusionConfig(class_cond=False, learn_sigma=False))
         )
     assert {k: v.shape for k, v in ours.state_dict().items()} == {
         k: v.shape for k, v in theirs.state_dict().items()
