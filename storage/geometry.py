@@ -1,4 +1,5 @@
-"""Aspect-preserving fit of an image (or a mask) into an S x S square.
+"""Fit of an image (or a mask) into an S x S square: aspect-preserving (pad, crop) or not
+(squash, the official DAug code's ``Resize([S, S])``).
 
 Images and ground-truth masks go through the same function, so a mask lands on the same
 pixels as the lesion it marks.
@@ -14,10 +15,12 @@ from PIL import Image
 
 class FitMode(StrEnum):
     """``pad``: scale the long side to S and pad the short one (nothing is lost).
-    ``crop``: scale the short side to S and centre-crop the long one (no padding)."""
+    ``crop``: scale the short side to S and centre-crop the long one (no padding).
+    ``squash``: scale each side to S (the aspect ratio changes; the official DAug code's)."""
 
     PAD = "pad"
     CROP = "crop"
+    SQUASH = "squash"
 
 
 def fit_to_square(
@@ -27,7 +30,8 @@ def fit_to_square(
     pad_value: float = 0.0,
     nearest: bool = False,
 ) -> np.ndarray:
-    """Resize a 2-D float image to ``size`` x ``size`` keeping its aspect ratio.
+    """Resize a 2-D float image to ``size`` x ``size``, keeping its aspect ratio unless ``mode``
+    is squash.
 
     Downscaling uses Pillow's antialiased bilinear filter (its support grows with the scale
     factor, so a 3000 px radiograph is averaged, not aliased). ``nearest=True`` is for label
@@ -37,8 +41,8 @@ def fit_to_square(
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
     height, width = image.shape
     scale = size / (max(height, width) if mode is FitMode.PAD else min(height, width))
-    new_h = max(1, round(height * scale))
-    new_w = max(1, round(width * scale))
+    new_h = size if mode is FitMode.SQUASH else max(1, round(height * scale))
+    new_w = size if mode is FitMode.SQUASH else max(1, round(width * scale))
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     resized = np.asarray(
         Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(

@@ -19,6 +19,16 @@ def test_crop_fills_the_square():
     assert out.shape == (64, 64) and out.min() == pytest.approx(1.0)
 
 
+def test_squash_fills_the_square_and_stretches_the_short_side():
+    """The official DAug code's Resize([S, S]): a 100 x 50 image's left half lands on the
+    square's left half (the width doubles relative to the height)."""
+    image = np.zeros((100, 50), np.float32)
+    image[:, :25] = 1.0
+    out = fit_to_square(image, 64, FitMode.SQUASH)
+    assert out.shape == (64, 64)
+    assert out[:, :31].min() == pytest.approx(1.0) and out[:, 33:].max() == pytest.approx(0.0)
+
+
 def test_downscale_is_antialiased():
     checker = (np.indices((512, 512)).sum(axis=0) % 2).astype(np.float32)
     out = fit_to_square(checker, 64)

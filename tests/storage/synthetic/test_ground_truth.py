@@ -47,7 +47,7 @@ def test_native_masks_equal_the_written_ones(release):
     assert dicom_id in truth and "nope" not in truth
 
 
-@pytest.mark.parametrize("fit", [FitMode.PAD, FitMode.CROP])
+@pytest.mark.parametrize("fit", list(FitMode))
 def test_fitted_masks_follow_fit_to_square_channel_by_channel(release, fit):
     truth = GroundTruthMasks.open(release.ground_truth_dir)
     dicom_id = _with_lesion(release)
