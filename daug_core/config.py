@@ -43,6 +43,9 @@ GUIDANCE_MODES: tuple[str, ...] = typing.get_args(GuidanceMode)
 HeatmapDifference = Literal["minmax", "raw"]
 # Model precision: fp32, bfloat16 or float16 (CUDA only), of training and of heatmap passes.
 Precision = Literal["fp32", "bf16", "fp16"]
+# Store pixels [0, 1] -> model input: [-1, 1] (ours, diffusers' convention) or each image
+# min-max scaled to [0, 1] (the official DAug code's data loader).
+InputRange = Literal["signed", "minmax"]
 PresetName = Literal["tiny", "paper", "official"]
 UNION_TYPES = (typing.Union, types.UnionType)
 
@@ -215,6 +218,11 @@ class TranslationConfig:
     ``generator_ema`` decodes with the generator's EMA weights (``unet_ema/``, the usual choice
     for sampling); ``False`` uses the raw training weights (``unet/``), as the official code
     does.
+
+    ``input_range`` maps store pixels into model space, for training and decoding alike (the
+    models must decode in the range they were trained in): ``"signed"`` is x * 2 - 1 in
+    [-1, 1]; ``"minmax"`` scales each image to [0, 1] by its own minimum and maximum and feeds
+    it as is, as the official code does (its generator and classifier were trained so).
     """
 
     level: int = 500
@@ -227,6 +235,7 @@ class TranslationConfig:
     smoothing_sigma: float = 0.0
     precision: Precision = "fp32"
     generator_ema: bool = True
+    input_range: InputRange = "signed"
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -450,7 +459,7 @@ def _paper() -> DiffusionConfig:
 def _official() -> DiffusionConfig:
     """The official DAug code's translation switch for switch (``classifier_sample_known.py``,
     ``train_ddpm.sh``): its guidance targets, ``clip_denoised``, the raw (non-EMA) generator
-    weights, 500 DDIM steps each way to L = 500, s = 100, the minmax heatmap; its generator
+    weights, images min-max scaled to [0, 1] (training and decoding), 500 DDIM steps each way to L = 500, s = 100, the minmax heatmap; its generator
     layout (channel mult (1, 1, 2, 2, 4, 4) x 128, 2 res-blocks, one attention head at 16 px)
     and its classifier's learning rate and weight decay (1e-4, 0). Not matched (diffusers'
     UNet2DModel and our encoder): the generator's class conditioning and learned variance
@@ -468,7 +477,11 @@ def _official() -> DiffusionConfig:
             attention_head_dim=512,  # one head of all 512 channels, as num_heads=1
         ),
         translation=dataclasses.replace(
-            paper.translation, mode="official", clip_denoised=True, generator_ema=False
+            paper.translation,
+            mode="official",
+            clip_denoised=True,
+            generator_ema=False,
+            input_range="minmax",
         ),
         classifier_training=dataclasses.replace(
             paper.classifier_training, learning_rate=1e-4, weight_decay=0.0

@@ -14,6 +14,7 @@ from daug_core.config import (
     DiffusionConfig,
     GuidanceMode,
     HeatmapDifference,
+    InputRange,
     Precision,
     PresetName,
     TranslationConfig,
@@ -35,6 +36,7 @@ TRANSLATION_FIELDS: tuple[str, ...] = (
     "clip_denoised",
     "precision",
     "generator_ema",
+    "input_range",
 )
 
 
@@ -85,6 +87,11 @@ class HeatmapSettings:
     )
     generator_ema: bool | None = described(
         None, "decode with the generator's EMA weights (default) or its raw weights (official)"
+    )
+    input_range: InputRange | None = described(
+        None,
+        "model input: signed ([-1, 1]) or minmax (each image to [0, 1], the official code's); "
+        "the models must have been trained with it",
     )
 
     def __post_init__(self) -> None:

@@ -123,7 +123,7 @@ class HeatmapWorker:
         """Heatmaps of store pixels (B, S, S) in [0, 1] for the spec's targets, with ``config``
         (default: the spec's; the quality sweep passes other translation numbers)."""
         cfg = config or self.spec.config
-        x0 = to_model_space(images, cfg.image_size).to(self.device)
+        x0 = to_model_space(images, cfg.image_size, cfg.translation.input_range).to(self.device)
         unet, classifier = self.models(cfg.translation.precision)
         return compute_heatmaps(unet, classifier, x0, self.targets, cfg)
 

@@ -70,9 +70,11 @@ def _run_name() -> str:
     return f"train-generator-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
-def to_model_input(batch: Batch, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A store batch as model input: images in [-1, 1] at the model's size, labels as float."""
-    return to_model_space(batch.images, image_size), torch.from_numpy(batch.labels).float()
+def to_model_input(batch: Batch, config: DiffusionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A store batch as model input: images at the model's size in the config's input range
+    (the one its heatmaps will decode in), labels as float."""
+    images = to_model_space(batch.images, config.image_size, config.translation.input_range)
+    return images, torch.from_numpy(batch.labels).float()
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def _batches(
         store, selection, batch_size, seed, start, rank=ranks.rank, world_size=ranks.world_size
     )
     for batch in batches:
-        yield to_model_input(batch, config.image_size)
+        yield to_model_input(batch, config)
 
 
 State = GeneratorState | ClassifierState
@@ -402,10 +404,7 @@ def train_generator_flow(
     classifier = trained.classifier.eval()
     evaluation = evaluate_classifier(
         classifier,
-        (
-            to_model_input(b, config.image_size)
-            for b in sequential_batches(image_store, held_out, 64)
-        ),
+        (to_model_input(b, config) for b in sequential_batches(image_store, held_out, 64)),
         schedule=config.schedule,
         generator=torch.Generator().manual_seed(seed + 2),
     )

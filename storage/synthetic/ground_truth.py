@@ -150,7 +150,7 @@ class GroundTruthMasks:
 
     def masks(self, dicom_id: str, size: int, fit: FitMode | str = FitMode.PAD) -> np.ndarray:
         """(14, size, size) bool: each channel fitted like the store's image (``fit`` = the
-        store's ingest fit mode: pad or crop)."""
+        store's ingest fit mode: pad, crop or squash)."""
         mode = FitMode(fit)
         native = self.native(dicom_id)
         fitted = [

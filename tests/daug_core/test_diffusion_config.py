@@ -83,7 +83,13 @@ def test_training_numbers_are_finite_and_not_negative(field, value):
 def test_official_preset_sets_the_official_translation_and_generator_layout():
     official, paper = preset("official"), preset("paper")
     tr = official.translation
-    assert (tr.mode, tr.clip_denoised, tr.generator_ema) == ("official", True, False)
+    assert (tr.mode, tr.clip_denoised, tr.generator_ema, tr.input_range) == (
+        "official",
+        True,
+        False,
+        "minmax",
+    )
+    assert paper.translation.input_range == "signed"
     assert (tr.level, tr.steps, tr.scale, tr.difference) == (500, 500, 100.0, "minmax")
     assert official.classifier_training.learning_rate == 1e-4
     assert official.classifier_training.weight_decay == 0.0

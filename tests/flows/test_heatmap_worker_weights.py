@@ -45,7 +45,9 @@ def test_worker_loads_ema_weights_by_default_and_raw_weights_when_asked():
 
 
 def test_the_official_switches_together_give_other_finite_heatmaps():
-    official = HeatmapSettings(mode="official", clip_denoised=True, generator_ema=False, steps=4)
+    official = HeatmapSettings(
+        mode="official", clip_denoised=True, generator_ema=False, input_range="minmax", steps=4
+    )
     targets = ("+No Finding", "+Pleural", "-Pleural")
     images = np.random.default_rng(0).uniform(0.2, 0.8, size=(2, 64, 64)).astype(np.float32)
     threads = torch.get_num_threads()
@@ -57,3 +59,30 @@ def test_the_official_switches_together_give_other_finite_heatmaps():
     assert theirs.shape == ours.shape == (2, 3, 64, 64)
     assert torch.isfinite(theirs).all() and theirs.abs().max() > 0
     assert (theirs - ours).abs().max() > 1e-3
+
+
+def test_the_worker_feeds_the_models_the_input_range_of_its_settings(monkeypatch):
+    """minmax: each image scaled to [0, 1] by its own range before inversion (the official
+    code's input); signed: [-1, 1]."""
+    import daug_core.heatmaps as heatmaps_module
+
+    seen: dict[str, torch.Tensor] = {}
+    compute = heatmaps_module.compute_heatmaps
+
+    def recording(unet, classifier, x0, targets, cfg):
+        seen[cfg.translation.input_range] = x0.detach().clone()
+        return compute(unet, classifier, x0, targets, cfg)
+
+    monkeypatch.setattr("flows.heatmap_actors.compute_heatmaps", recording)
+    images = np.random.default_rng(1).uniform(0.2, 0.8, size=(2, 64, 64)).astype(np.float32)
+    threads = torch.get_num_threads()
+    try:
+        for input_range in ("minmax", "signed"):
+            settings = HeatmapSettings(steps=2, input_range=input_range)
+            _worker(settings, ("+No Finding",)).compute(images)
+    finally:
+        torch.set_num_threads(threads)
+    unit, signed = seen["minmax"], seen["signed"]
+    assert unit.amin(dim=(1, 2, 3)).tolist() == [0.0, 0.0]
+    assert unit.amax(dim=(1, 2, 3)).tolist() == [1.0, 1.0]
+    torch.testing.assert_close(signed, torch.from_numpy(images).unsqueeze(1) * 2 - 1)

@@ -279,6 +279,21 @@ def test_model_input_maps_unit_pixels_to_minus_one_one_and_area_downscales():
     assert to_model_space(half, 32)[0, 0, 0, 0].item() == -0.5
 
 
+def test_minmax_model_input_scales_each_image_to_unit_range_as_the_official_code():
+    from daug_core.model_input import to_model_space
+
+    pixels = np.stack([np.full((8, 8), 0.2), np.full((8, 8), 0.5)]).astype(np.float32)
+    pixels[0, 0, :4] = 0.6  # image 0 spans [0.2, 0.6]; image 1 is constant
+    x = to_model_space(pixels, 8, "minmax")
+    assert x[0].min().item() == 0.0 and x[0].max().item() == 1.0
+    assert x[0, 0, 0, 0].item() == 1.0 and x[0, 0, 5, 5].item() == 0.0
+    assert x[1].abs().max().item() == 0.0  # a constant image: 0, not a division by zero
+    signed = to_model_space(pixels, 8, "signed")
+    torch.testing.assert_close(signed, torch.from_numpy(pixels).unsqueeze(1) * 2 - 1)
+    with pytest.raises(ValueError, match="input_range"):
+        to_model_space(pixels, 8, "unit")  # type: ignore[arg-type]
+
+
 def test_actor_count_fits_the_cluster(ray_session):
     assert actor_count(PoolSettings(actors=3)) == 3  # an explicit count is kept
     assert actor_count(PoolSettings()) == 2  # the session's local Ray has 2 CPUs

@@ -130,6 +130,16 @@ def test_a_version_holds_one_generator_weight_set_and_older_versions_used_ema(im
     assert HeatmapProvenance.from_dict(written_before).translation.generator_ema is True
 
 
+def test_a_version_holds_one_input_range_and_older_versions_are_signed(images):
+    HeatmapStore.create(images, PROVENANCE)
+    unit = with_translation(PROVENANCE, input_range="minmax")
+    with pytest.raises(ProvenanceMismatchError, match="input_range: 'signed' -> 'minmax'"):
+        HeatmapStore.open_or_create(images, unit)
+    written_before = PROVENANCE.as_dict()
+    del written_before["translation"]["input_range"]
+    assert HeatmapProvenance.from_dict(written_before).translation.input_range == "signed"
+
+
 def test_provenance_of_a_version_written_before_the_definition_setting_is_the_official_one():
     # Versions written before the translation was embedded whole keep its numbers at the top
     # level; those from before `difference` / `smoothing_sigma` existed hold minmax maps.
