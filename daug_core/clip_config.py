@@ -322,7 +322,10 @@ class ContrastiveTrainingConfig:
     ``warmup_steps`` linear warm-up then ``lr_schedule``. Augmentation is applied jointly to the
     image and its heatmaps by the data pipeline: random-resized-crop with area scale in
     [``crop_scale_min``, 1] and rotation in ±``rotation_degrees``; ``crop_scale_min = 1`` and
-    ``rotation_degrees = 0`` turn it off (the official code resizes only)."""
+    ``rotation_degrees = 0`` turn it off (the official code resizes only). ``keep_epochs``
+    (1-based) are also kept as their own checkpoints, to be evaluated like the selected one
+    (the official run tests after epochs 1, 6 and 10: its epoch 0, every 5th and the last);
+    epochs past the run's end are never reached."""
 
     learning_rate: float
     weight_decay: float
@@ -337,6 +340,7 @@ class ContrastiveTrainingConfig:
     train_splits: TrainSplits = "train"
     model_selection: ModelSelection = "validate"
     optimizer: OptimizerRecipe = "clip"
+    keep_epochs: tuple[int, ...] = ()
 
     @property
     def train_split_names(self) -> tuple[str, ...]:
@@ -371,6 +375,13 @@ class ContrastiveTrainingConfig:
             raise ConfigError(
                 f"ContrastiveTrainingConfig.rotation_degrees must be in [0, 180), "
                 f"got {self.rotation_degrees}"
+            )
+        if any(e < 1 for e in self.keep_epochs) or sorted(set(self.keep_epochs)) != list(
+            self.keep_epochs
+        ):
+            raise ConfigError(
+                "ContrastiveTrainingConfig.keep_epochs must be increasing epoch numbers >= 1, "
+                f"got {self.keep_epochs}"
             )
         if "validate" in self.train_split_names and self.model_selection == "validate":
             raise ConfigError(
@@ -461,8 +472,8 @@ def _paper() -> ContrastiveConfig:
 def _official() -> ContrastiveConfig:
     """The official DAug run switch for switch (``daug/configs/conf.yaml``, ``model.py``,
     ``main.py``): ViT-B/32 with QuickGELU (OpenAI's weights, ``daug convert-clip``), its class
-    prompts, trained on train + validate for 10 epochs and the last epoch kept, AdamW with
-    torch's betas and eps."""
+    prompts, trained on train + validate for 10 epochs and the last epoch selected (epochs 1, 6
+    and 10 kept, the ones it tests), AdamW with torch's betas and eps."""
     paper = _paper()
     return ContrastiveConfig(
         name="official",
@@ -473,6 +484,7 @@ def _official() -> ContrastiveConfig:
             train_splits="train+validate",
             model_selection="last",
             optimizer="official",
+            keep_epochs=(1, 6, 10),
         ),
     )
 
@@ -540,6 +552,12 @@ class ClipTrainSettings:
         "QuickGELU activations, as OpenAI's CLIP weights (daug convert-clip) were trained with "
         "(default: the preset's GELU)",
     )
+    keep_epochs: tuple[int, ...] = described(
+        (),
+        "also keep this epoch's weights as OUT/epoch-NNN for daug evaluate (repeat; default: "
+        "the preset's, official: 1 6 10)",
+        option="keep_epoch",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -563,6 +581,7 @@ class ClipTrainSettings:
             train_splits=self.train_splits,
             model_selection=self.model_selection,
             optimizer=self.optimizer,
+            keep_epochs=self.keep_epochs or None,
         )
         return dataclasses.replace(config, model=model, loss=loss, training=training)
 

@@ -459,12 +459,13 @@ def _paper() -> DiffusionConfig:
 def _official() -> DiffusionConfig:
     """The official DAug code's translation switch for switch (``classifier_sample_known.py``,
     ``train_ddpm.sh``): its guidance targets, ``clip_denoised``, the raw (non-EMA) generator
-    weights, images min-max scaled to [0, 1] (training and decoding), 500 DDIM steps each way to L = 500, s = 100, the minmax heatmap; its generator
-    layout (channel mult (1, 1, 2, 2, 4, 4) x 128, 2 res-blocks, one attention head at 16 px)
-    and its classifier's learning rate and weight decay (1e-4, 0). Not matched (diffusers'
+    weights, images min-max scaled to [0, 1] (training and decoding), 500 DDIM steps each way
+    to L = 500, s = 100, the minmax heatmap; its generator layout (channel mult
+    (1, 1, 2, 2, 4, 4) x 128, 2 res-blocks, one attention head at 16 px) and its classifier's
+    learning rate and weight decay (1e-4, 0). Not matched by our own models (diffusers'
     UNet2DModel and our encoder): the generator's class conditioning and learned variance
-    (a converted official checkpoint has them: :mod:`daug_core.guided_diffusion_convert`) and
-    the classifier's depth-4 encoder with attention pooling."""
+    (``daug convert-generator`` brings an official checkpoint with them) and the classifier's
+    depth-4 encoder with attention pooling."""
     paper = _paper()
     return dataclasses.replace(
         paper,

@@ -6,6 +6,7 @@ AUC), checkpoints every epoch and resumes from the last one. Output folder ``OUT
 
     last/            the last epoch: weights, config, trainer state (resume point)
     best/            the selected epoch: weights and config (what evaluation loads)
+    epoch-NNN/       the epochs of ``keep_epochs`` (official preset: 1, 6, 10), evaluated alike
     metrics.csv      one row per epoch: train and validation losses, validation AUC, lr
     loss_curves.png  train / validation loss and validation AUC per epoch
     train.json       summary: config, data counts, best epoch, seconds
@@ -71,6 +72,13 @@ from storage.tables import DirectoryTables
 
 log = logging.getLogger(__name__)
 LAST, BEST = "last", "best"
+
+
+def epoch_dir(epoch: int) -> str:
+    """The folder of an epoch kept by ``keep_epochs``: ``epoch-006``."""
+    return f"epoch-{epoch:03d}"
+
+
 METRIC_COLUMNS = {
     "epoch": "int64",
     "train_loss": "float64",
@@ -279,6 +287,9 @@ def train_contrastive(
             "workers": ranks.world_size,
         }
         save_clip_checkpoint(out / LAST, model, config, info, optimizer, scheduler)
+        if epoch in training.keep_epochs:
+            kept = info | {"selected_by": f"epoch {epoch} (keep_epochs)"}
+            save_clip_checkpoint(out / epoch_dir(epoch), model, config, kept)
         if best is row:
             selected = _rule(row, training.model_selection)
             save_clip_checkpoint(out / BEST, model, config, info | {"selected_by": selected})

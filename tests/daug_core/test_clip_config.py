@@ -74,10 +74,11 @@ def test_official_preset_is_paper_with_the_official_codes_switches() -> None:
     paper, official = contrastive_preset("paper"), contrastive_preset("official")
     assert official.model.quick_gelu and not paper.model.quick_gelu
     t = official.training
-    assert (t.train_splits, t.model_selection, t.optimizer) == (
+    assert (t.train_splits, t.model_selection, t.optimizer, t.keep_epochs) == (
         "train+validate",
         "last",
         "official",
+        (1, 6, 10),  # the epochs the official run tests
     )
     assert paper.training.optimizer == "clip"
     prompts = dict(zip(official.loss.class_names, official.loss.class_prompts, strict=True))
@@ -92,7 +93,11 @@ def test_official_preset_is_paper_with_the_official_codes_switches() -> None:
             model=paper.model,
             loss=paper.loss,
             training=dataclasses.replace(
-                t, train_splits="train", model_selection="validate", optimizer="clip"
+                t,
+                train_splits="train",
+                model_selection="validate",
+                optimizer="clip",
+                keep_epochs=(),
             ),
         )
         == paper
@@ -218,3 +223,15 @@ def test_training_on_validate_needs_the_last_epoch_rule() -> None:
     assert official.training.train_split_names == ("train", "validate")
     with pytest.raises(ConfigError, match="no held-out split"):
         ClipTrainSettings(train_splits="train+validate")
+
+
+def test_kept_epochs_are_increasing_epoch_numbers_and_the_cli_overrides_them() -> None:
+    from daug_core.clip_config import ClipTrainSettings
+
+    training = contrastive_preset("tiny").training
+    for bad in ((0,), (6, 1), (1, 1)):
+        with pytest.raises(ConfigError, match="keep_epochs must be increasing"):
+            dataclasses.replace(training, keep_epochs=bad)
+    settings = ClipTrainSettings(preset="official", keep_epochs=(2, 4))
+    assert settings.config().training.keep_epochs == (2, 4)
+    assert ClipTrainSettings(preset="official").config().training.keep_epochs == (1, 6, 10)

@@ -115,8 +115,21 @@ def test_the_official_recipe_trains_on_train_and_validate_and_keeps_the_last_epo
     contrastive_store, tmp_path
 ):
     ours = train_contrastive(contrastive_store, tmp_path / "ours", small("none", epochs=1))
-    official = small("none", epochs=2, train_splits="train+validate", model_selection="last")
+    official = small(
+        "none",
+        epochs=2,
+        train_splits="train+validate",
+        model_selection="last",
+        keep_epochs=(1, 6, 10),  # the official run's tested epochs; 6 and 10 are not reached
+    )
     result = train_contrastive(contrastive_store, tmp_path / "official", official)
     assert result.train_items == ours.train_items + ours.validate_items
     assert result.best_epoch == 2
     assert load_clip_checkpoint(tmp_path / "official" / "best").info["selected_by"] == "last_epoch"
+    kept = sorted(p.name for p in (tmp_path / "official").glob("epoch-*"))
+    assert kept == ["epoch-001"]
+    first = load_clip_checkpoint(tmp_path / "official" / "epoch-001")
+    assert first.info["epoch"] == 1 and first.info["selected_by"] == "epoch 1 (keep_epochs)"
+    last = load_clip_checkpoint(tmp_path / "official" / "best").model.state_dict()
+    weights = first.model.state_dict()
+    assert any(not torch.equal(weights[k], last[k]) for k in weights)  # epoch 1's, not the last
