@@ -239,10 +239,13 @@ def test_the_run_shows_progress_summary_failures_and_plot_links(server, precompu
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)")
-def test_flow_run_page_in_a_browser(server, precompute_run):
+def test_flow_run_page_in_a_browser(server, precompute_run, tmp_path):
+    """Screenshots go to a temporary folder (a test run leaves the checkout clean);
+    DAUG_SCREENSHOT_DIR=docs refreshes the README's."""
     playwright = pytest.importorskip("playwright.sync_api")
     run = precompute_run["precompute"]
-    shot = ROOT / "docs" / "precompute-run-artifacts.png"
+    shots = Path(os.environ.get("DAUG_SCREENSHOT_DIR") or tmp_path)
+    shot = shots / "precompute-run-artifacts.png"
     shot.parent.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -255,7 +258,7 @@ def test_flow_run_page_in_a_browser(server, precompute_run):
                 card = page.get_by_text(f"precompute-store-v1-{suffix}", exact=True)
                 card.first.wait_for(timeout=30_000)
             page.screenshot(path=str(shot), full_page=True)
-            images = _markdown_images(server, page, run.id)
+            images = _markdown_images(server, page, run.id, shots)
         finally:
             browser.close()
     assert shot.stat().st_size > 20_000
@@ -264,9 +267,10 @@ def test_flow_run_page_in_a_browser(server, precompute_run):
     assert not broken, f"images that did not load in the UI: {broken}"
 
 
-def _markdown_images(server: Server, page: Any, run_id: Any) -> dict[str, int]:
+def _markdown_images(server: Server, page: Any, run_id: Any, shots: Path) -> dict[str, int]:
     """naturalWidth of every image of every markdown artifact of the run, as the UI renders
-    each artifact's page (0 means the browser could not load it)."""
+    each artifact's page (0 means the browser could not load it); the examples artifact's
+    page is photographed into ``shots``."""
     with server.client() as client:
         artifacts = client.read_artifacts(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
@@ -284,5 +288,5 @@ def _markdown_images(server: Server, page: Any, run_id: Any) -> dict[str, int]:
         ):
             widths[f"{artifact.key}: {src}"] = int(width)
         if (artifact.key or "").endswith("examples"):
-            page.screenshot(path=str(ROOT / "docs" / "precompute-examples-artifact.png"))
+            page.screenshot(path=str(shots / "precompute-examples-artifact.png"))
     return widths
