@@ -166,15 +166,22 @@ def ingest_shard(
 
 
 def summarise_store(store: ImageStore) -> pd.DataFrame:
-    """Counts by split, view and super-class label, and quarantined items by reason."""
+    """Counts by split, view and super-class label (positives overall and per split), and
+    quarantined items by reason."""
     items = store.items()
     ok = items[items["status"] == ItemStatus.OK.value]
     rows: list[dict[str, object]] = []
     for column in ("split", "view"):
         for value, count in ok[column].value_counts().sort_index().items():
             rows.append({"group": column, "value": value, "items": int(count)})
+    # Positives per super-class, all splits and per split: a release's train-split counts can be
+    # compared with a paper's (the official DAug counts are of its train split).
     for column in SUPER_CLASS_COLUMNS:
         rows.append({"group": "positive", "value": column, "items": int((ok[column] == 1).sum())})
+    for split, part in ok.groupby("split", sort=True):
+        for column in SUPER_CLASS_COLUMNS:
+            positives = int((part[column] == 1).sum())
+            rows.append({"group": f"positive, {split}", "value": column, "items": positives})
     quarantine = store.quarantine()
     reasons = quarantine["reason"].str.split(":").str[0].value_counts().sort_index()
     for reason, count in reasons.items():

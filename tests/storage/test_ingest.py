@@ -195,3 +195,27 @@ def test_the_decode_budget_travels_from_the_config_to_the_readers(tmp_path):
     items = store.items().set_index("dicom_id")
     assert items.loc[dicom_id(1), "status"] == "ok"
     assert items.loc[dicom_id(2), "reason"].startswith("image_too_large: 40x32 ")
+
+
+def test_the_summary_counts_positives_per_super_class_overall_and_per_split(tmp_path):
+    from storage.ingest import summarise_store
+
+    items = [good(n) for n in range(4)]
+    edema = {"Edema": 1.0, "Cardiomegaly": 0.0}
+    items.append(MiniItem(dicom_id(9), **subject(9), labels=edema, content=good(9).content))
+    root = write_mini_release(tmp_path / "release", items)
+    store = ImageStore.create(tmp_path / "store", SIZE, shard_items=4)
+    run_all(store, ReleaseReader(root), IngestConfig(size=SIZE, shard_items=4))
+    summary = summarise_store(store)
+    counts = {(g, v): n for g, v, n in summary.itertuples(index=False)}
+    assert counts[("positive", "super_cardiomediastinal")] == 4
+    assert counts[("positive", "super_parenchymal")] == 1
+    splits = dict(zip(store.items()["dicom_id"], store.items()["split"], strict=True))
+    for column in ("super_cardiomediastinal", "super_parenchymal"):
+        per_split = [
+            n for (g, v), n in counts.items() if g.startswith("positive, ") and v == column
+        ]
+        assert sum(per_split) == counts[("positive", column)]
+    assert {g for g, _ in counts if g.startswith("positive, ")} == {
+        f"positive, {s}" for s in set(splits.values())
+    }
