@@ -18,6 +18,10 @@ Classifier checkpoint directory::
     classifier.safetensors + classifier.json   weights; ClassifierConfig and pos_weight
     trainer_state.safetensors + trainer_state.json
 
+or, converted by ``daug convert-classifier`` from a guided-diffusion classifier (the official
+DAug one), ``encoder.safetensors + encoder.json`` (its settings, class names and sources);
+:func:`load_classifier` returns either network. The converted one cannot resume training.
+
 A training run's output folder holds both, as ``generator/`` and ``classifier/``
 (:data:`GENERATOR_DIR`, :data:`CLASSIFIER_DIR`). The trainer state exists to resume training
 bit-for-bit; inference loaders ignore it. No pickle
@@ -36,7 +40,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.models.unets.unet_2d import UNet2DModel
@@ -46,11 +50,14 @@ from daug_core.classifier import NoiseAwareClassifier
 from daug_core.classifier_training import ClassifierState
 from daug_core.config import (
     CheckpointError,
+    ConfigError,
     classifier_config_from_dict,
     config_from_dict,
     config_to_dict,
+    dataclass_from_dict,
 )
 from daug_core.generator import GeneratorState, make_ema
+from daug_core.guided_diffusion_config import GuidedDiffusionClassifierConfig
 from daug_core.guided_diffusion_convert import (
     ConditionedEps,
     GuidedDiffusionConfig,
@@ -58,6 +65,9 @@ from daug_core.guided_diffusion_convert import (
     read_weights,
 )
 from daug_core.training import make_optimizer
+
+if TYPE_CHECKING:  # imported where used: it loads open_clip, which most callers never need
+    from daug_core.guided_diffusion_classifier import EncoderClassifier
 
 FORMAT_VERSION = 1
 # A train-generator output folder holds one checkpoint directory per model.
@@ -68,6 +78,8 @@ UNET_EMA_DIR = "unet_ema"
 EPS_JSON = "eps.json"
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_JSON = "classifier.json"
+ENCODER_WEIGHTS = "encoder.safetensors"
+ENCODER_JSON = "encoder.json"
 
 
 # --- provenance -------------------------------------------------------------------------------
@@ -415,15 +427,58 @@ def save_classifier_checkpoint(state: ClassifierState, directory: str | os.PathL
     return target
 
 
+def convert_guided_diffusion_classifier(
+    model: GuidedDiffusionClassifierConfig,
+    weights: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+) -> Path:
+    """A guided-diffusion classifier (``weights``: its ``model*.pt``, a state dict or the
+    official training script's ``{"state_dict": ...}``) as our classifier checkpoint at
+    ``directory``, atomically."""
+    from daug_core.guided_diffusion_classifier import convert_classifier
+
+    classifier = convert_classifier(model, read_weights(weights, key="state_dict"))
+    target = Path(directory)
+    with _atomic_directory(target) as tmp:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
+        save_file(tensors, str(tmp / ENCODER_WEIGHTS), metadata={"format": "pt"})
+        _write_json(
+            tmp / ENCODER_JSON,
+            {
+                "format": FORMAT_VERSION,
+                "guided_diffusion": dataclasses.asdict(model),
+                "sources": {"weights": _file_sha256(Path(weights))},
+            },
+        )
+    return target
+
+
+def _load_encoder(root: Path) -> EncoderClassifier:
+    from daug_core.guided_diffusion_classifier import EncoderClassifier
+
+    meta = _read_json(root / ENCODER_JSON)
+    try:
+        model = dataclass_from_dict(GuidedDiffusionClassifierConfig, meta["guided_diffusion"])
+    except (ConfigError, KeyError) as exc:
+        raise CheckpointError(root, f"{ENCODER_JSON}: {exc}") from exc
+    with torch.device("meta"):
+        classifier = EncoderClassifier(model)
+    classifier.load_state_dict(load_file(str(root / ENCODER_WEIGHTS)), strict=True, assign=True)
+    return classifier
+
+
 def load_classifier(
     directory: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> NoiseAwareClassifier:
-    """The classifier for inference, in eval mode, on ``device``/``dtype``."""
+) -> NoiseAwareClassifier | EncoderClassifier:
+    """The classifier for inference, in eval mode, on ``device``/``dtype``: ours, or a
+    converted guided-diffusion one (``encoder.json``)."""
     root = Path(directory)
     verify_checkpoint_files(root)
+    if (root / ENCODER_JSON).is_file():
+        return _load_encoder(root).to(device=device, dtype=dtype).eval()
     meta = _read_json(root / CLASSIFIER_JSON)
     cfg = classifier_config_from_dict(meta["classifier"])
     weights_path = root / CLASSIFIER_WEIGHTS
@@ -442,10 +497,17 @@ def load_classifier_checkpoint(
 ) -> ClassifierState:
     """The full training state, to resume :func:`daug_core.classifier_training.train_classifier`."""
     root = Path(directory)
+    if (root / ENCODER_JSON).is_file():
+        raise CheckpointError(
+            root,
+            "a converted guided-diffusion classifier: it guides heatmaps, it cannot resume "
+            "training",
+        )
     dev = _device(device)
     meta = _read_json(root / f"{TRAINER_STATE}.json")
     config = config_from_dict(meta["config"])
     classifier = load_classifier(root, device=dev)
+    assert isinstance(classifier, NoiseAwareClassifier)  # an encoder was refused above
     pos_weight = torch.tensor(_read_json(root / CLASSIFIER_JSON)["pos_weight"], device=dev)
     optimizer = make_optimizer(classifier, config.classifier_training)
     meta, generator = _load_trainer_state(root, optimizer, dev)

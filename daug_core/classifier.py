@@ -59,6 +59,11 @@ class NoiseAwareClassifier(nn.Module):
         self.act = nn.SiLU()
         self.head = nn.Linear(in_ch, cfg.num_classes)
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class of each logit, in order."""
+        return self.config.class_names
+
     def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         timesteps = torch.as_tensor(t, device=x.device)
         if timesteps.ndim == 0:

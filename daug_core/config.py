@@ -463,9 +463,9 @@ def _official() -> DiffusionConfig:
     to L = 500, s = 100, the minmax heatmap; its generator layout (channel mult
     (1, 1, 2, 2, 4, 4) x 128, 2 res-blocks, one attention head at 16 px) and its classifier's
     learning rate and weight decay (1e-4, 0). Not matched by our own models (diffusers'
-    UNet2DModel and our encoder): the generator's class conditioning and learned variance
-    (``daug convert-generator`` brings an official checkpoint with them) and the classifier's
-    depth-4 encoder with attention pooling."""
+    UNet2DModel and our encoder): the generator's class conditioning and learned variance and
+    the classifier's depth-4 encoder with attention pooling; ``daug convert-generator`` and
+    ``daug convert-classifier`` bring the official checkpoints with them."""
     paper = _paper()
     return dataclasses.replace(
         paper,

@@ -190,10 +190,11 @@ def convert_unet(model: GuidedDiffusionConfig, state: dict[str, torch.Tensor]) -
     return module.eval()
 
 
-def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def read_weights(path: str | os.PathLike[str], key: str | None = None) -> dict[str, torch.Tensor]:
     """A guided-diffusion state dict from ``.safetensors``, or from the ``.pt`` files
     guided-diffusion writes, read with ``torch.load(weights_only=True)``: tensors and plain
-    containers only, nothing in the file is executed (a file that needs more is refused)."""
+    containers only, nothing in the file is executed (a file that needs more is refused). A
+    ``.pt`` holding a dict with ``key`` (e.g. ``"state_dict"``) gives that entry."""
     source = Path(path)
     if not source.is_file():
         raise GuidedDiffusionError(f"{source} is not a file")
@@ -205,6 +206,8 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         if source.suffix not in (".pt", ".pth"):
             raise GuidedDiffusionError(f"{source}: expected a .pt, .pth or .safetensors file")
         state = torch.load(source, map_location="cpu", weights_only=True)
+        if key is not None and isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
     except (pickle.UnpicklingError, RuntimeError, OSError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise GuidedDiffusionError(f"{source}: not a readable state dict ({detail})") from exc

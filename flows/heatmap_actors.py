@@ -78,7 +78,7 @@ class HeatmapWorker:
         self._models: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
         self.models(spec.config.translation.precision)
         self._stores: dict[tuple[str, str], tuple[ImageStore, HeatmapStore]] = {}
-        names = tuple(self.classifier.config.class_names)
+        names = tuple(self.classifier.class_names)
         if names != spec.config.class_names:
             raise ValueError(
                 f"classifier {spec.classifier_dir} predicts {names}, the config expects "

@@ -9,7 +9,10 @@ import typer
 
 from daug_core.compute import ComputeSettings
 from daug_core.config import DiffusionTrainSettings
-from daug_core.guided_diffusion_config import GuidedDiffusionConfig
+from daug_core.guided_diffusion_config import (
+    GuidedDiffusionClassifierConfig,
+    GuidedDiffusionConfig,
+)
 from daug_core.heatmap_settings import HeatmapSettings
 from flows.cli.app import command
 from flows.cli.checks import (
@@ -185,4 +188,39 @@ def convert_generator(
     console.print(
         f"wrote {target}: {model.image_size} px, width {model.model_channels} x "
         f"{model.channel_mult}, decoding with {label}{sigma}"
+    )
+
+
+@command(PANEL, "convert-classifier")
+def convert_classifier(
+    weights: Annotated[
+        Path,
+        typer.Argument(
+            help="a guided-diffusion classifier state dict (model*.pt or .safetensors), e.g. "
+            "the official DAug classifier"
+        ),
+    ],
+    checkpoints: Annotated[
+        Path, typer.Argument(help="checkpoint folder: the classifier is written to classifier/")
+    ],
+    model: GuidedDiffusionClassifierConfig,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an existing classifier/ in CHECKPOINTS")
+    ] = False,
+) -> None:
+    """Convert a guided-diffusion noise-aware classifier (the official DAug code's) into a
+    classifier checkpoint precompute guides with."""
+    from daug_core.checkpoints import CLASSIFIER_DIR, convert_guided_diffusion_classifier
+    from daug_core.guided_diffusion_config import GuidedDiffusionError
+
+    target = checkpoints / CLASSIFIER_DIR
+    if target.exists() and not overwrite:
+        raise typer.BadParameter(f"{target} exists (--overwrite replaces it)", param_hint="OUT")
+    try:
+        convert_guided_diffusion_classifier(model, weights, target)
+    except GuidedDiffusionError as exc:
+        raise typer.BadParameter(str(exc), param_hint="WEIGHTS / model options") from None
+    console.print(
+        f"wrote {target}: {model.image_size} px, width {model.model_channels} x "
+        f"{model.channel_mult}, {model.pool} pooling, classes {', '.join(model.class_names)}"
     )

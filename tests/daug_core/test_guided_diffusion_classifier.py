@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,3 +140,82 @@ def test_layouts_the_module_cannot_express_are_refused():
         dataclasses.replace(SMALL, model_channels=24)
     with pytest.raises(GuidedDiffusionClassifierError, match="downsample rates"):
         dataclasses.replace(SMALL, attention_resolutions=(3,))
+
+
+def test_converted_official_models_feed_a_heatmap_worker(tmp_path):
+    """A converted generator and ``daug convert-classifier`` (the official training
+    script's ``{"state_dict": ...}`` file) write a checkpoint folder a heatmap worker loads and
+    computes heatmaps with, under the official translation switches; the classifier's logits
+    equal openai's; an existing classifier/ is kept unless --overwrite; resuming is refused."""
+    from daug_core.checkpoints import (
+        CheckpointError,
+        convert_guided_diffusion,
+        load_classifier,
+        load_classifier_checkpoint,
+    )
+    from daug_core.guided_diffusion_config import GuidedDiffusionConfig
+    from flows.heatmap_actors import HeatmapWorker, WorkerSpec
+    from tests.daug_core.daug_core_helpers import micro_config
+    from tests.factories import run_daug
+
+    generator = GuidedDiffusionConfig(
+        image_size=32, model_channels=32, channel_mult=(1, 2, 2), attention_resolutions=(4,)
+    )
+    torch.manual_seed(0)
+    unet = unet_module.UNetModel(
+        image_size=32,
+        in_channels=1,
+        model_channels=32,
+        out_channels=2,
+        num_res_blocks=2,
+        attention_resolutions=(4,),
+        channel_mult=(1, 2, 2),
+        num_classes=2,
+    )
+    torch.save(unet.state_dict(), tmp_path / "model.pt")
+    classifier = _reference(SMALL, seed=1)
+    torch.save({"state_dict": classifier.state_dict(), "step": 3}, tmp_path / "classifier.pt")
+    out = tmp_path / "checkpoints"
+    convert_guided_diffusion(generator, tmp_path / "model.pt", out / "generator")  # its CLI:
+    # tests/daug_core/test_guided_diffusion_convert.py
+    classifier_args = [
+        *("--image-size", "32", "--model-channels", "32", "--num-res-blocks", "2"),
+        *("--attention-resolutions", "2", "--attention-resolutions", "4"),
+        *("--channel-mult", "1", "--channel-mult", "2", "--channel-mult", "2"),
+        *("--num-head-channels", "32"),
+    ]
+    args = ("convert-classifier", str(tmp_path / "classifier.pt"), str(out), *classifier_args)
+    done = run_daug(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "attention pooling, classes No Finding, Cardiomediastinal" in done.stderr
+
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_classifier(out / "classifier")(x, t), classifier(x, t), atol=1e-5, rtol=1e-5
+        )
+
+    config = micro_config(mode="official", input_range="minmax", steps=2, level=100)
+    targets = ("+No Finding", "+Pleural", "-Pleural")
+    threads = torch.get_num_threads()
+    try:
+        spec = WorkerSpec(
+            generator_dir=str(out / "generator"),
+            classifier_dir=str(out / "classifier"),
+            config=dataclasses.replace(
+                config, translation=dataclasses.replace(config.translation, generator_ema=False)
+            ),
+            targets=targets,
+        )
+        images = np.random.default_rng(3).uniform(0.1, 0.9, (2, 32, 32)).astype(np.float32)
+        heatmaps = HeatmapWorker(spec).compute(images).heatmaps
+    finally:
+        torch.set_num_threads(threads)
+    assert heatmaps.shape == (2, 3, 32, 32) and torch.isfinite(heatmaps).all()
+    assert heatmaps.abs().max() > 0
+
+    again = run_daug(*args)
+    assert again.returncode == 2 and "exists (--overwrite replaces it)" in again.stderr
+    with pytest.raises(CheckpointError, match="cannot resume training"):
+        load_classifier_checkpoint(out / "classifier")
