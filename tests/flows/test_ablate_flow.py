@@ -57,3 +57,25 @@ def test_grid_summary_files_and_a_reproducible_rerun(contrastive_store, tmp_path
 def test_unknown_variant_is_refused(contrastive_store, tmp_path):
     with pytest.raises(ValueError, match="variants must be among"):
         ablate_flow(store=str(contrastive_store), out=str(tmp_path), variants=["bogus"])
+
+
+def test_the_official_classification_grid_runs_with_its_weights(contrastive_store, tmp_path):
+    """Issue 15's check at tiny size: the official classification grid's baseline (w = 0, the
+    class loss alone, no heatmap) and full row (w = 0.7, the +No Finding heatmap) train and
+    are evaluated; the official preset's own switches (train + validate, last epoch) apply."""
+    result = ablate_flow(
+        store=str(contrastive_store),
+        out=str(tmp_path / "cls"),
+        seeds=[0],
+        variants=["cls_baseline", "cls_all"],
+        grid="classification",
+        training=ClipTrainSettings(epochs=1, train_splits="train+validate", model_selection="last"),
+    )
+    assert result["runs"] == 2
+    runs = pd.read_csv(tmp_path / "cls" / "ablation_runs.csv").set_index("variant")
+    assert runs.loc["cls_baseline", "w"] == 0.0 and runs.loc["cls_all", "w"] == 0.7
+    assert runs["auc_macro"].between(0.0, 1.0).all()
+    for variant, mode in (("cls_baseline", "none"), ("cls_all", "channel")):
+        train = json.loads((tmp_path / "cls" / variant / "seed-0" / "train.json").read_text())
+        assert train["config"]["model"]["heatmap_mode"] == mode
+        assert train["config"]["training"]["train_splits"] == "train+validate"
