@@ -46,10 +46,11 @@ import torch
 from diffusers.models.unets.unet_2d import UNet2DModel
 from safetensors.torch import load_file, save_file
 
-from daug_core.classifier import NoiseAwareClassifier
+from daug_core.classifier import NoiseAwareClassifier, classifier_module
 from daug_core.classifier_training import ClassifierState
 from daug_core.config import (
     CheckpointError,
+    ClassifierConfig,
     ConfigError,
     classifier_config_from_dict,
     config_from_dict,
@@ -398,7 +399,10 @@ def load_generator_checkpoint(
 
 
 def _save_classifier_files(
-    directory: Path, classifier: NoiseAwareClassifier, pos_weight: torch.Tensor
+    directory: Path,
+    classifier: torch.nn.Module,
+    config: ClassifierConfig,
+    pos_weight: torch.Tensor,
 ) -> None:
     weights = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
     save_file(weights, str(directory / CLASSIFIER_WEIGHTS), metadata={"format": "pt"})
@@ -406,7 +410,7 @@ def _save_classifier_files(
         directory / CLASSIFIER_JSON,
         {
             "format_version": FORMAT_VERSION,
-            "classifier": dataclasses.asdict(classifier.config),
+            "classifier": dataclasses.asdict(config),
             "pos_weight": [float(w) for w in pos_weight.detach().cpu()],
         },
     )
@@ -416,7 +420,7 @@ def save_classifier_checkpoint(state: ClassifierState, directory: str | os.PathL
     """Write ``state`` to ``directory`` (replacing it atomically); returns the path."""
     target = Path(directory)
     with _atomic_directory(target) as tmp:
-        _save_classifier_files(tmp, state.classifier, state.pos_weight)
+        _save_classifier_files(tmp, state.classifier, state.config.classifier, state.pos_weight)
         _save_trainer_state(
             tmp,
             optimizer=state.optimizer,
@@ -485,7 +489,7 @@ def load_classifier(
     if not weights_path.is_file():
         raise CheckpointError(root, f"missing {CLASSIFIER_WEIGHTS}")
     with torch.device("meta"):
-        classifier = NoiseAwareClassifier(cfg)
+        classifier = classifier_module(cfg)
     classifier.load_state_dict(load_file(str(weights_path)), strict=True, assign=True)
     if any(t.is_meta for t in [*classifier.parameters(), *classifier.buffers()]):
         raise CheckpointError(root, f"{CLASSIFIER_WEIGHTS} does not cover every tensor")
@@ -507,7 +511,6 @@ def load_classifier_checkpoint(
     meta = _read_json(root / f"{TRAINER_STATE}.json")
     config = config_from_dict(meta["config"])
     classifier = load_classifier(root, device=dev)
-    assert isinstance(classifier, NoiseAwareClassifier)  # an encoder was refused above
     pos_weight = torch.tensor(_read_json(root / CLASSIFIER_JSON)["pos_weight"], device=dev)
     optimizer = make_optimizer(classifier, config.classifier_training)
     meta, generator = _load_trainer_state(root, optimizer, dev)

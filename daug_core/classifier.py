@@ -11,6 +11,8 @@ while the same net with GroupNorm reached 99 % (t = 0) and 85 % (t = 200) accura
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.unets.unet_2d_blocks import get_down_block
@@ -18,6 +20,9 @@ from torch import nn
 
 from daug_core.config import ClassifierConfig
 from daug_core.rng import seeded_init
+
+if TYPE_CHECKING:  # imported where built: it loads open_clip
+    from daug_core.guided_diffusion_classifier import EncoderClassifier
 
 
 class NoiseAwareClassifier(nn.Module):
@@ -77,7 +82,20 @@ class NoiseAwareClassifier(nn.Module):
         return self.head(h)
 
 
-def build_classifier(cfg: ClassifierConfig, *, generator: torch.Generator) -> NoiseAwareClassifier:
-    """A freshly initialised classifier (CPU, float32); weights depend only on ``generator``."""
+def build_classifier(
+    cfg: ClassifierConfig, *, generator: torch.Generator
+) -> NoiseAwareClassifier | EncoderClassifier:
+    """A freshly initialised classifier (CPU, float32): ours, or guided-diffusion's encoder
+    when ``cfg.encoder`` is set; weights depend only on ``generator``."""
     with seeded_init(generator):
-        return NoiseAwareClassifier(cfg)
+        return classifier_module(cfg)
+
+
+def classifier_module(cfg: ClassifierConfig) -> NoiseAwareClassifier | EncoderClassifier:
+    """The network ``cfg`` describes, initialised from the global RNG (or on the meta device,
+    to load weights into)."""
+    if cfg.encoder is not None:
+        from daug_core.guided_diffusion_classifier import EncoderClassifier
+
+        return EncoderClassifier(cfg.encoder)
+    return NoiseAwareClassifier(cfg)

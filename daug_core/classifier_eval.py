@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from daug_core.classifier import NoiseAwareClassifier
 from daug_core.config import NoiseScheduleConfig
 from daug_core.metrics import accuracy_per_class, nanmean_or_nan, roc_auc_per_class
 from daug_core.schedule import make_noise_scheduler, q_sample
+
+if TYPE_CHECKING:
+    from daug_core.guided_diffusion_classifier import EncoderClassifier
 
 DEFAULT_EVAL_TIMESTEPS: tuple[int, ...] = (0, 100, 200, 300, 500)
 
@@ -53,7 +56,7 @@ class ClassifierEvaluation:
 
 @torch.no_grad()
 def evaluate_classifier(
-    classifier: NoiseAwareClassifier,
+    classifier: NoiseAwareClassifier | EncoderClassifier,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     schedule: NoiseScheduleConfig,
@@ -75,7 +78,7 @@ def evaluate_classifier(
             x_t = q_sample(scheduler, x0, noise, t_batch)
             logits = classifier(x_t.to(dtype), t_batch).float()
             probs[t].append(torch.sigmoid(logits).cpu().double().numpy())
-    names = classifier.config.class_names
+    names = classifier.class_names
     if not labels:
         raise ValueError("evaluate_classifier got no batches")
     y_all = np.concatenate(labels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,13 +32,16 @@ from daug_core.training import (
     optimizer_step,
 )
 
+if TYPE_CHECKING:  # imported where built: it loads open_clip
+    from daug_core.guided_diffusion_classifier import EncoderClassifier
+
 
 @dataclass
 class ClassifierState:
     """Everything needed to continue classifier training (mutated in place by training)."""
 
     config: DiffusionConfig
-    classifier: NoiseAwareClassifier
+    classifier: NoiseAwareClassifier | EncoderClassifier
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # timesteps and noise
     pos_weight: torch.Tensor  # (C,) float32, on the classifier's device

@@ -93,7 +93,12 @@ def test_official_preset_sets_the_official_translation_and_generator_layout():
     assert (tr.level, tr.steps, tr.scale, tr.difference) == (500, 500, 100.0, "minmax")
     assert official.classifier_training.learning_rate == 1e-4
     assert official.classifier_training.weight_decay == 0.0
-    assert official.classifier == paper.classifier and official.schedule == paper.schedule
+    from daug_core.config import GuidedDiffusionClassifierConfig
+
+    # The classifier is the official EncoderUNet (its defaults are the official settings).
+    assert official.classifier.encoder == GuidedDiffusionClassifierConfig()
+    assert dataclasses.replace(official.classifier, encoder=None) == paper.classifier
+    assert official.schedule == paper.schedule
 
 
 def test_official_generator_layout_is_the_converted_guided_diffusion_unet():
