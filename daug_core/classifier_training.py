@@ -30,6 +30,7 @@ from daug_core.training import (
     make_optimizer,
     noise_draws,
     optimizer_step,
+    set_learning_rate,
 )
 
 if TYPE_CHECKING:  # imported where built: it loads open_clip
@@ -128,6 +129,7 @@ def train_classifier(
             ranks.gather(logits.float()), ranks.gather_values(y), state.pos_weight
         )
         clip = (state.classifier.parameters(), train_cfg.grad_clip_norm)
+        set_learning_rate(state.optimizer, train_cfg, state.step)
         optimizer_step(loss, state.optimizer, scaler, clip)
         state.step += 1
         losses.append(float(loss.detach()))

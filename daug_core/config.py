@@ -47,6 +47,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # min-max scaled to [0, 1] (the official DAug code's data loader).
 InputRange = Literal["signed", "minmax"]
 PresetName = Literal["tiny", "paper", "official"]
+# Learning rate over the steps of a diffusion-model training run.
+StepSchedule = Literal["constant", "linear"]
 UNION_TYPES = (typing.Union, types.UnionType)
 
 
@@ -424,7 +426,9 @@ class TrainingConfig:
     """Optimiser and loop numbers for one model. ``batch_size`` and ``checkpoint_every`` are for the
     caller that builds the data iterator and the per-step callback; ``num_steps`` is the total step
     count a run (or a resumed run) trains up to. ``max_noise_timestep`` (inclusive) bounds the
-    timesteps sampled for training; the generator uses the whole schedule."""
+    timesteps sampled for training; the generator uses the whole schedule. ``lr_schedule``
+    ``"linear"`` anneals the rate from ``learning_rate`` to 0 over ``num_steps`` (guided-diffusion's
+    ``anneal_lr``, the official classifier's), ``"constant"`` keeps it."""
 
     batch_size: int
     num_steps: int
@@ -434,8 +438,10 @@ class TrainingConfig:
     checkpoint_every: int
     ema_decay: float = 0.9999
     max_noise_timestep: int | None = None
+    lr_schedule: StepSchedule = "constant"
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.batch_size < 1 or self.num_steps < 0 or self.learning_rate <= 0:
             raise ConfigError(f"invalid training numbers: {self}")
         # NaN passes every "<=" test above; a NaN rate or decay would train to NaN weights.
@@ -640,7 +646,7 @@ def _official() -> DiffusionConfig:
             ),
         ),
         classifier_training=dataclasses.replace(
-            paper.classifier_training, learning_rate=1e-4, weight_decay=0.0
+            paper.classifier_training, learning_rate=1e-4, weight_decay=0.0, lr_schedule="linear"
         ),
     )
 

@@ -34,6 +34,7 @@ from daug_core.training import (
     make_optimizer,
     noise_draws,
     optimizer_step,
+    set_learning_rate,
 )
 
 
@@ -156,6 +157,7 @@ def train_generator(
         with amp.autocast():
             loss = ddpm_loss(model, scheduler, x0, t, noise)
         clip = (state.unet.parameters(), train_cfg.grad_clip_norm)
+        set_learning_rate(state.optimizer, train_cfg, state.step)
         optimizer_step(loss, state.optimizer, scaler, clip)
         state.ema.step(state.unet.parameters())
         state.step += 1

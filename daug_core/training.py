@@ -104,6 +104,18 @@ def optimizer_step(
     scaler.update()
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, step: int) -> float:
+    """The rate for step ``step`` (0-based: the steps already taken) by ``cfg.lr_schedule``,
+    set on every parameter group; a function of the step alone, so a resumed run takes the
+    rates of an uninterrupted one."""
+    rate = cfg.learning_rate
+    if cfg.lr_schedule == "linear":  # guided-diffusion's anneal_lr: 1 - the fraction done
+        rate *= max(0.0, 1.0 - step / max(1, cfg.num_steps))
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    return rate
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
     """AdamW over all of ``model``'s parameters with the config's learning rate and decay."""
     return torch.optim.AdamW(

@@ -167,3 +167,42 @@ def test_the_official_encoder_classifier_trains_resumes_and_loads_like_ours(tmp_
     assert isinstance(loaded, EncoderClassifier) and loaded.config == encoder
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     torch.testing.assert_close(loaded(x, 7), straight.classifier(x, 7))
+
+
+def test_a_linear_learning_rate_anneals_to_zero_and_resumes_exactly(tmp_path):
+    """lr_schedule "linear" (the official classifier's anneal_lr): step s of N trains at
+    lr * (1 - s / N), a function of the step, so an interrupted run resumes to the same weights;
+    "constant" keeps the rate (the default)."""
+    import dataclasses
+
+    from daug_core.config import ConfigError, TrainingConfig
+    from daug_core.training import set_learning_rate
+
+    base = micro_config()
+    linear = dataclasses.replace(
+        base.classifier_training, num_steps=4, learning_rate=1e-3, lr_schedule="linear"
+    )
+    config = dataclasses.replace(base, classifier_training=linear)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    rates = [set_learning_rate(optimizer, linear, step) for step in range(5)]
+    assert rates == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0])
+    assert optimizer.param_groups[0]["lr"] == 0.0
+    constant = dataclasses.replace(linear, lr_schedule="constant")
+    assert set_learning_rate(optimizer, constant, 3) == 1e-3
+    with pytest.raises(ConfigError, match="lr_schedule must be one of"):
+        TrainingConfig(**{**dataclasses.asdict(linear), "lr_schedule": "cosine"})
+
+    def state(seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        return init_classifier_state(config, pos_weight=None, generator=generator)
+
+    batches = disc_batches(4, 8, 32, seed=3)
+    straight, interrupted = state(5), state(5)
+    train_classifier(straight, batches)
+    assert straight.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)  # the 4th step's
+    train_classifier(interrupted, batches[:2])
+    save_classifier_checkpoint(interrupted, tmp_path / "clf")
+    resumed = load_classifier_checkpoint(tmp_path / "clf")
+    train_classifier(resumed, batches[2:])
+    assert same_weights(resumed.classifier, straight.classifier)
+    assert not same_weights(straight.classifier, state(5).classifier)  # it did train
