@@ -198,12 +198,14 @@ def test_input_validation():
         compute_heatmaps(unet, classifier, torch.zeros(1, 1, 32, 32), [Target(9, 1, "nine")], cfg)
 
 
-def test_paper_preset_runs_one_guided_step_at_512px():
-    # The real paper sizes (~112 M-parameter UNet, ~9 M classifier), batch 1, one DDIM step from
-    # L = 500 to x0 with guidance, in float32: ~15 s for the UNet on 2 cores. (bfloat16 is
-    # no shortcut on a CPU without native bf16: on an AVX2-only EPYC one 3x3 conv at 128 px,
-    # 128 channels took 19.7 s in bf16 (NCHW) against 64 ms in float32.)
-    cfg = preset("paper")
+@pytest.mark.parametrize("name", ["paper", "official"])
+def test_paper_preset_runs_one_guided_step_at_512px(name):
+    # The real paper sizes (~112 M-parameter UNet, ~9 M classifier; official: its generator
+    # layout and guided-diffusion's EncoderUNet classifier with its switches), batch 1, one
+    # DDIM step from L = 500 to x0 with guidance, in float32: ~15 s for the UNet on 2 cores.
+    # (bfloat16 is no shortcut on a CPU without native bf16: on an AVX2-only EPYC one 3x3 conv
+    # at 128 px, 128 channels took 19.7 s in bf16 (NCHW) against 64 ms in float32.)
+    cfg = preset(name)
     assert cfg.image_size == 512 and cfg.translation.level == 500
     assert cfg.schedule.num_train_timesteps == 1000 and cfg.translation.scale == 100.0
     g = torch.Generator().manual_seed(4)
@@ -223,6 +225,7 @@ def test_paper_preset_runs_one_guided_step_at_512px():
         alphas_cumprod=alphas_cumprod(cfg.schedule),
         level=tr.level,
         steps=1,
+        clip_denoised=tr.clip_denoised,
     )
     assert x_cf.shape == (1, 1, 512, 512) and torch.isfinite(x_cf).all()
     p = target_probability(classifier, x_cf, target, mode=tr.mode)
