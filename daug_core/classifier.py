@@ -70,16 +70,28 @@ class NoiseAwareClassifier(nn.Module):
         return self.config.class_names
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        timesteps = torch.as_tensor(t, device=x.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps.expand(x.shape[0])
-        # Sinusoidal features are computed in float32, then cast to the weights' dtype.
-        temb = self.time_embedding(self.time_proj(timesteps).to(self.head.weight.dtype))
+        temb = embed_timesteps(self.time_proj, self.time_embedding, t, x, self.head.weight.dtype)
         h = self.conv_in(x)
         for block in self.down_blocks:
             h, _ = block(h, temb)
         h = self.act(self.norm_out(h)).mean(dim=(2, 3))
         return self.head(h)
+
+
+def embed_timesteps(
+    time_proj: nn.Module,
+    time_embedding: nn.Module,
+    t: torch.Tensor | int,
+    x: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The timestep embedding of ``t`` ((B,) or one for the whole batch ``x``): sinusoidal
+    features in float32, cast to the weights' ``dtype``, through the embedding MLP."""
+    timesteps = torch.as_tensor(t, device=x.device)
+    if timesteps.ndim == 0:
+        timesteps = timesteps.expand(x.shape[0])
+    temb: torch.Tensor = time_embedding(time_proj(timesteps).to(dtype))
+    return temb
 
 
 def build_classifier(

@@ -67,12 +67,14 @@ from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
 from open_clip.modified_resnet import AttentionPool2d
 from torch import nn
 
+from daug_core.classifier import embed_timesteps
 from daug_core.guided_diffusion_config import (
     NORM_EPS,
     NORM_GROUPS,
     GuidedDiffusionClassifierConfig,
     GuidedDiffusionClassifierError,
 )
+from daug_core.guided_diffusion_convert import STEM_RENAMES
 
 
 class EncoderClassifier(nn.Module):
@@ -148,12 +150,7 @@ class EncoderClassifier(nn.Module):
         return self.config.class_names
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        timesteps = torch.as_tensor(t, device=x.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps.expand(x.shape[0])
-        # Sinusoidal features are computed in float32, then cast to the weights' dtype.
-        features = self.time_proj(timesteps).to(self.conv_in.weight.dtype)
-        temb = self.time_embedding(features)
+        temb = embed_timesteps(self.time_proj, self.time_embedding, t, x, self.conv_in.weight.dtype)
         h = self.conv_in(x)
         for block in self.down_blocks:
             h, _ = block(h, temb)
@@ -270,12 +267,7 @@ def convert_classifier_state_dict(
     state = dict(state)
     widths = config.widths
     renames = {
-        "time_embed.0.weight": "time_embedding.linear_1.weight",
-        "time_embed.0.bias": "time_embedding.linear_1.bias",
-        "time_embed.2.weight": "time_embedding.linear_2.weight",
-        "time_embed.2.bias": "time_embedding.linear_2.bias",
-        "input_blocks.0.0.weight": "conv_in.weight",
-        "input_blocks.0.0.bias": "conv_in.bias",
+        **STEM_RENAMES,
         "out.0.weight": "norm_out.weight",
         "out.0.bias": "norm_out.bias",
     }

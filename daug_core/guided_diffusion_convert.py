@@ -110,6 +110,18 @@ def _attention(state: dict[str, torch.Tensor], source: str, target: str) -> dict
     return out
 
 
+# The timestep MLP and the first convolution: named alike in guided-diffusion's UNet and
+# encoder, and in diffusers' UNet2DModel and our rebuilt encoder.
+STEM_RENAMES: dict[str, str] = {
+    "time_embed.0.weight": "time_embedding.linear_1.weight",
+    "time_embed.0.bias": "time_embedding.linear_1.bias",
+    "time_embed.2.weight": "time_embedding.linear_2.weight",
+    "time_embed.2.bias": "time_embedding.linear_2.bias",
+    "input_blocks.0.0.weight": "conv_in.weight",
+    "input_blocks.0.0.bias": "conv_in.bias",
+}
+
+
 def convert_state_dict(
     model: GuidedDiffusionConfig, state: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -118,12 +130,7 @@ def convert_state_dict(
     that is not)."""
     state = dict(state)
     renames = {
-        "time_embed.0.weight": "time_embedding.linear_1.weight",
-        "time_embed.0.bias": "time_embedding.linear_1.bias",
-        "time_embed.2.weight": "time_embedding.linear_2.weight",
-        "time_embed.2.bias": "time_embedding.linear_2.bias",
-        "input_blocks.0.0.weight": "conv_in.weight",
-        "input_blocks.0.0.bias": "conv_in.bias",
+        **STEM_RENAMES,
         "out.0.weight": "conv_norm_out.weight",
         "out.0.bias": "conv_norm_out.bias",
         "out.2.weight": "conv_out.weight",
