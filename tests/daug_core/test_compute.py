@@ -35,7 +35,7 @@ def test_unknown_device_spellings_are_refused(device):
 def test_fp16_needs_cuda_and_unknown_precisions_are_refused():
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         ComputeSettings(device="cpu", precision="fp16").resolve()
-    with pytest.raises(ConfigError, match="precision must be one of .fp32., .bf16., .fp16."):
+    with pytest.raises(ConfigError, match=r"precision must be one of .fp32., .bf16., .fp16."):
         ComputeSettings(precision="fp8")  # type: ignore[arg-type]
 
 
