@@ -74,7 +74,7 @@ from daug_core.guided_diffusion_config import (
     GuidedDiffusionClassifierConfig,
     GuidedDiffusionClassifierError,
 )
-from daug_core.guided_diffusion_convert import STEM_RENAMES
+from daug_core.guided_diffusion_convert import STEM_RENAMES, resblock_names
 
 
 class EncoderClassifier(nn.Module):
@@ -180,25 +180,6 @@ def _expect_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> to
     return tensor
 
 
-def _resblock(source: str, target: str, in_channels: int, out_channels: int) -> dict[str, str]:
-    """Source -> target names of one ``ResBlock`` as a diffusers ``ResnetBlock2D``; the skip
-    convolution exists only where the width changes (identity skips have no weights)."""
-    names = {
-        "in_layers.0": "norm1",
-        "in_layers.2": "conv1",
-        "emb_layers.1": "time_emb_proj",
-        "out_layers.0": "norm2",
-        "out_layers.3": "conv2",
-    }
-    if in_channels != out_channels:
-        names["skip_connection"] = "conv_shortcut"
-    return {
-        f"{source}.{a}.{kind}": f"{target}.{b}.{kind}"
-        for a, b in names.items()
-        for kind in ("weight", "bias")
-    }
-
-
 def _attention(
     state: dict[str, torch.Tensor], source: str, target: str, channels: int, heads: int
 ) -> dict[str, tuple[str, torch.Tensor]]:
@@ -278,7 +259,7 @@ def convert_classifier_state_dict(
     for level, width in enumerate(widths):
         for r in range(config.num_res_blocks):
             source, target = f"input_blocks.{block}", f"down_blocks.{level}"
-            renames |= _resblock(f"{source}.0", f"{target}.resnets.{r}", in_channels, width)
+            renames |= resblock_names(f"{source}.0", f"{target}.resnets.{r}", in_channels != width)
             if config.has_attention(level):
                 derived |= _attention(
                     state, f"{source}.1", f"{target}.attentions.{r}", width, config.heads(width)
@@ -287,13 +268,13 @@ def convert_classifier_state_dict(
         if level != len(widths) - 1:
             source, target = f"input_blocks.{block}.0", f"down_blocks.{level}.downsamplers.0"
             if config.resblock_updown:
-                renames |= _resblock(source, target, width, width)
+                renames |= resblock_names(source, target, skip=False)
             else:
                 renames |= {f"{source}.op.{k}": f"{target}.conv.{k}" for k in ("weight", "bias")}
             block += 1
     deepest = widths[-1]
-    renames |= _resblock("middle_block.0", "mid_block.resnets.0", deepest, deepest)
-    renames |= _resblock("middle_block.2", "mid_block.resnets.1", deepest, deepest)
+    renames |= resblock_names("middle_block.0", "mid_block.resnets.0", skip=False)
+    renames |= resblock_names("middle_block.2", "mid_block.resnets.1", skip=False)
     derived |= _attention(
         state, "middle_block.1", "mid_block.attentions.0", deepest, config.heads(deepest)
     )

@@ -73,15 +73,19 @@ def unet_config(model: GuidedDiffusionConfig) -> dict[str, Any]:
     }
 
 
-def _resblock(source: str, target: str) -> dict[str, str]:
+def resblock_names(source: str, target: str, skip: bool = True) -> dict[str, str]:
+    """Source -> target names of one guided-diffusion ``ResBlock`` as a diffusers
+    ``ResnetBlock2D`` (weights and biases); ``skip`` adds the 1x1 skip convolution, which
+    exists only where the width changes (identity skips have no weights)."""
     names = {
         "in_layers.0": "norm1",
         "in_layers.2": "conv1",
         "emb_layers.1": "time_emb_proj",
         "out_layers.0": "norm2",
         "out_layers.3": "conv2",
-        "skip_connection": "conv_shortcut",
     }
+    if skip:
+        names["skip_connection"] = "conv_shortcut"
     return {
         f"{source}.{a}.{kind}": f"{target}.{b}.{kind}"
         for a, b in names.items()
@@ -143,7 +147,7 @@ def convert_state_dict(
     block = 1
     for level in range(levels):
         for r in range(model.num_res_blocks):
-            renames |= _resblock(f"input_blocks.{block}.0", f"down_blocks.{level}.resnets.{r}")
+            renames |= resblock_names(f"input_blocks.{block}.0", f"down_blocks.{level}.resnets.{r}")
             if _has_attention(model, level):
                 out |= _attention(
                     state, f"input_blocks.{block}.1", f"down_blocks.{level}.attentions.{r}"
@@ -155,13 +159,13 @@ def convert_state_dict(
                     f"down_blocks.{level}.downsamplers.0.conv.{kind}"
                 )
             block += 1
-    renames |= _resblock("middle_block.0", "mid_block.resnets.0")
-    renames |= _resblock("middle_block.2", "mid_block.resnets.1")
+    renames |= resblock_names("middle_block.0", "mid_block.resnets.0")
+    renames |= resblock_names("middle_block.2", "mid_block.resnets.1")
     out |= _attention(state, "middle_block.1", "mid_block.attentions.0")
     block = 0
     for up, level in enumerate(reversed(range(levels))):
         for i in range(model.num_res_blocks + 1):
-            renames |= _resblock(f"output_blocks.{block}.0", f"up_blocks.{up}.resnets.{i}")
+            renames |= resblock_names(f"output_blocks.{block}.0", f"up_blocks.{up}.resnets.{i}")
             position = 1
             if _has_attention(model, level):
                 out |= _attention(
