@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -151,6 +152,21 @@ def heatmap_quality(
         ComputeSettings(device=sweep.device).resolve()
 
 
+def _write_converted(
+    target: Path, overwrite: bool, convert: Callable[[], object], hint: str
+) -> None:
+    """Run ``convert`` (which writes ``target`` atomically) unless ``target`` exists and may not
+    be replaced; a model that does not convert is one error line naming ``hint``."""
+    from daug_core.guided_diffusion_config import GuidedDiffusionError
+
+    if target.exists() and not overwrite:
+        raise typer.BadParameter(f"{target} exists (--overwrite replaces it)", param_hint="OUT")
+    try:
+        convert()
+    except GuidedDiffusionError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
+
+
 @command(PANEL, "convert-generator")
 def convert_generator(
     weights: Annotated[
@@ -174,15 +190,14 @@ def convert_generator(
     """Convert a guided-diffusion generator (the official DAug code's) into a generator
     checkpoint precompute decodes with (class label fixed, variance channels dropped)."""
     from daug_core.checkpoints import GENERATOR_DIR, convert_guided_diffusion
-    from daug_core.guided_diffusion_config import GuidedDiffusionError
 
     target = checkpoints / GENERATOR_DIR
-    if target.exists() and not overwrite:
-        raise typer.BadParameter(f"{target} exists (--overwrite replaces it)", param_hint="OUT")
-    try:
-        convert_guided_diffusion(model, weights, target, ema_weights=ema)
-    except GuidedDiffusionError as exc:
-        raise typer.BadParameter(str(exc), param_hint="WEIGHTS / --ema / model options") from None
+    _write_converted(
+        target,
+        overwrite,
+        lambda: convert_guided_diffusion(model, weights, target, ema_weights=ema),
+        "WEIGHTS / --ema / model options",
+    )
     label = "unconditional" if model.label is None else f"class label {model.label}"
     sigma = ", variance channels dropped" if model.learn_sigma else ""
     console.print(
@@ -211,15 +226,14 @@ def convert_classifier(
     """Convert a guided-diffusion noise-aware classifier (the official DAug code's) into a
     classifier checkpoint precompute guides with."""
     from daug_core.checkpoints import CLASSIFIER_DIR, convert_guided_diffusion_classifier
-    from daug_core.guided_diffusion_config import GuidedDiffusionError
 
     target = checkpoints / CLASSIFIER_DIR
-    if target.exists() and not overwrite:
-        raise typer.BadParameter(f"{target} exists (--overwrite replaces it)", param_hint="OUT")
-    try:
-        convert_guided_diffusion_classifier(model, weights, target)
-    except GuidedDiffusionError as exc:
-        raise typer.BadParameter(str(exc), param_hint="WEIGHTS / model options") from None
+    _write_converted(
+        target,
+        overwrite,
+        lambda: convert_guided_diffusion_classifier(model, weights, target),
+        "WEIGHTS / model options",
+    )
     console.print(
         f"wrote {target}: {model.image_size} px, width {model.model_channels} x "
         f"{model.channel_mult}, {model.pool} pooling, classes {', '.join(model.class_names)}"
