@@ -46,6 +46,7 @@ import torch
 from diffusers.models.unets.unet_2d import UNet2DModel
 from safetensors.torch import load_file, save_file
 
+from daug_core import strict_json
 from daug_core.classifier import NoiseAwareClassifier, classifier_module
 from daug_core.classifier_training import ClassifierState
 from daug_core.config import (
@@ -184,7 +185,7 @@ def _atomic_directory(target: Path) -> Iterator[Path]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(strict_json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import torch
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from daug_core import strict_json
 from daug_core.checkpoints import checkpoint_sha256
 from daug_core.clip_config import (
     ClipTrainSettings,
@@ -332,7 +333,7 @@ def train_contrastive(
             "starts": starts,
             "seconds": round(result.seconds, 2),
         }
-        (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "train.json").write_text(strict_json.dumps(summary, indent=2) + "\n")
     return result
 
 

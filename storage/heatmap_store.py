@@ -35,6 +35,7 @@ import pandas as pd
 import zarr
 
 from daug_core.config import ConfigError, TranslationConfig, dataclass_from_dict
+from daug_core.strict_json import strict
 from storage.errors import StoreFormatError
 from storage.image_store import (
     ImageStore,
@@ -357,7 +358,7 @@ class HeatmapStore:
 
     def record_run(self, entry: dict[str, Any]) -> None:
         """Append one run's summary (code version, counts, timing) to the attrs."""
-        self.group.attrs.update({"runs": [*self.attrs.get("runs", []), entry]})
+        self.group.attrs.update(strict({"runs": [*self.attrs.get("runs", []), entry]}))
 
     # ---- data ---------------------------------------------------------------------------
     def write_heatmaps(self, indices: Indices, heatmaps: np.ndarray) -> None:

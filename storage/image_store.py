@@ -36,6 +36,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
+from daug_core.strict_json import strict
 from storage.errors import StoreFormatError
 from storage.labels import CHEXPERT_LABELS, LABEL_COLUMNS, SUPER_CLASS_COLUMNS
 from storage.location import Location
@@ -331,7 +332,7 @@ class ImageStore:
     def record_ingest(self, entry: dict[str, Any]) -> None:
         """Append one ingest's provenance (release, reader config, counts) to the attrs."""
         ingests = [*self.attrs.get("ingests", []), entry]
-        self.group.attrs.update({"ingests": ingests})
+        self.group.attrs.update(strict({"ingests": ingests}))
 
     # ---- tables -------------------------------------------------------------------------
     def __len__(self) -> int:

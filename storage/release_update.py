@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from daug_core.strict_json import strict
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore, ItemStatus, clear_flags
 from storage.labels import CHEXPERT_LABELS, LABEL_COLUMNS, SUPER_CLASS_COLUMNS
@@ -197,5 +198,5 @@ def record_release(
             "via": "reprocess",
         }
         history.append(entry)
-    store.group.attrs.update({RELEASES_ATTR: history})
+    store.group.attrs.update(strict({RELEASES_ATTR: history}))
     return entry

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from daug_core.strict_json import float_or_nan, strict
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore, ItemStatus
 from storage.location import Location
@@ -169,13 +170,18 @@ def record_evaluation(
         "test_items": metrics.get("test_items"),
         "headline": {k: float(v) for k, v in metrics.get("headline", {}).items()},
     }
-    store.group.attrs.update({LAST_EVALUATION_ATTR: entry})
+    store.group.attrs.update(strict({LAST_EVALUATION_ATTR: entry}))
     return entry
 
 
 def last_evaluation(store: ImageStore) -> dict[str, Any] | None:
+    """The entry :func:`record_evaluation` wrote (an undefined headline metric, stored as
+    ``null``, reads as NaN), or None."""
     entry = store.attrs.get(LAST_EVALUATION_ATTR)
-    return dict(entry) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    headline = {k: float_or_nan(v) for k, v in dict(entry.get("headline", {})).items()}
+    return dict(entry) | {"headline": headline}
 
 
 def metric_deltas(before: dict[str, float] | None, after: dict[str, float]) -> pd.DataFrame:

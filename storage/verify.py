@@ -40,6 +40,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 
+from daug_core.strict_json import strict
 from storage.heatmap_store import HEATMAPS_GROUP, HeatmapStore
 from storage.image_store import ITEM_DTYPES, ITEMS_TABLE, ImageStore, ItemStatus, clear_flags
 from storage.lease import StoreLease
@@ -252,7 +253,9 @@ def verify_store(
             "repair": repair,
             "code_version": code_version(),
         }
-        store.group.attrs.update({"verifications": [*store.attrs.get("verifications", []), entry]})
+        store.group.attrs.update(
+            strict({"verifications": [*store.attrs.get("verifications", []), entry]})
+        )
     for problem in report.table_problems:
         log.warning("%s: %s", store.location, problem)
     if report.corrupted:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from daug_core import strict_json
 from storage.location import Location
 from storage.tables import replace_atomically
 
@@ -35,14 +34,9 @@ def save_figure(figure: Figure, path: Path, dpi: int = 90) -> Path:
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:
-    """``data`` as indented JSON: numpy numbers as numbers, other unknown values as strings."""
-    return write_text(json.dumps(data, indent=2, default=_jsonable) + "\n", path)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
+    """``data`` as indented strict JSON (an undefined number is ``null``, numpy numbers are
+    numbers), other unknown values as strings."""
+    return write_text(strict_json.dumps(data, indent=2, default=str) + "\n", path)
 
 
 def write_text(text: str, path: Path) -> Path:

@@ -1,5 +1,6 @@
 """One conformance suite for the image store, run against every backend."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import zarr
 
 from storage.errors import StoreFormatError
 from storage.image_store import ImageStore, ItemStatus
+from storage.status import last_evaluation, record_evaluation
 
 SIZE = 16
 
@@ -151,6 +153,22 @@ def test_reopen_and_read_with_plain_zarr_and_pandas(tmp_path):
     assert float(group["images"][1].mean()) == 0.25
     table = pd.read_csv(tmp_path / "s" / "items.csv")
     assert table["dicom_id"].tolist() == ["a", "b"] and table["index"].tolist() == [0, 1]
+
+
+def test_attributes_are_strict_json_and_undefined_metrics_read_back_as_nan(tmp_path):
+    store = ImageStore.create(tmp_path / "s", SIZE)
+    store.record_ingest({"release": "r", "seconds": float("inf")})
+    record_evaluation(store, tmp_path / "m.json", {"headline": {"auc": np.nan, "map": 0.5}})
+
+    def refuse(word: str) -> None:
+        raise AssertionError(f"zarr.json holds {word}, which is not JSON")
+
+    attributes = json.loads((tmp_path / "s" / "zarr.json").read_text(), parse_constant=refuse)
+    assert attributes["attributes"]["ingests"][0]["seconds"] is None
+    assert attributes["attributes"]["last_evaluation"]["headline"] == {"auc": None, "map": 0.5}
+    evaluation = last_evaluation(ImageStore.open(tmp_path / "s"))
+    assert evaluation is not None and evaluation["headline"]["map"] == 0.5
+    assert np.isnan(evaluation["headline"]["auc"])
 
 
 def test_open_or_create_refuses_other_size(tmp_path):
