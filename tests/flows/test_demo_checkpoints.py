@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from daug_core.checkpoints import checkpoint_sha256
+from daug_core.checkpoints import (
+    MANIFEST,
+    CheckpointError,
+    checkpoint_sha256,
+    load_unet,
+    verify_checkpoint_files,
+)
 from flows.demo_checkpoints import (
     ASSET_FILE,
     DEMO_CHECKPOINTS,
@@ -32,6 +38,23 @@ def test_shipped_record_matches_the_shipped_weights_and_steps():
         state = json.loads((DEMO_CHECKPOINTS / name / "trainer_state.json").read_text())
         assert state["step"] == steps, name
     assert len(asset["trained_on"]["training_data_sha256"]) == 64
+
+
+def test_a_copy_of_the_shipped_checkpoints_is_verified_file_by_file(tmp_path):
+    """Every shipped file is listed in its SHA256SUMS.json, so a copy used as --checkpoints is
+    checked before use like any checkpoint: a flipped byte in the UNet's safetensors header."""
+    copy = shutil.copytree(DEMO_CHECKPOINTS, tmp_path / "ck")
+    for name in ("generator", "classifier"):
+        listed = json.loads((copy / name / MANIFEST).read_text())["sha256"]
+        files = [p for p in (copy / name).rglob("*") if p.is_file() and p.name != MANIFEST]
+        assert set(listed) == {p.relative_to(copy / name).as_posix() for p in files}, name
+        assert verify_checkpoint_files(copy / name)
+    weights = copy / "generator" / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[20] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"unet/diffusion_pytorch_model.*differs"):
+        load_unet(copy / "generator")
 
 
 def fake_asset(root: Path, store: ImageStore) -> Path:
