@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -107,6 +108,44 @@ def _normalise(table: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
         else:
             out[column] = out[column].astype("float64")
     return out
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def item_table_problems(
+    table: pd.DataFrame, images: int, finished_without_row: int
+) -> tuple[str, ...]:
+    """What is wrong with an item table (read typed or as text) of a store whose ``images``
+    holds ``images`` items: every column present, one row per index in order, statuses known,
+    source hashes whole. Fewer rows than images is harmless when none of the indices without a
+    row is finished (a registration cut short between growing the arrays and writing the
+    table: the next ingest registers them again); ``finished_without_row`` > 0 means the table
+    was cut (a copy stopped midway, ``head -c``), which must not read as a smaller store."""
+    found: list[str] = []
+    missing = [c for c in ITEM_DTYPES if c not in table.columns]
+    if missing:
+        found.append(f"items.csv lacks columns {missing}")
+    rows = len(table)
+    if rows > images or finished_without_row:
+        found.append(
+            f"items.csv has {rows} rows; images holds {images} items"
+            + (f", {finished_without_row} finished without a row" if finished_without_row else "")
+        )
+    if "index" in table.columns:
+        indices = pd.to_numeric(table["index"], errors="coerce")
+        if indices.isna().any() or not np.array_equal(indices.to_numpy(), np.arange(rows)):
+            found.append("items.csv's index column is not 0, 1, 2, ... in order")
+    if "status" in table.columns:
+        unknown = sorted(set(table["status"].astype(str)) - {s.value for s in ItemStatus})
+        if unknown:
+            found.append(f"items.csv has unknown statuses {unknown[:5]}")
+    if "source_sha256" in table.columns:
+        hashes = table["source_sha256"].astype(str)
+        cut = hashes[(hashes != "") & ~hashes.str.fullmatch(SHA256_HEX)]
+        if len(cut):
+            found.append(f"items.csv has {len(cut)} malformed source_sha256 value(s)")
+    return tuple(found)
 
 
 def write_item_runs(array: zarr.Array, indices: Indices, data: np.ndarray) -> None:
@@ -339,13 +378,32 @@ class ImageStore:
         return int(self.images.shape[0])
 
     def items(self) -> pd.DataFrame:
-        """The item table (a copy), one row per index in ``images``."""
+        """The item table (a copy), one row per index in ``images``. A table that does not
+        match the arrays (cut short, unparseable) is a :class:`StoreFormatError` pointing to
+        ``daug verify``: read as it is, it would be a smaller store, and the next ingest would
+        give the missing items other indices."""
         if self._items is None:
-            table = self.tables.read(ITEMS_TABLE, ITEM_DTYPES)
-            self._items = _normalise(
-                table if table is not None else _empty(ITEM_DTYPES), ITEM_DTYPES
-            )
+            try:
+                table = self.tables.read(ITEMS_TABLE, ITEM_DTYPES)
+            except ValueError as exc:  # pandas' parser errors are ValueErrors
+                raise StoreFormatError(
+                    f"{self.location}: items.csv cannot be read ({' '.join(str(exc).split())}); "
+                    f"see daug verify {self.location}"
+                ) from None
+            table = table if table is not None else _empty(ITEM_DTYPES)
+            problems = item_table_problems(table, len(self), self.finished_without_row(len(table)))
+            if problems:
+                raise StoreFormatError(
+                    f"{self.location}: {'; '.join(problems)}: the item table does not match "
+                    f"the arrays; see daug verify {self.location}"
+                )
+            self._items = _normalise(table, ITEM_DTYPES)
         return self._items.copy()
+
+    def finished_without_row(self, rows: int) -> int:
+        """How many items at indices >= ``rows`` are done (an item table of ``rows`` rows
+        lacks their rows); reads only the flags past ``rows``."""
+        return int(np.count_nonzero(self.done[rows:])) if rows < len(self) else 0
 
     def _write_items(self, table: pd.DataFrame) -> None:
         table = _normalise(table, ITEM_DTYPES)

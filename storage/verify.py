@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,8 +40,14 @@ import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 
 from daug_core.strict_json import strict
+from storage.errors import StoreFormatError
 from storage.heatmap_store import HEATMAPS_GROUP, HeatmapStore
-from storage.image_store import ITEM_DTYPES, ITEMS_TABLE, ImageStore, ItemStatus, clear_flags
+from storage.image_store import (
+    ITEMS_TABLE,
+    ImageStore,
+    clear_flags,
+    item_table_problems,
+)
 from storage.lease import StoreLease
 from storage.provenance import code_version
 
@@ -168,41 +173,20 @@ def _repair(store: ImageStore, pairs: list[_ArrayPair], findings: _Findings) -> 
     return cleared
 
 
-SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
 def check_item_table(store: ImageStore) -> tuple[str, ...]:
-    """items.csv against the arrays: parseable, every column present, one row per index of
-    ``images`` in order, statuses known, source hashes whole. A table cut short (a copy
-    stopped midway, ``head -c``) fails here instead of reading as a store with fewer items."""
+    """items.csv against the arrays (:func:`~storage.image_store.item_table_problems`), read
+    as text so that a table the typed reader cannot parse is reported too. A table cut short
+    (a copy stopped midway, ``head -c``) fails here instead of reading as a smaller store."""
     text = store.tables.read_text(ITEMS_TABLE)
     if text is None:
-        return () if len(store) == 0 else (f"items.csv is missing; images holds {len(store)}",)
+        if store.finished_without_row(0):
+            return (f"items.csv is missing; images holds {len(store)}",)
+        return ()
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         return (f"items.csv cannot be parsed: {' '.join(str(exc).split())}",)
-    found: list[str] = []
-    missing = [c for c in ITEM_DTYPES if c not in table.columns]
-    if missing:
-        found.append(f"items.csv lacks columns {missing}")
-    if len(table) != len(store):
-        found.append(f"items.csv has {len(table)} rows; images holds {len(store)} items")
-    if "index" in table.columns:
-        indices = pd.to_numeric(table["index"], errors="coerce")
-        expected = np.arange(len(table))
-        if indices.isna().any() or not np.array_equal(indices.to_numpy(), expected):
-            found.append("items.csv's index column is not 0, 1, 2, ... in order")
-    if "status" in table.columns:
-        unknown = sorted(set(table["status"]) - {s.value for s in ItemStatus})
-        if unknown:
-            found.append(f"items.csv has unknown statuses {unknown[:5]}")
-    if "source_sha256" in table.columns:
-        hashes = table["source_sha256"]
-        cut = hashes[(hashes != "") & ~hashes.str.fullmatch(SHA256_HEX)]
-        if len(cut):
-            found.append(f"items.csv has {len(cut)} malformed source_sha256 value(s)")
-    return tuple(found)
+    return item_table_problems(table, len(store), store.finished_without_row(len(table)))
 
 
 def verify_store(
@@ -272,8 +256,11 @@ def verify_store(
 
 
 def _problem_table(store: ImageStore, findings: _Findings) -> pd.DataFrame:
-    items = store.items()
-    ids = dict(zip(items["index"].tolist(), items["dicom_id"].tolist(), strict=True))
+    try:
+        items = store.items()
+        ids = dict(zip(items["index"].tolist(), items["dicom_id"].tolist(), strict=True))
+    except StoreFormatError:  # a damaged item table (reported as such): no ids to name
+        ids = {}
     table = pd.DataFrame(
         {
             "index": pd.Series([r[0] for r in findings.rows], dtype="int64"),

@@ -11,6 +11,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ShardingCodec
 
+from storage.errors import StoreFormatError
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import STORE_FORMAT, STORE_FORMAT_VERSION, ImageStore
 from storage.lease import StoreLease, StoreLockedError
@@ -225,6 +226,26 @@ def test_a_truncated_item_table_is_found_and_left_alone(store):
     assert any(f"images holds {N} items" in p for p in report.table_problems), report
     assert items.read_text() == cut  # not "repaired" into something else
     assert ImageStore.open(store.location).attrs["verifications"][-1]["table_problems"]
+    # Every reader and writer (status, ingest, training) refuses it instead of seeing a smaller
+    # store, and an ingest cannot register the missing items again under other indices.
+    reopened = ImageStore.open(store.location)
+    with pytest.raises(StoreFormatError, match=r"finished without a row.*daug verify"):
+        reopened.items()
+    with pytest.raises(StoreFormatError, match="does not match the arrays"):
+        reopened.register(pd.DataFrame({"dicom_id": ["new"]}))
+    assert items.read_text() == cut
+
+
+def test_a_registration_cut_short_is_not_a_table_problem(store):
+    """Arrays grown for items whose rows were never written (a crash inside register): none of
+    them is finished, so the table is whole and the next registration carries on."""
+    store.images.resize((N + 3, SIZE, SIZE))
+    store.done.resize((N + 3,))
+    again = ImageStore.open(store.location)
+    assert verify_store(again).table_problems == ()
+    assert len(again.items()) == N
+    registered = again.register(pd.DataFrame({"dicom_id": ["new-a", "new-b"]}))
+    assert registered["index"].tolist() == [N, N + 1] and len(again) == N + 2
 
 
 def test_a_cut_source_hash_is_a_table_problem(store):
