@@ -11,6 +11,8 @@ Used on the synthetic release, whose ground truth has a pixel mask per finding:
 - mass inside: the share of the heat that falls inside the mask;
 - off-target shares: of all heat, the part on *other* findings' lesions and the part on
   healthy tissue (outside every lesion);
+- specificity: of the heat on lesions, the share on the target's (for an image with lesions
+  of the target and of another finding: does the heatmap mark *this* class's lesion?);
 - energy: the mean heat, the false-positive energy of a healthy image.
 """
 
@@ -85,6 +87,15 @@ class HeatShares:
     on_target: float  # inside the target lesion
     off_target: float  # inside another finding's lesion, not the target's
     healthy: float  # outside every lesion
+
+    @property
+    def specificity(self) -> float:
+        """Of the heat on lesions, the share on the target's: 1 when only the target's lesion
+        is marked, 0 when only the others' are. The class specificity of a heatmap of an image
+        that also has *another* finding's lesion (without one it is 1 by construction); NaN
+        when no heat falls on any lesion."""
+        on_lesions = self.on_target + self.off_target
+        return self.on_target / on_lesions if on_lesions > 0 else float("nan")
 
 
 def heat_shares(heat: np.ndarray, target: np.ndarray, others: np.ndarray) -> HeatShares:

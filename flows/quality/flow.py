@@ -10,7 +10,9 @@ Three parts, each optional (:mod:`flows.quality.scoring` holds the scoring):
    sigmoid, into versions ``quality-softmax-<hex>`` / ``quality-sigmoid-<hex>`` named by their
    settings (a rerun skips done items; other settings get other versions), both scored on
    the items both have, side by side per target: the DAug paper's Figure 2 claim in numbers
-   (softmax guidance puts less heat on other classes' lesions);
+   (softmax guidance puts less heat on other classes' lesions); and both against the
+   unguided baseline (scale 0: reconstruction error only, same inversion), paired per image
+   with bootstrap intervals, so what the guidance itself adds is a number;
 3. **sweep** (needs ``checkpoints``): in this process, on the first ``sweep.items`` lesion
    images, ``+No Finding`` heatmaps for each point of scale x level x steps, timed and scored:
    localisation against seconds per image.
@@ -20,6 +22,9 @@ Writes into ``STORE/_runs/heatmap-quality-<time>/`` (or ``out``), every file ato
     scores-<source>.csv    per item and target (kind lesion / healthy / other / failed)
     summary-<source>.csv   per target
     modes.csv              softmax vs sigmoid per target, with difference columns
+    paired.csv             per target and metric (pointing game, pixel AUROC, specificity,
+                           off-target share): softmax - unguided, sigmoid - unguided and
+                           softmax - sigmoid on the same images, 95 % bootstrap interval, p
     sweep.csv, sweep.png   the sweep's rows; pointing game and AUROC vs seconds per image
     cases-<target>.png     image, heatmap(s), ground-truth mask for a few cases per target
     summary.json           the flow's return value
@@ -28,10 +33,12 @@ Writes into ``STORE/_runs/heatmap-quality-<time>/`` (or ``out``), every file ato
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,12 +54,17 @@ from daug_core.heatmap_settings import HeatmapSettings
 from flows.pool import PoolSettings
 from flows.precompute import heatmap_provenance
 from flows.precompute import precompute_flow as precompute_subflow
-from flows.quality.scoring import compare_summaries, score_heatmap_version, summarise_scores
+from flows.quality.scoring import (
+    compare_summaries,
+    paired_comparison,
+    score_heatmap_version,
+    summarise_scores,
+)
 from flows.quality.scoring import scorable_indices as scorable
 from flows.quality.settings import SweepSettings
 from flows.quality.sweep import run_sweep, select_sweep_items, sweep_grid
 from flows.reports import quality as report
-from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.artifacts import ProgressReporter, artifact_key, table_artifact
 from flows.reports.files import RunFolder, write_json
 from flows.reports.quality import MODES, ScoredSource
 from storage.geometry import FitMode
@@ -64,6 +76,9 @@ from storage.synthetic.ground_truth import GroundTruthMasks
 from storage.tables import DirectoryTables
 
 log = logging.getLogger(__name__)
+
+UNGUIDED = "unguided"
+"""The baseline heatmaps' name: scale 0, the guided ones' inversion and decoding."""
 
 
 def _run_name() -> str:
@@ -82,14 +97,15 @@ def compared_settings(settings: HeatmapSettings) -> HeatmapSettings:
 
 
 def mode_versions(settings: HeatmapSettings, checkpoints: Path) -> dict[str, str]:
-    """Heatmap version per guidance mode: ``quality-<mode>-<8 hex>``, the hex from everything
-    else that determines the heatmaps (targets, translation numbers, checkpoint sha256s), so a
-    rerun with the same settings reuses its versions and other settings get their own."""
+    """Heatmap version per guidance mode and for the unguided baseline (scale 0):
+    ``quality-<mode>-<8 hex>``, the hex from everything else that determines the heatmaps
+    (targets, translation numbers, checkpoint sha256s), so a rerun with the same settings
+    reuses its versions and other settings get their own."""
     provenance = heatmap_provenance(settings, checkpoints)
     shared = provenance.as_dict()
     shared["translation"].pop("mode")
     digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
-    return {mode: f"quality-{mode}-{digest}" for mode in MODES}
+    return {mode: f"quality-{mode}-{digest}" for mode in (*MODES, UNGUIDED)}
 
 
 class QualityRun:
@@ -136,43 +152,66 @@ class QualityRun:
         return ScoredSource(name, heat.version, heat, scores, summary)
 
 
+@dataclass(frozen=True)
+class ModeComparison:
+    """Softmax and sigmoid heatmaps scored on the same items, their summaries side by side,
+    and the paired per-image comparisons with intervals (each mode against the unguided
+    baseline, softmax against sigmoid)."""
+
+    modes: dict[str, ScoredSource]
+    table: pd.DataFrame
+    paired: pd.DataFrame
+
+
 def compare_modes(
     run: QualityRun,
     settings: HeatmapSettings,
     checkpoints: str,
     pool: PoolSettings,
     progress: ProgressReporter,
-) -> tuple[dict[str, ScoredSource], pd.DataFrame]:
-    """Softmax and sigmoid heatmaps (precompute subflows), scored on the items both have."""
+) -> ModeComparison:
+    """Softmax, sigmoid and unguided (scale 0: the same inversion and decoding, reconstruction
+    error only) heatmaps (precompute subflows), scored on the items all three have. The
+    unguided baseline says what the guidance itself adds: a heatmap that only marks what the
+    generator fails to reconstruct is an anomaly map, not a class's."""
     versions = mode_versions(settings, Path(checkpoints))
-    for mode in MODES:
+    runs: dict[str, HeatmapSettings] = {
+        mode: dataclasses.replace(settings, mode=mode) for mode in MODES
+    }
+    runs[UNGUIDED] = dataclasses.replace(settings, scale=0.0)
+    for name, chosen in runs.items():
         result = precompute_subflow(
             store=run.store,
             checkpoints=checkpoints,
-            heatmaps=dataclasses.replace(settings, mode=mode),
+            heatmaps=chosen,
             pool=pool,
             splits=run.splits,
-            heatmap_version=versions[mode],
+            heatmap_version=versions[name],
             examples=0,
         )
         log.info(
             "%s heatmaps: %d computed, %d already done",
-            mode,
+            name,
             result["done"],
             result["already_done"],
         )
         progress.advance(1)
     run.reopen()
-    stores = {mode: HeatmapStore(run.image_store, versions[mode]) for mode in MODES}
+    stores = {name: HeatmapStore(run.image_store, versions[name]) for name in runs}
     done = [scorable(run.image_store, s, run.splits) for s in stores.values()]
-    both = np.intersect1d(done[0], done[1])
-    modes: dict[str, ScoredSource] = {
-        mode: run.score(mode, heat, both) for mode, heat in stores.items()
-    }
+    common = functools.reduce(np.intersect1d, done)
+    scored = {name: run.score(name, heat, common) for name, heat in stores.items()}
+    modes: dict[str, ScoredSource] = {mode: scored[mode] for mode in MODES}
     table = compare_summaries(modes["softmax"].summary, modes["sigmoid"].summary, MODES)
     run.tables.write("modes", table)
+    pairs = [(str(mode), UNGUIDED) for mode in MODES] + [(MODES[0], MODES[1])]
+    paired: pd.DataFrame = pd.concat(
+        [paired_comparison(scored[a].scores, scored[b].scores, (a, b)) for a, b in pairs],
+        ignore_index=True,
+    )
+    run.tables.write("paired", paired)
     progress.advance(1)
-    return modes, table
+    return ModeComparison(modes, table, paired)
 
 
 @flow(name="heatmap-quality", flow_run_name=_run_name)
@@ -237,7 +276,7 @@ def heatmap_quality_flow(
         )  # a missing heatmap_version fails before any work
     points = sweep_grid(config.translation, sweep)
     key = artifact_key("heatmap-quality", Location.of(store).name)
-    units = (heatmap_version is not None) + 3 * do_modes + len(points) * do_sweep
+    units = (heatmap_version is not None) + (len(MODES) + 2) * do_modes + len(points) * do_sweep
     progress = ProgressReporter(f"{key}-progress", units, "heatmap-quality steps")
     logger.info(
         "heatmap quality of %s on %s (fit %s): version %s, modes %s, sweep %s (%d points)",
@@ -262,10 +301,12 @@ def heatmap_quality_flow(
 
     modes: dict[str, ScoredSource] = {}
     modes_table: pd.DataFrame | None = None
+    paired: pd.DataFrame | None = None
     compared = compared_settings(heatmaps)
     if do_modes:
         assert checkpoints is not None
-        modes, modes_table = compare_modes(run, compared, checkpoints, pool, progress)
+        comparison = compare_modes(run, compared, checkpoints, pool, progress)
+        modes, modes_table, paired = comparison.modes, comparison.table, comparison.paired
 
     sweep_table: pd.DataFrame | None = None
     sweep_plot: Path | None = None
@@ -285,6 +326,7 @@ def heatmap_quality_flow(
 
     result = _summary(run, config, scored, modes, modes_table, sweep_table, started)
     result["compare_targets"] = list(compared.targets) if do_modes else []
+    result["paired"] = [] if paired is None else paired.to_dict("records")
     grids = report.case_grids(
         run.image_store,
         scored,
@@ -308,6 +350,14 @@ def heatmap_quality_flow(
     report.publish(
         key, store, result, scored, modes_table, sweep_table, sweep_plot, grids, failures
     )
+    if paired is not None:
+        table_artifact(
+            f"{key}-paired",
+            paired,
+            "Per target and metric, on the same lesion images: softmax and sigmoid heatmaps "
+            "against the unguided ones (scale 0) and against each other; difference with its "
+            "95 % bootstrap interval and paired p-value.",
+        )
     folder.sync()
     logger.info("heatmap quality finished in %.1f s: %s", result["seconds"], folder.url)
     return result

@@ -28,6 +28,7 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
+from daug_core.bootstrap import paired_difference
 from daug_core.config import DEFAULT_CLASS_NAMES
 from daug_core.localization import (
     LocalizationInputError,
@@ -110,6 +111,8 @@ class ItemScore:
     on_target_share: float = float("nan")
     off_target_share: float = float("nan")
     healthy_share: float = float("nan")
+    specificity: float = float("nan")  # heat on the target's lesion / on any lesion; only
+    # for images with another finding's lesion too
     energy: float = float("nan")
     lesion_pixels: int = 0  # pixels of the target's mask
     reason: str = ""  # why a failed row failed
@@ -167,6 +170,7 @@ def score_item(
                     on_target_share=shares.on_target,
                     off_target_share=shares.off_target,
                     healthy_share=shares.healthy,
+                    specificity=shares.specificity if (others & ~mask).any() else float("nan"),
                     energy=energy(heat),
                     lesion_pixels=int(mask.sum()),
                 )
@@ -208,6 +212,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "on_target_share",
     "off_target_share",
     "healthy_share",
+    "specificity",
+    "n_specificity",
     "n_other",
     "other_off_target_share",
     "n_healthy",
@@ -224,7 +230,8 @@ def _mean(values: pd.Series) -> float:
 def summarise_scores(scores: pd.DataFrame, targets: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per target (in ``targets`` order, default first appearance): lesion images,
     pointing game (mean hit), pixel AUROC (mean over images where it is defined), mass inside,
-    the heat shares of lesion images, the off-target share of images with only other
+    the heat shares of lesion images, their class specificity (mean over the lesion images
+    that also have another finding's lesion), the off-target share of images with only other
     lesions, healthy images and their energy, failed items."""
     order = list(targets) if targets is not None else list(dict.fromkeys(scores["target"]))
     rows = []
@@ -244,6 +251,8 @@ def summarise_scores(scores: pd.DataFrame, targets: Sequence[str] | None = None)
                 "on_target_share": _mean(lesion["on_target_share"]),
                 "off_target_share": _mean(lesion["off_target_share"]),
                 "healthy_share": _mean(lesion["healthy_share"]),
+                "specificity": _mean(lesion["specificity"]),
+                "n_specificity": int(lesion["specificity"].notna().sum()),
                 "n_other": len(other),
                 "other_off_target_share": _mean(other["off_target_share"]),
                 "n_healthy": len(healthy),
@@ -272,6 +281,7 @@ COMPARED_METRICS: tuple[str, ...] = (
     "pixel_auroc",
     "mass_inside",
     "off_target_share",
+    "specificity",
     "healthy_share",
     "other_off_target_share",
     "healthy_energy",
@@ -351,3 +361,73 @@ def failures_of(scores: pd.DataFrame) -> pd.DataFrame:
     failed = scores[scores["kind"] == ItemKind.FAILED.value]
     columns = [c for c in ("index", "dicom_id", "reason") if c in failed.columns]
     return failed[columns].drop_duplicates().reset_index(drop=True)
+
+
+# Per-item columns compared pairwise (same images, two heatmap sources), by their summary name.
+PAIRED_METRICS: dict[str, str] = {
+    "pointing_game": "hit",
+    "pixel_auroc": "pixel_auroc",
+    "specificity": "specificity",
+    "off_target_share": "off_target_share",
+}
+PAIRED_COLUMNS: tuple[str, ...] = (
+    "target",
+    "first",
+    "second",
+    "metric",
+    "n",
+    "first_mean",
+    "second_mean",
+    "difference",
+    "low",
+    "high",
+    "p_value",
+)
+
+
+def paired_comparison(
+    first: pd.DataFrame,
+    second: pd.DataFrame,
+    names: tuple[str, str],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Two heatmap sources scored on the same lesion images (``scores_table`` frames): per
+    target and metric of :data:`PAIRED_METRICS`, the mean of each over the images where both
+    define it, ``first - second`` with its 95 % BCa bootstrap interval over those images and
+    the paired bootstrap p-value (:func:`daug_core.bootstrap.paired_difference`)."""
+    if names[0] == names[1]:
+        raise ScoringInputError(f"the two sources need different names, got {names}")
+    lesion = ItemKind.LESION.value
+    merged = first[first["kind"] == lesion].merge(
+        second[second["kind"] == lesion], on=["dicom_id", "target"], suffixes=("_a", "_b")
+    )
+    rows: list[dict[str, object]] = []
+    for target in dict.fromkeys([*first["target"], *second["target"]]):  # n = 0 rows too
+        mine = merged[merged["target"] == target]
+        for metric, column in PAIRED_METRICS.items():
+            a = mine[f"{column}_a"].to_numpy(dtype=np.float64)
+            b = mine[f"{column}_b"].to_numpy(dtype=np.float64)
+            keep = np.isfinite(a) & np.isfinite(b)
+            a, b = a[keep], b[keep]
+            row: dict[str, object] = {
+                "target": target,
+                "first": names[0],
+                "second": names[1],
+                "metric": metric,
+                "n": int(keep.sum()),
+                "first_mean": float(a.mean()) if len(a) else float("nan"),
+                "second_mean": float(b.mean()) if len(b) else float("nan"),
+            }
+            if len(a) >= 2:
+                result = paired_difference(np.mean, (a,), (b,), resamples=resamples, seed=seed)
+                interval = result.difference
+                row |= {
+                    "difference": interval.estimate,
+                    "low": interval.low,
+                    "high": interval.high,
+                    "p_value": result.p_value,
+                }
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))

@@ -20,7 +20,7 @@ from daug_core.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
 from flows.pool import PoolSettings
 from flows.quality.flow import compared_settings, heatmap_quality_flow
-from flows.quality.scoring import target_mask
+from flows.quality.scoring import PAIRED_COLUMNS, PAIRED_METRICS, target_mask
 from flows.quality.settings import SweepSettings
 from flows.quality.sweep import sweep_grid
 from storage.heatmap_store import HeatmapStore
@@ -132,6 +132,41 @@ def test_modes_are_computed_scored_and_compared(setup, first_run):
                 assert modes.loc[target, f"{metric}_diff"] == pytest.approx(a - b)
     assert "Softmax vs sigmoid" in first_run["markdown"]
     assert "off_target_share_diff" in first_run["markdown"]
+
+
+def test_each_mode_is_paired_with_the_unguided_baseline_and_with_the_other(setup, first_run):
+    run_dir = Path(first_run["run_dir"])
+    images = ImageStore.open(setup["store"], read_only=True)
+    unguided_version = first_run["modes"]["softmax"]["version"].replace("softmax", "unguided")
+    unguided = HeatmapStore(images, unguided_version)
+    assert unguided.provenance.translation.scale == 0.0
+    assert unguided.done_mask().sum() == len(_expected_items(setup))
+    paired = pd.read_csv(run_dir / "paired.csv")
+    assert list(paired) == list(PAIRED_COLUMNS)
+    pairs = {("softmax", "unguided"), ("sigmoid", "unguided"), ("softmax", "sigmoid")}
+    assert set(zip(paired["first"], paired["second"], strict=True)) == pairs
+    assert len(paired) == len(pairs) * len(TARGETS) * len(PAIRED_METRICS)
+    returned = pd.DataFrame(first_run["paired"], columns=list(PAIRED_COLUMNS))
+    pd.testing.assert_frame_equal(paired, returned, check_dtype=False)
+    scores = {m: pd.read_csv(run_dir / f"scores-{m}.csv") for m in ("softmax", "unguided")}
+    row = paired[
+        (paired["first"] == "softmax")
+        & (paired["second"] == "unguided")
+        & (paired["target"] == "+No Finding")
+        & (paired["metric"] == "pointing_game")
+    ].iloc[0]
+    for name, column in (("softmax", "first_mean"), ("unguided", "second_mean")):
+        mine = scores[name][(scores[name]["target"] == "+No Finding")]
+        assert row[column] == pytest.approx(mine.loc[mine["kind"] == "lesion", "hit"].mean())
+    assert row["n"] == _expected_items(setup)["any"].sum()
+    defined = paired.dropna(subset=["difference"])
+    assert len(defined) and (defined["n"] >= 2).all()
+    np.testing.assert_allclose(
+        defined["difference"], defined["first_mean"] - defined["second_mean"], atol=1e-12
+    )
+    assert (defined["low"] <= defined["difference"] + 1e-12).all()
+    assert (defined["difference"] <= defined["high"] + 1e-12).all()
+    assert defined["p_value"].between(0, 1).all()
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from flows.quality.scoring import (
     compare_summaries,
     failures_of,
     other_lesions_mask,
+    paired_comparison,
     scorable_indices,
     score_heatmap_version,
     score_item,
@@ -109,9 +110,29 @@ def test_shares_add_up_and_have_the_known_values():
     assert score.mass_inside == pytest.approx(16 / 36)
     assert score.energy == pytest.approx(36 / 256)
     assert score.lesion_pixels == 16
+    assert score.specificity == pytest.approx(0.5)  # as much heat on the heart as on it
     no_finding = one("+No Finding", heat)
     assert no_finding.on_target_share == pytest.approx(32 / 36)
     assert no_finding.off_target_share == 0.0
+    assert math.isnan(no_finding.specificity)  # every lesion is its target: no other one
+
+
+def test_specificity_is_the_targets_share_of_the_heat_on_lesions():
+    """An image with a pleural lesion and an enlarged heart: heat on both, on one, on none."""
+    heat = np.zeros((S, S))
+    heat[2:6, 2:6] = 0.75  # 12 on the pleural lesion
+    heat[10:14, 10:14] = 0.25  # 4 on the heart
+    heat[0, :] = 1.0  # 16 on healthy tissue: not part of specificity
+    assert one("-Pleural", heat).specificity == pytest.approx(12 / 16)
+    assert one("-Cardiomediastinal", heat).specificity == pytest.approx(4 / 16)
+    only_pleural = np.where(target_mask(PLEURAL_AND_HEART, "Pleural"), 1.0, 0.0)
+    assert one("-Pleural", only_pleural).specificity == 1.0
+    assert one("-Cardiomediastinal", only_pleural).specificity == 0.0
+    healthy_heat = np.zeros((S, S))
+    healthy_heat[0, 0] = 1.0
+    assert math.isnan(one("-Pleural", healthy_heat).specificity)  # no heat on any lesion
+    pleural_only = masks_with(Pleural_Effusion=(2, 6, 2, 6))
+    assert math.isnan(one("-Pleural", heat, pleural_only).specificity)  # no other lesion
 
 
 def test_pixel_auroc_is_one_for_the_mask_itself_and_zero_for_its_inverse():
@@ -164,9 +185,40 @@ def test_summary_per_target():
     assert summary["pixel_auroc"] == pytest.approx(aurocs.mean())
     assert summary["n_healthy"] == 2 and summary["healthy_energy"] == pytest.approx(0.5)
     assert summary["n_failed"] == 0
+    # a and b have the heart's lesion too: 0.1 everywhere and a 1.0 peak on the pleural lesion
+    # (a: 2.5 of its 4.1 on lesions) or on the heart (b: 1.6 of 4.1); c's masks are all one.
+    assert summary["n_specificity"] == 2 and summary["specificity"] == pytest.approx(0.5)
     empty = summarise_scores(table, ["-Pleural", "+No Finding"]).set_index("target")
     assert empty.loc["+No Finding", "n_lesion"] == 0
     assert math.isnan(empty.loc["+No Finding", "pointing_game"])
+
+
+def test_paired_comparison_pairs_the_same_images_and_brackets_the_difference():
+    rng = np.random.default_rng(0)
+    pleural_heat = np.zeros((S, S))
+    pleural_heat[2:6, 2:6] = 1.0
+    heart_heat = np.zeros((S, S))
+    heart_heat[10:14, 10:14] = 1.0
+    # 30 images: the guided heatmaps mark the pleural lesion on 27, the unguided ones on 10.
+    guided, unguided = [], []
+    for i in range(30):
+        noise = rng.uniform(0, 0.01, (S, S))
+        marked = noise + (pleural_heat if i % 10 else heart_heat)
+        guided += score_item(f"i{i}", marked[None], ["-Pleural"], PLEURAL_AND_HEART)
+        marked = noise + (pleural_heat if i < 10 else heart_heat)
+        unguided += score_item(f"i{i}", marked[None], ["-Pleural"], PLEURAL_AND_HEART)
+    table = paired_comparison(
+        scores_table(guided), scores_table(unguided).iloc[::-1], ("guided", "unguided"), seed=0
+    ).set_index("metric")
+    hits = table.loc["pointing_game"]
+    assert hits["n"] == 30 and hits["first_mean"] == pytest.approx(0.9)
+    assert hits["second_mean"] == pytest.approx(10 / 30)
+    assert hits["difference"] == pytest.approx(0.9 - 10 / 30)
+    assert 0.3 < hits["low"] < hits["difference"] < hits["high"] < 0.85
+    assert hits["p_value"] < 0.01
+    assert table.loc["specificity", "difference"] > 0.4
+    with pytest.raises(ScoringInputError, match="different names"):
+        paired_comparison(scores_table(guided), scores_table(guided), ("a", "a"))
 
 
 def test_compare_summaries_side_by_side_with_differences():
@@ -176,7 +228,7 @@ def test_compare_summaries_side_by_side_with_differences():
     )
     second = first.assign(pointing_game=[0.5, 0.5], off_target_share=[0.3, 0.2])
     for frame in (first, second):
-        for metric in ("pixel_auroc", "mass_inside", "healthy_share"):
+        for metric in ("pixel_auroc", "mass_inside", "healthy_share", "specificity"):
             frame[metric] = 0.5
         frame["other_off_target_share"] = np.nan
         frame["healthy_energy"] = 0.01
