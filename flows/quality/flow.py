@@ -51,6 +51,7 @@ from prefect.runtime import flow_run
 from daug_core.compute import ComputeSettings
 from daug_core.config import DiffusionConfig
 from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.strict_json import strict
 from flows.pool import PoolSettings
 from flows.precompute import heatmap_provenance
 from flows.precompute import precompute_flow as precompute_subflow
@@ -326,7 +327,7 @@ def heatmap_quality_flow(
 
     result = _summary(run, config, scored, modes, modes_table, sweep_table, started)
     result["compare_targets"] = list(compared.targets) if do_modes else []
-    result["paired"] = [] if paired is None else paired.to_dict("records")
+    result["paired"] = [] if paired is None else strict(paired.to_dict("records"))
     grids = report.case_grids(
         run.image_store,
         scored,
@@ -383,12 +384,7 @@ def _summary(
         "translation": dataclasses.asdict(config.translation),
         "scored": None if scored is None else _source_dict(scored),
         "modes": {mode: _source_dict(source) for mode, source in modes.items()} or None,
-        "sweep": []
-        if sweep_table is None
-        else [
-            {k: report.json_number(v) for k, v in row.items()}
-            for row in sweep_table.to_dict("records")
-        ],
+        "sweep": [] if sweep_table is None else strict(sweep_table.to_dict("records")),
         "seconds": round(time.perf_counter() - started, 2),
         "run_dir": str(run.run_dir.resolve()),
         "markdown": report.headline_markdown(

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from daug_core.config import DEFAULT_CLASS_NAMES, GuidanceMode
+from daug_core.strict_json import strict
 from daug_core.targets import Target
 from flows.quality.scoring import HEADLINE_METRICS, ItemKind, failures_of, target_mask
 from flows.quality.sweep import SWEEP_TARGET
@@ -164,18 +165,10 @@ def markdown_table(table: pd.DataFrame, columns: Sequence[str] | None = None) ->
     return "\n".join(lines)
 
 
-def json_number(value: Any) -> Any:
-    if isinstance(value, float | np.floating):
-        return None if math.isnan(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def per_target(summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """The headline numbers of a summary table, keyed by target (NaN -> None)."""
     return {
-        str(row["target"]): {m: json_number(row[m]) for m in HEADLINE_METRICS}
+        str(row["target"]): {m: strict(row[m]) for m in HEADLINE_METRICS}
         for _, row in summary.iterrows()
     }
 
