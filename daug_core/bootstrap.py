@@ -118,11 +118,34 @@ def paired_difference(
     parts = len(a)
     if len(b) != parts:
         raise ValueError(f"a has {parts} arrays, b {len(b)}: the statistic takes the same inputs")
+    return difference_of_statistics(
+        lambda *arrays: statistic(*arrays[:parts]),
+        lambda *arrays: statistic(*arrays[parts:]),
+        *a,
+        *b,
+        resamples=resamples,
+        level=level,
+        seed=seed,
+    )
+
+
+def difference_of_statistics(
+    statistic_a: Statistic,
+    statistic_b: Statistic,
+    *samples: np.ndarray,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int,
+) -> PairedDifference:
+    """``statistic_a(*samples) - statistic_b(*samples)`` with its interval and two-sided paired
+    bootstrap p-value, both statistics seeing the same resampled items: the general form of
+    :func:`paired_difference` (e.g. ``samples`` = item indices into a variant's and the
+    baseline's outputs)."""
 
     def difference(*arrays: np.ndarray) -> float:
-        return float(statistic(*arrays[:parts])) - float(statistic(*arrays[parts:]))
+        return float(statistic_a(*arrays)) - float(statistic_b(*arrays))
 
-    estimate, low, high, distribution = _distribution(difference, (*a, *b), resamples, level, seed)
+    estimate, low, high, distribution = _distribution(difference, samples, resamples, level, seed)
     finite = distribution[np.isfinite(distribution)]
     if len(finite) == 0:
         p_value = math.nan

@@ -20,7 +20,7 @@ thousands of images needs memory for ``query_chunk x database`` similarities onl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -121,6 +121,40 @@ class ClassRetrievalAtK:
     map_official: float
     map_present: float
     wmap: float
+    # AP_c(q) per (query, class), NaN where the query does not have the class: what a
+    # bootstrap over queries resamples (:func:`class_means` gives the means back).
+    query_ap: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.empty(0))
+
+
+@dataclass(frozen=True)
+class ClassMeans:
+    """AP per class (NaN without a query) and the three means of :class:`ClassRetrievalAtK`."""
+
+    ap: np.ndarray
+    map_official: float
+    map_present: float
+    wmap: float
+
+
+def class_means(query_ap: np.ndarray) -> ClassMeans:
+    """AP_c, mAP (official: classes without a query count 0; present: left out) and wmAP from
+    per-(query, class) APs, NaN where a query does not have the class. AP_c is the mean over
+    the queries having c, so wmAP (weights n_c) is the mean of every defined entry."""
+    ap_q = np.asarray(query_ap, dtype=np.float64)
+    if ap_q.ndim != 2:
+        raise ValueError(f"query_ap must be (queries, classes), got shape {ap_q.shape}")
+    has = ~np.isnan(ap_q)
+    n_c = has.sum(axis=0)
+    sums = np.where(has, ap_q, 0.0).sum(axis=0)
+    ap = np.full(ap_q.shape[1], np.nan)
+    np.divide(sums, n_c, out=ap, where=n_c > 0)
+    present = n_c > 0
+    return ClassMeans(
+        ap=ap,
+        map_official=float(np.nan_to_num(ap, nan=0.0).mean()),
+        map_present=float(ap[present].mean()) if present.any() else float("nan"),
+        wmap=float(sums.sum() / n_c.sum()) if present.any() else float("nan"),
+    )
 
 
 @dataclass(frozen=True)
@@ -179,7 +213,7 @@ def class_retrieval(
     ks = _check_ks(ks, d.shape[0])
     top = top_k_indices(q, d, max(ks), query_chunk)  # (Q, kmax)
     relevant = yd[top] & yq[:, None, :]  # (Q, kmax, C): d_r has c, for queries having c
-    n_c = yq.sum(dim=0).double()  # (C,)
+    n_c = yq.sum(dim=0)
     results = []
     for k in ks:
         rel = relevant[:, :k, :].double()
@@ -188,18 +222,16 @@ def class_retrieval(
         precision_sum = (rel * hits_so_far / ranks).sum(dim=1)  # sum_j j / r_j, (Q, C)
         hits = rel.sum(dim=1)
         ap_q = torch.where(hits > 0, precision_sum / hits.clamp(min=1), 0.0)  # (Q, C)
-        present = n_c > 0
-        ap = torch.where(present, ap_q.sum(dim=0) / n_c.clamp(min=1), torch.nan)
-        any_present = bool(present.any())
+        query_ap = torch.where(yq, ap_q, torch.nan).cpu().numpy()
+        means = class_means(query_ap)
         results.append(
             ClassRetrievalAtK(
                 k=k,
-                ap=tuple(float(a) for a in ap),
-                map_official=float(torch.nan_to_num(ap, nan=0.0).mean()),
-                map_present=float(ap[present].mean()) if any_present else float("nan"),
-                wmap=float((ap[present] * n_c[present]).sum() / n_c.sum())
-                if any_present
-                else float("nan"),
+                ap=tuple(float(a) for a in means.ap),
+                map_official=means.map_official,
+                map_present=means.map_present,
+                wmap=means.wmap,
+                query_ap=query_ap,
             )
         )
     return ClassRetrieval(

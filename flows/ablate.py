@@ -42,7 +42,7 @@ from flows.ablation_grids import (
     grid_variants,
     variant_settings,
 )
-from flows.evaluate import evaluate_checkpoint
+from flows.evaluate import TEST_OUTPUTS, evaluate_checkpoint
 from flows.reports import ablation as report
 from flows.reports.ablation import HEADLINE
 from flows.reports.artifacts import ProgressReporter, artifact_key
@@ -73,13 +73,16 @@ def ablation_run(
     heatmap_version: str,
     compute: ComputeSettings,
 ) -> dict[str, Any]:
-    """Train (or resume) and evaluate one (variant, seed); skips both when already done."""
+    """Train (or resume) and evaluate one (variant, seed); skips both when already done
+    (evaluates again when only the per-image test outputs are missing: a run finished before
+    they were kept)."""
     run_dir = out / variant.name / f"seed-{seed}"
     metrics_path = run_dir / "metrics.json"
     config = variant_settings(training, variant, seed).config()
-    if not metrics_path.is_file():
+    if not (metrics_path.is_file() and (run_dir / TEST_OUTPUTS).is_file()):
         amp = compute.resolve()
-        train_contrastive(store, run_dir, config, heatmap_version, compute=amp)
+        if not metrics_path.is_file():
+            train_contrastive(store, run_dir, config, heatmap_version, compute=amp)
         evaluate_checkpoint(
             run_dir / BEST, store, run_dir, heatmap_version, plots=False, compute=amp
         )
@@ -104,6 +107,7 @@ def ablate_flow(
     seeds: list[int] | None = None,
     variants: list[str] | None = None,
     grid: AblationGrid = "ours",
+    heatmap_modes: list[str] | None = None,
     training: ClipTrainSettings = ClipTrainSettings(),
     heatmap_version: str = "v1",
     torch_threads: int = 1,
@@ -119,6 +123,8 @@ def ablate_flow(
             daug+hybrid for ``ours``.
         grid: ``ours``, or the official code's ``classification`` or ``retrieval`` grid
             (module docstring).
+        heatmap_modes: heatmap modes of the grid's heatmap rows (default channel): ``channel`` keeps
+            the row's name, ``add`` / ``append`` add rows ``<name>-add`` / ``<name>-append``.
         training: the preset and overrides every run starts from; each variant sets the
             heatmap mode, w (``ours``: 1 without the hybrid loss, else ``training.weight``,
             default the preset's 0.7; the official grids fix w per row) and the seed.
@@ -131,7 +137,7 @@ def ablate_flow(
     logger = get_run_logger()
     compute.resolve()  # an impossible device fails here, before any run starts
     seeds = list(seeds) if seeds is not None else [0, 1, 2]
-    chosen = grid_variants(grid, variants, training)
+    chosen = grid_variants(grid, variants, training, heatmap_modes or ("channel",))
     if not seeds:
         raise ValueError("seeds must not be empty")
     if torch_threads > 0:

@@ -5,12 +5,14 @@ before Prefect starts."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from daug_core.clip_config import ClipTrainSettings, HeatmapMode
 
 AblationGrid = Literal["ours", "classification", "retrieval"]
+HEATMAP_MODES: tuple[HeatmapMode, ...] = ("channel", "add", "append")
 
 
 @dataclass(frozen=True)
@@ -47,22 +49,37 @@ VARIANTS = GRIDS["ours"]
 
 
 def grid_variants(
-    grid: AblationGrid, names: list[str] | None, training: ClipTrainSettings
+    grid: AblationGrid,
+    names: list[str] | None,
+    training: ClipTrainSettings,
+    modes: Sequence[str] = ("channel",),
 ) -> tuple[Variant, ...]:
-    """The variants of ``grid`` named in ``names`` (all when None), in the grid's order.
-    Refuses unknown names and a ``training.weight`` an official grid would ignore."""
+    """The variants of ``grid`` named in ``names`` (all when None), in the grid's order, each
+    heatmap row once per mode of ``modes`` (``channel`` keeps the row's name, ``add`` and
+    ``append`` are ``<name>-add`` / ``<name>-append``). Refuses unknown names or modes and a
+    ``training.weight`` an official grid would ignore."""
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {list(GRIDS)}, got {grid!r}")
     known = [v.name for v in GRIDS[grid]]
     unknown = sorted(set(names or ()) - set(known))
     if unknown or (names is not None and not names):
         raise ValueError(f"variants must be among {known} for the {grid} grid, got {names}")
+    if not modes or len(set(modes)) != len(modes) or not set(modes) <= set(HEATMAP_MODES):
+        raise ValueError(f"modes must be distinct values among {list(HEATMAP_MODES)}, got {modes}")
     if grid != "ours" and training.weight is not None:
         raise ValueError(
             f"the official {grid} grid fixes w per row; a weight ({training.weight}) "
             "applies to the ours grid only"
         )
-    return tuple(v for v in GRIDS[grid] if names is None or v.name in names)
+    chosen = [v for v in GRIDS[grid] if names is None or v.name in names]
+    heatmap_modes = cast(tuple[HeatmapMode, ...], tuple(modes))
+    return tuple(
+        dataclasses.replace(v, name=v.name if mode == "channel" else f"{v.name}-{mode}", mode=mode)
+        if v.mode != "none"
+        else v
+        for v in chosen
+        for mode in (heatmap_modes if v.mode != "none" else ("none",))
+    )
 
 
 def variant_settings(training: ClipTrainSettings, variant: Variant, seed: int) -> ClipTrainSettings:

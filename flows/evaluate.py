@@ -5,6 +5,8 @@ Queries are the test split; the retrieval database is train + validate images. W
 ``OUT`` (default: the checkpoint's folder)::
 
     metrics.json        every number below, with the checkpoint's sha256 and the data counts
+    test_outputs.npz    per test image: probabilities, labels, x→x and r→x AP@5 per class (what
+                        ``daug study`` resamples for its intervals)
     auc_per_class.csv   per-class ROC AUC (undefined classes empty)
     retrieval.csv       AP per class and k for image→image and report→image
     roc_curves.png      ROC curve per class on the test split
@@ -44,6 +46,7 @@ from daug_core.compute import Compute, ComputeSettings, Precision, cpu_fp32
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import ClassificationAuc, classification_auc
 from daug_core.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
+from daug_core.study_statistics import TestOutputs
 from flows.reports import evaluation as report
 from flows.reports.artifacts import artifact_key
 from flows.reports.files import RunFolder, write_json
@@ -57,6 +60,7 @@ from storage.status import record_evaluation
 log = logging.getLogger(__name__)
 CLASS_KS = (1, 3, 5, 10)
 PAIR_KS = (1, 5, 10)
+TEST_OUTPUTS = "test_outputs.npz"
 
 
 def _run_name() -> str:
@@ -135,6 +139,16 @@ class Evaluation:
             "r2x_wmap5": r2x.wmap,
             "i2r_recall5": recall.get(5, math.nan),
         }
+
+    def test_outputs(self) -> TestOutputs:
+        """Per test image: what the headline's AUCs and mAP@5s are computed from."""
+        return TestOutputs(
+            ids=np.asarray(self.test.dicom_ids, dtype=str),
+            probabilities=np.asarray(self.test.embedded.probabilities, dtype=np.float64),
+            labels=np.asarray(self.test.embedded.labels, dtype=np.float64),
+            x2x_ap=self.image_to_image.at(5).query_ap,
+            r2x_ap=self.report_to_image.at(5).query_ap,
+        )
 
 
 def evaluate(
@@ -242,6 +256,8 @@ def evaluate_checkpoint(
         **metrics_dict(evaluation),
     }
     pd.DataFrame(evaluation.classification.rows()).to_csv(target / "auc_per_class.csv", index=False)
+    if any(r.k == 5 for r in evaluation.image_to_image.results):
+        evaluation.test_outputs().save(target / TEST_OUTPUTS)
     retrieval = [
         {"direction": name, **row}
         for name, result in (

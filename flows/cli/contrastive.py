@@ -121,14 +121,24 @@ def ablate(
             "code's classification (w 0 / 0.7) or retrieval (w 1 / 0.8) grid"
         ),
     ] = "ours",
+    heatmap_modes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--heatmap-mode",
+            help="heatmap mode of the DAug rows (repeat): channel (default; keeps the row's "
+            "name), add, append (rows <name>-add, <name>-append)",
+        ),
+    ] = None,
     heatmap_version: HeatmapVersionOption = "v1",
     torch_threads: TorchThreadsOption = 1,
 ) -> None:
     """The paper's ablation grid (baseline, +DAug, +hybrid loss, both) over seeds."""
     try:
-        grid_variants(grid, variants, training)
+        grid_variants(grid, variants, training, heatmap_modes or ("channel",))
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--grid / --variant / --weight") from None
+        raise typer.BadParameter(
+            str(exc), param_hint="--grid / --variant / --weight / --heatmap-mode"
+        ) from None
     require_store(store)
     compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
 

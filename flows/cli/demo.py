@@ -9,6 +9,8 @@ import typer
 from flows.cli.app import command
 from flows.cli.console import console
 from flows.demo_settings import DemoSettings
+from flows.pool import PoolSettings
+from flows.study_settings import StudySettings
 
 PANEL = "Demo"
 
@@ -35,3 +37,23 @@ def run_demo(
     ),
 ) -> None:
     """Run the whole pipeline end to end on a synthetic release (tiny preset)."""
+
+
+def show_study(result: dict[str, Any]) -> None:
+    """The study's answers, as RESULTS.md has them."""
+    console.rule("study")
+    console.print(result["markdown"])
+    console.print(f"results: {result['results']}  (study.csv, study.png, study.json)")
+    console.print(f"study finished in {result['seconds']:.0f} s")
+
+
+@command(PANEL, "study", flow="flows.study:study_flow", show=show_study)
+def run_study(
+    study: StudySettings,
+    pool: PoolSettings,
+    out: Annotated[
+        str, typer.Argument(help="folder for everything the study writes (rerun: resumes)")
+    ] = "study-output",
+) -> None:
+    """Run the DAug study: heatmaps against the unguided baseline and softmax vs sigmoid, and
+    the ablation grids over seeds with bootstrap intervals (hours; resumable)."""

@@ -216,6 +216,7 @@ def test_every_flow_parameter_is_reachable_from_its_command_with_the_same_name_a
         "ablate",
         "reprocess",
         "demo",
+        "study",
     }
     for name, command in flows.items():
         flow = load_flow(command.__flow__)

@@ -1,0 +1,216 @@
+"""Study flow: the paper's two claims on a release big enough to mean something.
+
+synthesise a release (``StudySettings.studies``, 70/10/20 splits) -> ingest (64 px) -> train
+the generator and the noise-aware classifier (tiny preset) -> K = 7 heatmaps (``+c`` for every
+class) of every image on Ray actors -> heatmap quality on the held-out lesion images: softmax,
+sigmoid and unguided (scale 0) heatmaps, paired -> the ablation grids with the DAug rows in
+every heatmap mode, over seeds -> every variant's AUC macro / weighted, x→x and r→x mAP@5 and
+wmAP@5 with 95 % bootstrap intervals over the test images, and its paired difference to its
+grid's baseline with a p-value.
+
+Every stage is a flow a user runs alone and is resumable, so a rerun of an interrupted study
+continues where it stopped: the release and the store are kept, training resumes from its
+last checkpoint, heatmaps from their done flags, ablation runs from their folders (a finished
+run is not redone); only the report is recomputed. Writes ``OUT/study.csv`` (every variant and
+metric), ``OUT/RESULTS.md``, ``OUT/study.png`` and ``OUT/study.json`` (with the wall time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger
+
+from daug_core.clip_config import ClipTrainSettings
+from daug_core.config import DiffusionTrainSettings
+from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.strict_json import strict
+from daug_core.study_statistics import TestOutputs, compare_variants
+from flows.ablate import ablate_flow
+from flows.ablation_grids import Variant, grid_variants
+from flows.evaluate import TEST_OUTPUTS
+from flows.ingest import ingest_flow
+from flows.pool import PoolSettings
+from flows.precompute import precompute_flow
+from flows.quality.flow import heatmap_quality_flow
+from flows.quality.settings import SweepSettings
+from flows.reports import study as report
+from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.files import write_json, write_text
+from flows.study_settings import STUDY_SPLITS, StudySettings
+from flows.train_generator import train_generator_flow
+from storage.ingest_config import IngestConfig
+from storage.synthetic import SynthConfig, write_synthetic_release
+
+stage_log = logging.getLogger("daug.stage")
+HEATMAP_VERSION = "v1"
+
+
+def _stage(text: str) -> None:
+    get_run_logger().info(text)
+    stage_log.info(text)
+
+
+def downstream_rows(
+    ablation: Path, variants: tuple[Variant, ...], seeds: int, resamples: int, seed: int
+) -> pd.DataFrame:
+    """Every variant of one finished ablation grid against the grid's baseline (its first
+    row), from the runs' per-image test outputs; rows in the grid's order."""
+    runs = {
+        v.name: [
+            TestOutputs.load(ablation / v.name / f"seed-{s}" / TEST_OUTPUTS) for s in range(seeds)
+        ]
+        for v in variants
+    }
+    return pd.DataFrame(compare_variants(runs, variants[0].name, resamples=resamples, seed=seed))
+
+
+def results_markdown(
+    study: StudySettings, downstream: dict[str, str], heatmaps: str, facts: dict[str, Any]
+) -> str:
+    lines = [
+        f"# DAug study ({study.studies} synthetic studies, seeds {list(range(study.seeds))})",
+        "",
+        f"{facts['images']} images ({facts['test_images']} test), K = 7 heatmaps per image "
+        f"(tiny preset); wall time {facts['seconds'] / 3600:.2f} h.",
+        "",
+        "## Heatmaps: guidance vs reconstruction error, softmax vs sigmoid",
+        "",
+        heatmaps,
+        "",
+        "## Downstream: each variant against its baseline",
+        "",
+    ]
+    for markdown in downstream.values():
+        lines += [markdown, ""]
+    lines.append("![differences to the baseline](study.png)")
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="study")
+def study_flow(
+    out: str, study: StudySettings = StudySettings(), pool: PoolSettings = PoolSettings()
+) -> dict[str, Any]:
+    """Run the study into OUT (local folder; rerun: finished stages and runs are kept).
+
+    Args:
+        out: folder for the release, the store, the checkpoints, every run and the results.
+        study: release size, training steps, heatmap steps, grids, modes, seeds, bootstrap.
+        pool: Ray actor pool of the heatmap stages.
+    """
+    started = time.perf_counter()
+    logger = get_run_logger()
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    release, truth = root / "synthetic" / "release", root / "synthetic" / "ground_truth"
+    if not truth.is_dir():  # written last: without it the release is not complete
+        _stage(f"1. synthesise a release of {study.studies} studies")
+        progress = ProgressReporter(
+            artifact_key("study", root.name, "synth"), study.studies, "studies written"
+        )
+        write_synthetic_release(
+            root / "synthetic",
+            SynthConfig(studies=study.studies, size=128, split_fractions=STUDY_SPLITS),
+            seed=study.seed,
+            progress=lambda done, _: progress.advance(done - progress.done),
+            overwrite=True,  # a release left by an interrupted synthesis
+        )
+    else:
+        _stage(f"1. synthetic release already at {release}")
+
+    _stage("2. ingest it into a 64 px image store")
+    store = root / "store"
+    ingest_flow(
+        release=str(release), store=str(store), ingest=IngestConfig(size=64, shard_items=32)
+    )
+
+    _stage("3. train the DDPM generator and the noise-aware classifier (tiny preset)")
+    checkpoints = root / "checkpoints"
+    train_generator_flow(
+        store=str(store),
+        out=str(checkpoints),
+        training=DiffusionTrainSettings(
+            preset="tiny",
+            seed=study.seed,
+            generator_steps=study.generator_steps,
+            classifier_steps=study.classifier_steps,
+        ),
+    )
+
+    _stage("4. K = 7 heatmaps (+c for every class) of every image on Ray actors")
+    heat = precompute_flow(
+        store=str(store),
+        checkpoints=str(checkpoints),
+        heatmap_version=HEATMAP_VERSION,
+        heatmaps=HeatmapSettings(preset="tiny", steps=study.heatmap_steps),
+        pool=pool,
+    )
+    logger.info("heatmaps: %d computed, %d already done", heat["done"], heat["already_done"])
+
+    heatmaps = "Heatmap quality was not run (--no-quality)."
+    paired: list[dict[str, Any]] = []
+    if study.quality:
+        _stage("5. heatmap quality: softmax, sigmoid and unguided on the held-out lesion images")
+        quality = heatmap_quality_flow(
+            store=str(store),
+            truth=str(truth),
+            checkpoints=str(checkpoints),
+            splits=["validate", "test"],
+            heatmaps=HeatmapSettings(preset="tiny", steps=study.heatmap_steps),
+            sweep=SweepSettings(enabled=False),
+            pool=pool,
+            out=str(root / "quality"),
+        )
+        paired = quality["paired"]
+        heatmaps = report.heatmap_markdown(paired)
+
+    _stage("6. the ablation grids over seeds, DAug rows in every heatmap mode")
+    downstream: dict[str, str] = {}
+    frames = []
+    training = ClipTrainSettings(preset="tiny", epochs=study.epochs)
+    for grid in study.grid_names:
+        folder = root / "ablation" / grid
+        ablate_flow(
+            store=str(store),
+            out=str(folder),
+            seeds=list(range(study.seeds)),
+            grid=grid,
+            heatmap_modes=list(study.heatmap_modes),
+            training=training,
+            heatmap_version=HEATMAP_VERSION,
+        )
+        _stage(f"7. bootstrap intervals of the {grid} grid ({study.resamples} resamples)")
+        variants = grid_variants(grid, None, training, study.heatmap_modes)
+        rows = downstream_rows(folder, variants, study.seeds, study.resamples, study.seed)
+        rows.insert(0, "grid", grid)
+        rows.insert(2, "label", [f"{grid}: {v}" for v in rows["variant"]])
+        downstream[grid] = report.downstream_markdown(rows, grid, variants[0].name)
+        frames.append(rows)
+    table = pd.concat(frames, ignore_index=True)
+    table.to_csv(root / "study.csv", index=False)
+    seconds = time.perf_counter() - started
+    facts = {
+        "images": int(heat["done"] + heat["already_done"] + heat["failures"]),
+        "test_images": int(table["images"].iloc[0]),
+        "seconds": round(seconds, 1),
+    }
+    chart = report.plot_differences(table, root / "study.png")
+    markdown = results_markdown(study, downstream, heatmaps, facts)
+    write_text(markdown, root / "RESULTS.md")
+    result = {
+        **facts,
+        "out": str(root),
+        "results": str(root / "RESULTS.md"),
+        "downstream": strict(table.replace({np.nan: None}).to_dict("records")),
+        "heatmaps": paired,
+        "markdown": markdown,
+    }
+    write_json(result, root / "study.json")
+    report.publish(artifact_key("study", root.name), table, markdown, chart)
+    logger.info("study finished in %.0f s:\n%s", seconds, markdown)
+    return result
