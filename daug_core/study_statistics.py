@@ -1,6 +1,6 @@
 """The study's downstream numbers with intervals over test images (``daug study``).
 
-Each evaluated run keeps its per-test-image outputs (:class:`TestOutputs`): classification
+Each evaluated run keeps its per-test-image outputs (:class:`RunOutputs`): classification
 probabilities and labels, and the AP@5 of every (query, class) for image→image and
 report→image retrieval. From those every headline metric of a results table can be recomputed
 on any multiset of test images, which is what a bootstrap over test images needs:
@@ -40,7 +40,7 @@ HEADLINE: tuple[str, ...] = (
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class TestOutputs:
+class RunOutputs:
     """One evaluated run's outputs per test image, rows in ``ids`` order."""
 
     ids: np.ndarray  # (N,) image ids (str)
@@ -54,9 +54,9 @@ class TestOutputs:
         for name in ("probabilities", "labels", "x2x_ap", "r2x_ap"):
             array = getattr(self, name)
             if array.ndim != 2 or array.shape[0] != n:
-                raise ValueError(f"TestOutputs.{name} must be ({n}, C), got {array.shape}")
+                raise ValueError(f"RunOutputs.{name} must be ({n}, C), got {array.shape}")
         if len(set(self.ids.tolist())) != n:
-            raise ValueError("TestOutputs.ids repeat")
+            raise ValueError("RunOutputs.ids repeat")
 
     def save(self, path: Path) -> None:
         """Write as one ``.npz`` (via a temporary name, then renamed: never half-written)."""
@@ -72,18 +72,18 @@ class TestOutputs:
         partial.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> TestOutputs:
+    def load(cls, path: Path) -> RunOutputs:
         with np.load(path, allow_pickle=False) as data:
             return cls(**{name: data[name] for name in data.files})
 
-    def rows(self, ids: np.ndarray) -> TestOutputs:
+    def rows(self, ids: np.ndarray) -> RunOutputs:
         """These outputs on the images ``ids`` (all of them present), in that order."""
         position = {image: i for i, image in enumerate(self.ids.tolist())}
         missing = [image for image in ids.tolist() if image not in position]
         if missing:
             raise KeyError(f"{len(missing)} ids not among the outputs, e.g. {missing[0]}")
         index = np.array([position[image] for image in ids.tolist()], dtype=np.int64)
-        return TestOutputs(
+        return RunOutputs(
             ids=self.ids[index],
             probabilities=self.probabilities[index],
             labels=self.labels[index],
@@ -116,7 +116,7 @@ def auc_per_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def metric_value(outputs: TestOutputs, metric: str, rows: np.ndarray | None = None) -> float:
+def metric_value(outputs: RunOutputs, metric: str, rows: np.ndarray | None = None) -> float:
     """One headline metric of a run on the test images ``rows`` (indices, repeats allowed; all
     when None): ``auc_macro`` / ``auc_weighted`` (positives-weighted) over the defined classes,
     ``x2x_map5`` / ``r2x_map5`` (official convention: classes without a query count 0) and
@@ -137,14 +137,14 @@ def metric_value(outputs: TestOutputs, metric: str, rows: np.ndarray | None = No
     return means.map_official if mean == "map5" else means.wmap
 
 
-def headline(outputs: TestOutputs, rows: np.ndarray | None = None) -> dict[str, float]:
+def headline(outputs: RunOutputs, rows: np.ndarray | None = None) -> dict[str, float]:
     """Every headline metric (:func:`metric_value`) of one run on the test images ``rows``."""
     return {metric: metric_value(outputs, metric, rows) for metric in HEADLINE}
 
 
 def paired_runs(
-    runs: Mapping[str, Sequence[TestOutputs]],
-) -> tuple[np.ndarray, dict[str, list[TestOutputs]]]:
+    runs: Mapping[str, Sequence[RunOutputs]],
+) -> tuple[np.ndarray, dict[str, list[RunOutputs]]]:
     """The test images every run evaluated (sorted) and every run restricted to them."""
     if not runs or any(not seeds for seeds in runs.values()):
         raise ValueError("every variant needs at least one evaluated run")
@@ -159,7 +159,7 @@ def paired_runs(
     return shared, {name: [o.rows(shared) for o in seeds] for name, seeds in runs.items()}
 
 
-def _seed_mean(seeds: Sequence[TestOutputs], metric: str) -> Callable[[np.ndarray], float]:
+def _seed_mean(seeds: Sequence[RunOutputs], metric: str) -> Callable[[np.ndarray], float]:
     def statistic(rows: np.ndarray) -> float:
         return float(np.mean([metric_value(outputs, metric, rows) for outputs in seeds]))
 
@@ -167,7 +167,7 @@ def _seed_mean(seeds: Sequence[TestOutputs], metric: str) -> Callable[[np.ndarra
 
 
 def compare_variants(
-    runs: Mapping[str, Sequence[TestOutputs]],
+    runs: Mapping[str, Sequence[RunOutputs]],
     baseline: str,
     *,
     metrics: Sequence[str] = HEADLINE,

@@ -46,7 +46,7 @@ from daug_core.compute import Compute, ComputeSettings, Precision, cpu_fp32
 from daug_core.losses import HybridContrastiveLoss
 from daug_core.metrics import ClassificationAuc, classification_auc
 from daug_core.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
-from daug_core.study_statistics import TestOutputs
+from daug_core.study_statistics import RunOutputs
 from flows.reports import evaluation as report
 from flows.reports.artifacts import artifact_key
 from flows.reports.files import RunFolder, write_json
@@ -140,9 +140,9 @@ class Evaluation:
             "i2r_recall5": recall.get(5, math.nan),
         }
 
-    def test_outputs(self) -> TestOutputs:
+    def test_outputs(self) -> RunOutputs:
         """Per test image: what the headline's AUCs and mAP@5s are computed from."""
-        return TestOutputs(
+        return RunOutputs(
             ids=np.asarray(self.test.dicom_ids, dtype=str),
             probabilities=np.asarray(self.test.embedded.probabilities, dtype=np.float64),
             labels=np.asarray(self.test.embedded.labels, dtype=np.float64),

@@ -30,7 +30,7 @@ from daug_core.clip_config import ClipTrainSettings
 from daug_core.config import DiffusionTrainSettings
 from daug_core.heatmap_settings import HeatmapSettings
 from daug_core.strict_json import strict
-from daug_core.study_statistics import TestOutputs, compare_variants
+from daug_core.study_statistics import RunOutputs, compare_variants
 from flows.ablate import ablate_flow
 from flows.ablation_grids import Variant, grid_variants
 from flows.evaluate import TEST_OUTPUTS
@@ -63,7 +63,7 @@ def downstream_rows(
     row), from the runs' per-image test outputs; rows in the grid's order."""
     runs = {
         v.name: [
-            TestOutputs.load(ablation / v.name / f"seed-{s}" / TEST_OUTPUTS) for s in range(seeds)
+            RunOutputs.load(ablation / v.name / f"seed-{s}" / TEST_OUTPUTS) for s in range(seeds)
         ]
         for v in variants
     }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from daug_core.retrieval import class_retrieval, pair_recall, top_k_indices
+from daug_core.retrieval import class_means, class_retrieval, pair_recall, top_k_indices
 
 nan = float("nan")
 
@@ -146,6 +146,18 @@ def test_hand_worked_example_with_a_class_without_queries():
     assert k3.map_official == pytest.approx((5 / 6 + 7 / 12 + 0) / 3)  # 17/36
     assert k3.map_present == pytest.approx((5 / 6 + 7 / 12) / 2)  # 17/24
     assert k3.wmap == pytest.approx((5 / 6 * 2 + 7 / 12 * 1) / 3)  # 3/4
+    # Per (query, class), NaN where the query lacks the class: what a bootstrap resamples.
+    np.testing.assert_allclose(k3.query_ap, [[5 / 6, 7 / 12, nan], [5 / 6, nan, nan]])
+    means = class_means(k3.query_ap)
+    assert (means.map_official, means.map_present, means.wmap) == (
+        k3.map_official,
+        k3.map_present,
+        k3.wmap,
+    )
+    # Query 0 drawn twice: A and B each average over the drawn queries having them.
+    twice = class_means(k3.query_ap[[0, 0]])
+    np.testing.assert_allclose(twice.ap, [5 / 6, 7 / 12, nan])
+    assert twice.wmap == pytest.approx((5 / 6 + 7 / 12) / 2)
     k1 = result.at(1)
     assert k1.ap[:2] == (1.0, 0.0)
     assert (k1.map_official, k1.map_present) == (pytest.approx(1 / 3), 0.5)
