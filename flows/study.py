@@ -42,7 +42,7 @@ from flows.quality.settings import SweepSettings
 from flows.reports import study as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
 from flows.reports.files import write_json, write_text
-from flows.study_settings import STUDY_SPLITS, StudySettings
+from flows.study_settings import STUDY_PREVALENCES, STUDY_SPLITS, StudySettings
 from flows.train_generator import train_generator_flow
 from storage.ingest_config import IngestConfig
 from storage.synthetic import SynthConfig, write_synthetic_release
@@ -115,7 +115,12 @@ def study_flow(
         )
         write_synthetic_release(
             root / "synthetic",
-            SynthConfig(studies=study.studies, size=128, split_fractions=STUDY_SPLITS),
+            SynthConfig(
+                studies=study.studies,
+                size=128,
+                split_fractions=STUDY_SPLITS,
+                prevalences=STUDY_PREVALENCES,
+            ),
             seed=study.seed,
             progress=lambda done, _: progress.advance(done - progress.done),
             overwrite=True,  # a release left by an interrupted synthesis
