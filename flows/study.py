@@ -3,10 +3,10 @@
 synthesise a release (``StudySettings.studies``, 70/10/20 splits) -> ingest (64 px) -> train
 the generator and the noise-aware classifier (tiny preset) -> K = 7 heatmaps (``+c`` for every
 class) of every image on Ray actors -> heatmap quality on the held-out lesion images: softmax,
-sigmoid and unguided (scale 0) heatmaps, paired -> the ablation grids with the DAug rows in
-every heatmap mode, over seeds -> every variant's AUC macro / weighted, x→x and r→x mAP@5 and
-wmAP@5 with 95 % bootstrap intervals over the test images, and its paired difference to its
-grid's baseline with a p-value.
+sigmoid and unguided (scale 0) heatmaps, paired -> the ablation grids over seeds (ours with
+the DAug rows in every heatmap mode; the official grids as their code runs them) -> every
+variant's AUC macro / weighted, x→x and r→x mAP@5 and wmAP@5 with 95 % bootstrap intervals
+over the test images, and its paired difference to its grid's baseline with a p-value.
 
 Every stage is a flow a user runs alone and is resumable, so a rerun of an interrupted study
 continues where it stopped: the release and the store are kept, training resumes from its
@@ -174,7 +174,7 @@ def study_flow(
         paired = quality["paired"]
         heatmaps = report.heatmap_markdown(paired)
 
-    _stage("6. the ablation grids over seeds, DAug rows in every heatmap mode")
+    _stage("6. the ablation grids over seeds (ours: the DAug rows in every heatmap mode)")
     downstream: dict[str, str] = {}
     frames = []
     training = ClipTrainSettings(preset="tiny", epochs=study.epochs)
@@ -185,12 +185,12 @@ def study_flow(
             out=str(folder),
             seeds=list(range(study.seeds)),
             grid=grid,
-            heatmap_modes=list(study.heatmap_modes),
+            heatmap_modes=list(study.modes_of(grid)),
             training=training,
             heatmap_version=HEATMAP_VERSION,
         )
         _stage(f"7. bootstrap intervals of the {grid} grid ({study.resamples} resamples)")
-        variants = grid_variants(grid, None, training, study.heatmap_modes)
+        variants = grid_variants(grid, None, training, study.modes_of(grid))
         rows = downstream_rows(folder, variants, study.seeds, study.resamples, study.seed)
         rows.insert(0, "grid", grid)
         rows.insert(2, "label", [f"{grid}: {v}" for v in rows["variant"]])

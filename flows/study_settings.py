@@ -34,13 +34,14 @@ class StudySettings:
     seeds: int = described(3, "training seeds of every ablation variant")
     # str (checked below): the CLI builds repeatable options of plain strings only.
     grids: tuple[str, ...] = described(
-        ("ours",),
+        ("ours", "classification", "retrieval"),
         "ablation grids (repeat): ours, classification, retrieval (the official code's)",
         option="grid",
     )
     heatmap_modes: tuple[str, ...] = described(
         HEATMAP_MODES,
-        "heatmap modes of the DAug rows (repeat): channel, add, append",
+        "heatmap modes of the ours grid's DAug rows (repeat): channel, add, append (the "
+        "official grids run as the official code does: channel)",
         option="heatmap_mode",
     )
     # The tiny preset's 16 epochs are sized for the demo's ~200 training images; 4 epochs over
@@ -71,3 +72,8 @@ class StudySettings:
     @property
     def grid_names(self) -> tuple[AblationGrid, ...]:
         return cast(tuple[AblationGrid, ...], self.grids)
+
+    def modes_of(self, grid: AblationGrid) -> tuple[str, ...]:
+        """The heatmap modes a grid's DAug rows run in: every mode for ``ours`` (the question
+        of which mode helps), ``channel`` for the official grids (their code's only mode)."""
+        return self.heatmap_modes if grid == "ours" else ("channel",)

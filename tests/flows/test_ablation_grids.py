@@ -91,3 +91,18 @@ def test_the_cli_refuses_a_weight_for_an_official_grid_before_starting(tmp_path)
     )
     assert result.returncode == 2 and "fixes w per row" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_heatmap_modes_repeat_the_heatmap_rows_only():
+    variants = grid_variants("retrieval", None, ClipTrainSettings(), ("append", "channel"))
+    assert [(v.name, v.mode, v.weight) for v in variants] == [
+        ("retrieval_baseline", "none", 1.0),
+        ("retrieval_daug-append", "append", 1.0),
+        ("retrieval_daug", "channel", 1.0),
+        ("retrieval_hcontra", "none", 0.8),
+        ("retrieval_all-append", "append", 0.8),
+        ("retrieval_all", "channel", 0.8),
+    ]
+    for modes in ((), ("channel", "channel"), ("none",), ("stacked",)):
+        with pytest.raises(ValueError, match="modes must be distinct"):
+            grid_variants("ours", None, ClipTrainSettings(), modes)

@@ -30,6 +30,7 @@ SMALL = StudySettings(
     classifier_steps=10,
     heatmap_steps=2,
     seeds=1,
+    grids=("ours",),
     heatmap_modes=("channel", "append"),
     epochs=1,
     resamples=30,
@@ -48,6 +49,7 @@ def _cli_options(settings: StudySettings) -> list[str]:
         f"--resamples={settings.resamples}",
         "--actors=1",
     ]
+    options += [f"--grid={g}" for g in settings.grids]
     return options + [f"--heatmap-mode={m}" for m in settings.heatmap_modes]
 
 
