@@ -45,11 +45,20 @@ def show_quality(result: dict[str, Any]) -> None:
     """The headline tables, the sweep's rows and where the run's files are."""
     console.print(result["markdown"])
     if result["sweep"]:
-        columns = ("label", "seconds_per_image", "pointing_game", "pixel_auroc")
+        columns = (
+            "label",
+            "target",
+            "seconds_per_image",
+            "pointing_game",
+            "pixel_auroc",
+            "specificity",
+        )
         console.print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
         for row in result["sweep"]:
             cells = [
-                "n/a" if row[c] is None else (f"{row[c]:.3f}" if c != "label" else row[c])
+                "n/a"
+                if row[c] is None
+                else (row[c] if isinstance(row[c], str) else f"{row[c]:.3f}")
                 for c in columns
             ]
             console.print("| " + " | ".join(cells) + " |")

@@ -14,8 +14,9 @@ Three parts, each optional (:mod:`flows.quality.scoring` holds the scoring):
    unguided baseline (scale 0: reconstruction error only, same inversion), paired per image
    with bootstrap intervals, so what the guidance itself adds is a number;
 3. **sweep** (needs ``checkpoints``): in this process, on the first ``sweep.items`` lesion
-   images, ``+No Finding`` heatmaps for each point of scale x level x steps, timed and scored:
-   localisation against seconds per image.
+   images of each of ``sweep.targets``' classes (default ``+No Finding``: any lesion), the
+   targets' heatmaps for each point of guidance mode x scale x level x steps, timed and
+   scored: localisation and class specificity against seconds per image.
 
 Writes into ``STORE/_runs/heatmap-quality-<time>/`` (or ``out``), every file atomically::
 
@@ -52,6 +53,7 @@ from daug_core.compute import ComputeSettings
 from daug_core.config import DiffusionConfig
 from daug_core.heatmap_settings import HeatmapSettings
 from daug_core.strict_json import strict
+from daug_core.targets import Target
 from flows.pool import PoolSettings
 from flows.precompute import heatmap_provenance
 from flows.precompute import precompute_flow as precompute_subflow
@@ -244,7 +246,8 @@ def heatmap_quality_flow(
         compare: compute softmax and sigmoid heatmaps (precompute subflows into versions
             quality-softmax-<hex> / quality-sigmoid-<hex>, hex from the settings) and compare
             them per target.
-        sweep: time and score "+No Finding" heatmaps over scale x level x steps, in-process.
+        sweep: time and score heatmaps of ``sweep.targets`` (default "+No Finding") over
+            guidance mode x scale x level x steps, in-process.
         pool: Ray actor pool of the precompute subflows.
         tolerance: pointing-game tolerance in heatmap pixels.
         examples_per_target: cases per target in the PNG grids.
@@ -313,14 +316,26 @@ def heatmap_quality_flow(
     sweep_plot: Path | None = None
     if do_sweep:
         assert checkpoints is not None
+        sweep_targets = [Target.parse(t, config.class_names) for t in sweep.targets]
         chosen = select_sweep_items(
-            run.image_store, run.truth, chosen_splits, sweep.items, config.image_size, run.fit
+            run.image_store,
+            run.truth,
+            chosen_splits,
+            sweep.items,
+            config.image_size,
+            run.fit,
+            sweep_targets,
         )
-        logger.info("sweep on %d lesion images, %d points", len(chosen.indices), len(points))
+        logger.info(
+            "sweep on %d lesion images, %d points, targets %s",
+            len(chosen.indices),
+            len(points),
+            list(sweep.targets),
+        )
         device = str(ComputeSettings(device=sweep.device).resolve().device)
         sweep_table = run_sweep(
             config, Path(checkpoints), chosen, points, tolerance, sweep.torch_threads, progress,
-            device,
+            device, [str(t) for t in sweep_targets],
         )  # fmt: skip
         run.tables.write("sweep", sweep_table)
         sweep_plot = report.plot_sweep(sweep_table, run_dir / "sweep.png")

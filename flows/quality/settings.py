@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from daug_core.compute import ComputeSettings
-from daug_core.config import ConfigError, described
+from daug_core.config import GUIDANCE_MODES, ConfigError, described
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,8 +15,19 @@ class SweepSettings:
     Empty grids default to two values around the settings' own numbers (see
     :func:`sweep_grid`)."""
 
-    enabled: bool = described(True, "time and score +No Finding over scale x level x steps")
-    items: int = described(12, "lesion images the sweep runs on")
+    enabled: bool = described(True, "time and score heatmaps over mode x scale x level x steps")
+    items: int = described(12, "lesion images of each target's class the sweep runs on")
+    targets: tuple[str, ...] = described(
+        ("+No Finding",),
+        'targets the sweep scores (repeat), e.g. "-Pleural": each on its class\'s lesion images',
+        option="target",
+    )
+    modes: tuple[str, ...] = described(
+        (),
+        "guidance modes the sweep tries (repeat): softmax, sigmoid, official (default: the "
+        "settings' mode)",
+        option="mode",
+    )
     scales: tuple[float, ...] = described(
         (), "sweep scales (repeat; default scale/10, scale)", option="scale"
     )
@@ -38,4 +49,10 @@ class SweepSettings:
             raise ConfigError(f"SweepSettings.scales must be >= 0: {self.scales}")
         if any(v < 1 for v in (*self.levels, *self.steps)):
             raise ConfigError(f"SweepSettings levels and steps must be >= 1: {self}")
+        if not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"SweepSettings.targets must be distinct, not empty: {self.targets}")
+        if len(set(self.modes)) != len(self.modes) or not set(self.modes) <= set(GUIDANCE_MODES):
+            raise ConfigError(
+                f"SweepSettings.modes must be distinct values among {GUIDANCE_MODES}: {self.modes}"
+            )
         ComputeSettings(device=self.device)  # the device's spelling (resolved when it runs)

@@ -1,5 +1,6 @@
-"""The timed sweep: ``+No Finding`` heatmaps of a few lesion images at every point of scale x
-level x steps, scored against the ground-truth masks: localisation against seconds per image.
+"""The timed sweep: heatmaps of a few lesion images per target (default ``+No Finding``) at
+every point of guidance mode x scale x level x steps, scored against the ground-truth masks:
+localisation and class specificity per target against seconds per image.
 
 Runs in the flow's process with one :class:`~flows.heatmap_actors.HeatmapWorker` (the models
 loaded once, as the precompute actors load them).
@@ -15,13 +16,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from daug_core.config import DiffusionConfig, TranslationConfig
-from flows.quality.scoring import LESION_METRICS, score_item, scores_table, summarise_scores
+from daug_core.config import DiffusionConfig, GuidanceMode, TranslationConfig
+from daug_core.targets import Target
+from flows.quality.scoring import (
+    LESION_METRICS,
+    score_item,
+    scores_table,
+    summarise_scores,
+    target_mask,
+)
 from flows.quality.settings import SweepSettings
 from flows.reports.artifacts import ProgressReporter
 from storage.geometry import FitMode
@@ -30,30 +38,34 @@ from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
 
 log = logging.getLogger(__name__)
 
-SWEEP_TARGET = "+No Finding"
-
 
 @dataclass(frozen=True)
 class SweepPoint:
     scale: float
     level: int
     steps: int
+    mode: GuidanceMode
 
     def label(self) -> str:
-        return f"s={self.scale:g} L={self.level} n={self.steps}"
+        return f"{self.mode} s={self.scale:g} L={self.level} n={self.steps}"
 
 
 def sweep_grid(translation: TranslationConfig, settings: SweepSettings) -> list[SweepPoint]:
-    """scale x level x steps; by default two values each around ``translation``'s numbers
-    (scale / 10 and scale, level / 2 and level, steps / 2 and steps): at most 8 points.
-    Points with more steps than their level are left out (DDIM needs steps <= level)."""
+    """mode x scale x level x steps; by default ``translation``'s mode and two values each
+    around its numbers (scale / 10 and scale, level / 2 and level, steps / 2 and steps): at
+    most 8 points per mode. Points with more steps than their level are left out (DDIM needs
+    steps <= level)."""
+    modes = cast(tuple[GuidanceMode, ...], settings.modes) or (translation.mode,)
     scale_values = settings.scales or (translation.scale / 10, translation.scale)
     level_values = settings.levels or (max(1, translation.level // 2), translation.level)
     step_values = settings.steps or (max(1, translation.steps // 2), translation.steps)
     points = [
-        SweepPoint(float(s), int(lv), int(n))
-        for s, lv, n in itertools.product(
-            dict.fromkeys(scale_values), dict.fromkeys(level_values), dict.fromkeys(step_values)
+        SweepPoint(float(s), int(lv), int(n), mode)
+        for mode, s, lv, n in itertools.product(
+            dict.fromkeys(modes),
+            dict.fromkeys(scale_values),
+            dict.fromkeys(level_values),
+            dict.fromkeys(step_values),
         )
     ]
     return [p for p in points if 1 <= p.steps <= p.level]
@@ -62,7 +74,7 @@ def sweep_grid(translation: TranslationConfig, settings: SweepSettings) -> list[
 def with_point(config: DiffusionConfig, point: SweepPoint) -> DiffusionConfig:
     """``config`` with the point's numbers; every other translation field is kept."""
     translation = dataclasses.replace(
-        config.translation, scale=point.scale, level=point.level, steps=point.steps
+        config.translation, scale=point.scale, level=point.level, steps=point.steps, mode=point.mode
     )
     return dataclasses.replace(config, translation=translation)
 
@@ -84,22 +96,31 @@ def select_sweep_items(
     count: int,
     size: int,
     fit: FitMode,
+    targets: Sequence[Target] = (),
 ) -> SweepItems:
-    """The first ``count`` usable items of ``splits`` (index order) with a lesion; items
-    without masks are skipped (they are reported by the scoring parts)."""
+    """Usable items of ``splits`` in index order until each of ``targets`` has ``count``
+    images with its class's lesion (any lesion for ``+No Finding``; without targets: the
+    first ``count`` lesion images). Items without masks are skipped (the scoring parts
+    report them)."""
     usable = image_store.usable(splits)
     chosen: list[int] = []
     ids: list[str] = []
     masks: list[np.ndarray] = []
+    wanted = {str(t): count for t in targets} if targets else {"any lesion": count}
     for index, dicom_id in zip(usable["index"], usable["dicom_id"], strict=True):
-        if len(chosen) >= count:
+        if max(wanted.values(), default=0) <= 0:
             break
         try:
             fitted = truth.masks(str(dicom_id), size, fit)
         except GroundTruthError as exc:
             log.warning("sweep: %s skipped: %s", dicom_id, exc)
             continue
-        if fitted.any():
+        has = {str(t): bool(target_mask(fitted, t.class_name).any()) for t in targets} or {
+            "any lesion": bool(fitted.any())
+        }
+        if any(has[name] and wanted[name] > 0 for name in wanted):
+            for name in wanted:
+                wanted[name] -= has[name]
             chosen.append(int(index))
             ids.append(str(dicom_id))
             masks.append(fitted)
@@ -132,9 +153,10 @@ def run_sweep(
     threads: int,
     progress: ProgressReporter | None = None,
     device: str = "cpu",
+    targets: Sequence[str] = ("+No Finding",),
 ) -> pd.DataFrame:
-    """Heatmaps of :data:`SWEEP_TARGET` for ``items`` at every point on ``device``, timed per
-    image and scored; one row per point."""
+    """Heatmaps of ``targets`` for ``items`` at every point on ``device``, timed per image
+    and scored; one row per (point, target)."""
     # The worker imports torch and the models: only a run needs them, not the CLI's options.
     import torch
 
@@ -145,13 +167,13 @@ def run_sweep(
         generator_dir=str(checkpoints / GENERATOR_DIR),
         classifier_dir=str(checkpoints / CLASSIFIER_DIR),
         config=config,
-        targets=(SWEEP_TARGET,),
+        targets=tuple(targets),
         torch_threads=threads if threads > 0 else torch.get_num_threads(),
         device=device,
     )
     with torch_threads(threads):
         worker = HeatmapWorker(spec)
-        return _sweep(worker, config, items, points, tolerance, progress)
+        return _sweep(worker, config, items, points, tolerance, progress, tuple(targets))
 
 
 def _sweep(
@@ -161,6 +183,7 @@ def _sweep(
     points: Sequence[SweepPoint],
     tolerance: int,
     progress: ProgressReporter | None,
+    targets: tuple[str, ...],
 ) -> pd.DataFrame:
     names = config.class_names
     if len(items.indices) and points:  # warm-up: the first call pays for lazy initialisation
@@ -175,21 +198,24 @@ def _sweep(
             seconds = (time.perf_counter() - started) / len(items.indices)
             heat = result.heatmaps.detach().cpu().numpy()
             for dicom_id, maps, masks in zip(items.dicom_ids, heat, items.masks, strict=True):
-                scores.extend(score_item(dicom_id, maps, [SWEEP_TARGET], masks, tolerance, names))
-        summary = summarise_scores(scores_table(scores), [SWEEP_TARGET]).iloc[0]
-        rows.append(
-            dataclasses.asdict(point)
-            | {"label": point.label(), "items": len(items.indices)}
-            | {"seconds_per_image": seconds}
-            | {m: summary[m] for m in LESION_METRICS}
-        )
-        log.info(
-            "sweep %s: %.3f s/image, pointing game %.3f, pixel AUROC %.3f",
-            point.label(),
-            seconds,
-            rows[-1]["pointing_game"],
-            rows[-1]["pixel_auroc"],
-        )
+                scores.extend(score_item(dicom_id, maps, targets, masks, tolerance, names))
+        summary = summarise_scores(scores_table(scores), targets)
+        for _, row in summary.iterrows():
+            rows.append(
+                dataclasses.asdict(point)
+                | {"label": point.label(), "target": row["target"], "items": len(items.indices)}
+                | {"seconds_per_image": seconds}
+                | {m: row[m] for m in (*LESION_METRICS, "specificity", "n_specificity")}
+            )
+            log.info(
+                "sweep %s %s: %.3f s/image, pointing game %.3f, pixel AUROC %.3f, specificity %.3f",
+                point.label(),
+                row["target"],
+                seconds,
+                row["pointing_game"],
+                row["pixel_auroc"],
+                row["specificity"],
+            )
         if progress is not None:
             progress.advance(1)
     return pd.DataFrame(rows)

@@ -22,7 +22,6 @@ from daug_core.config import DEFAULT_CLASS_NAMES, GuidanceMode
 from daug_core.strict_json import strict
 from daug_core.targets import Target
 from flows.quality.scoring import HEADLINE_METRICS, ItemKind, failures_of, target_mask
-from flows.quality.sweep import SWEEP_TARGET
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
 from storage.geometry import FitMode
@@ -34,12 +33,14 @@ from storage.synthetic.ground_truth import GroundTruthMasks
 MODES: tuple[GuidanceMode, GuidanceMode] = ("softmax", "sigmoid")
 SWEEP_COLUMNS: tuple[str, ...] = (
     "label",
+    "target",
     "items",
     "seconds_per_image",
     "pointing_game",
     "pixel_auroc",
     "mass_inside",
     "off_target_share",
+    "specificity",
 )
 
 
@@ -55,22 +56,25 @@ class ScoredSource:
 
 
 def plot_sweep(table: pd.DataFrame, path: Path) -> Path:
-    """Pointing game and pixel AUROC against the noise level, one line per (scale, steps)
-    whose legend gives its seconds per image; a third panel shows the seconds per image."""
+    """Pointing game and pixel AUROC of the sweep's first target against the noise level, one
+    line per (mode, scale, steps) whose legend gives its seconds per image; a third panel
+    shows the seconds per image (every target's rows are in sweep.csv)."""
+    target = str(table["target"].iloc[0])
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for (scale, steps), group in table.groupby(["scale", "steps"], sort=True):
+    first = table[table["target"] == target]
+    for (mode, scale, steps), group in first.groupby(["mode", "scale", "steps"], sort=True):
         group = group.sort_values("level")
         seconds = float(group["seconds_per_image"].mean())
-        label = f"s={scale:g}, {steps} steps ({seconds:.2f} s/image)"
+        label = f"{mode} s={scale:g}, {steps} steps ({seconds:.2f} s/image)"
         for ax, metric in ((axes[0], "pointing_game"), (axes[1], "pixel_auroc")):
             ax.plot(group["level"], group[metric], marker="o", label=label)
     for ax, title in ((axes[0], "pointing game"), (axes[1], "pixel AUROC")):
         ax.set_ylim(-0.05, 1.05)  # both metrics live in [0, 1]; a fixed axis compares runs
         ax.set_xlabel("noise level L")
         ax.set_ylabel(title)
-        ax.set_title(f"{SWEEP_TARGET}: {title}", fontsize=9)
+        ax.set_title(f"{target}: {title}", fontsize=9)
     axes[1].legend(fontsize=7)
-    timing = table.groupby("steps")["seconds_per_image"].mean()
+    timing = first.groupby("steps")["seconds_per_image"].mean()
     axes[2].bar([str(n) for n in timing.index], timing.to_numpy())
     axes[2].set_xlabel("DDIM steps (each way)")
     axes[2].set_ylabel("seconds per image")
@@ -271,10 +275,11 @@ def publish(
         table_artifact(
             f"{key}-sweep",
             sweep_table.round(4),
-            "+No Finding heatmaps over scale x level x steps: localisation vs seconds per image.",
+            "Heatmaps per target over mode x scale x level x steps: localisation and "
+            "specificity vs seconds per image.",
         )
         lines += [
-            "Sweep (+No Finding, in-process):",
+            "Sweep (in-process):",
             "",
             markdown_table(
                 sweep_table,

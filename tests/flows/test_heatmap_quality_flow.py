@@ -17,14 +17,16 @@ import pytest
 import torch
 
 from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.targets import Target
 from flows.ingest import ingest_flow
 from flows.pool import PoolSettings
 from flows.quality.flow import compared_settings, heatmap_quality_flow
 from flows.quality.scoring import PAIRED_COLUMNS, PAIRED_METRICS, target_mask
 from flows.quality.settings import SweepSettings
-from flows.quality.sweep import sweep_grid
+from flows.quality.sweep import run_sweep, select_sweep_items, sweep_grid
 from storage.heatmap_store import HeatmapStore
 from storage.image_store import ImageStore
+from storage.ingest import store_fit_mode
 from storage.ingest_config import IngestConfig
 from storage.synthetic.ground_truth import GroundTruthMasks, MaskStore
 from tests.factories import run_daug, write_random_checkpoints
@@ -170,6 +172,43 @@ def test_each_mode_is_paired_with_the_unguided_baseline_and_with_the_other(setup
 
 
 @pytest.mark.slow
+def test_a_sweep_over_modes_and_class_targets_scores_each_target_on_its_class_s_images(setup):
+    config = FAST.config()
+    images = ImageStore.open(setup["store"], read_only=True)
+    truth = GroundTruthMasks.open(setup["truth"])
+    fit = store_fit_mode(images)
+    names = ["-Pleural", "+No Finding"]
+    targets = [Target.parse(t) for t in names]
+    items = select_sweep_items(images, truth, SPLITS, 2, config.image_size, fit, targets)
+    pleural = [bool(target_mask(m, "Pleural").any()) for m in items.masks]
+    expected = _expected_items(setup)
+    assert sum(pleural) == min(2, int(expected["pleural"].sum()))
+    assert all(m.any() for m in items.masks) and len(items.indices) >= 2
+    # items in index order, and the selection stops once every target has its images
+    assert list(items.indices) == sorted(items.indices)
+    settings = SweepSettings(
+        modes=("softmax", "sigmoid"), scales=(10.0,), levels=(50,), steps=(1,), items=2
+    )
+    points = sweep_grid(config.translation, settings)
+    assert [(p.mode, p.scale, p.level, p.steps) for p in points] == [
+        ("softmax", 10.0, 50, 1),
+        ("sigmoid", 10.0, 50, 1),
+    ]
+    torch.set_num_threads(1)
+    table = run_sweep(config, setup["ckpt"], items, points, 2, 1, targets=names)
+    assert list(zip(table["mode"], table["target"], strict=True)) == [
+        ("softmax", "-Pleural"),
+        ("softmax", "+No Finding"),
+        ("sigmoid", "-Pleural"),
+        ("sigmoid", "+No Finding"),
+    ]
+    by_target = table.set_index(["mode", "target"])
+    assert by_target.loc[("softmax", "-Pleural"), "n_lesion"] == sum(pleural)
+    assert by_target.loc[("softmax", "+No Finding"), "n_lesion"] == len(items.indices)
+    assert table["pointing_game"].between(0, 1).all()
+
+
+@pytest.mark.slow
 def test_sweep_rows_plots_and_summary_json(setup, first_run):
     run_dir = Path(first_run["run_dir"])
     points = sweep_grid(FAST.translation, SweepSettings())
@@ -179,6 +218,7 @@ def test_sweep_rows_plots_and_summary_json(setup, first_run):
     assert sorted(zip(sweep["scale"], sweep["level"], sweep["steps"], strict=True)) == sorted(
         (p.scale, p.level, p.steps) for p in points
     )
+    assert (sweep["target"] == "+No Finding").all() and (sweep["mode"] == "softmax").all()
     lesion_items = int(_expected_items(setup)["any"].sum())
     assert (sweep["items"] == min(4, lesion_items)).all()
     assert (sweep["n_lesion"] == min(4, lesion_items)).all()
