@@ -35,6 +35,7 @@ from prefect.runtime import flow_run
 
 from daug_core.clip_config import ClipTrainSettings
 from daug_core.compute import ComputeSettings
+from daug_core.study_statistics import HEADLINE
 from flows.ablation_grids import (
     VARIANTS,
     AblationGrid,
@@ -44,7 +45,6 @@ from flows.ablation_grids import (
 )
 from flows.evaluate import TEST_OUTPUTS, evaluate_checkpoint
 from flows.reports import ablation as report
-from flows.reports.ablation import HEADLINE
 from flows.reports.artifacts import ProgressReporter, artifact_key
 from flows.reports.files import RunFolder
 from flows.train import BEST, train_contrastive

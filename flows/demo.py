@@ -40,9 +40,40 @@ from storage.synthetic import SynthConfig, write_synthetic_release
 stage_log = logging.getLogger("daug.stage")
 
 
-def _stage(text: str) -> None:
+def stage(text: str) -> None:
+    """A stage heading: to the flow run's log and to ``daug.stage`` (the CLI's rules)."""
     get_run_logger().info(text)
     stage_log.info(text)
+
+
+def synthesise(root: Path, config: SynthConfig, seed: int, key: str) -> tuple[Path, Path]:
+    """``ROOT/synthetic/release`` and its ``ground_truth``, written unless complete (the
+    writer renames the ground truth into place last, so without it a release is not done and
+    is written again)."""
+    release, truth = root / "synthetic" / "release", root / "synthetic" / "ground_truth"
+    if truth.is_dir():
+        stage(f"1. synthetic release already at {release}")
+        return release, truth
+    stage(f"1. synthesise a MIMIC-CXR release of {config.studies} studies")
+    progress = ProgressReporter(key, config.studies, "studies written")
+    write_synthetic_release(
+        root / "synthetic",
+        config,
+        seed=seed,
+        progress=lambda done, _: progress.advance(done - progress.done),
+        overwrite=True,  # a release left by an interrupted synthesis
+    )
+    return release, truth
+
+
+def ingest_store(release: Path, root: Path) -> Path:
+    """``ROOT/store``: the release ingested at 64 px (a rerun ingests only what is missing)."""
+    stage("2. ingest it into a 64 px image store")
+    store = root / "store"
+    ingest_flow(
+        release=str(release), store=str(store), ingest=IngestConfig(size=64, shard_items=32)
+    )
+    return store
 
 
 @flow(name="demo")
@@ -57,31 +88,17 @@ def demo_flow(out: str, demo: DemoSettings = DemoSettings()) -> dict[str, Any]:
     started = time.perf_counter()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    release = root / "synthetic" / "release"
-    truth = root / "synthetic" / "ground_truth"
-    if not (release / "files").is_dir():
-        _stage("1. synthesise a MIMIC-CXR release")
-        progress = ProgressReporter(
-            artifact_key("demo", root.name, "synth"), demo.studies, "studies written"
-        )
-        write_synthetic_release(
-            root / "synthetic",
-            SynthConfig(studies=demo.studies, size=128),
-            seed=demo.seed,
-            progress=lambda done, _: progress.advance(done - progress.done),
-        )
-    else:
-        _stage(f"1. synthetic release already at {release}")
-
-    _stage("2. ingest it into a 64 px image store")
-    store = root / "store"
-    ingest_flow(
-        release=str(release), store=str(store), ingest=IngestConfig(size=64, shard_items=32)
+    release, truth = synthesise(
+        root,
+        SynthConfig(studies=demo.studies, size=128),
+        demo.seed,
+        artifact_key("demo", root.name, "synth"),
     )
+    store = ingest_store(release, root)
     summary = summarise_store(ImageStore.open(store, read_only=True))
     get_run_logger().info("store:\n%s", summary.to_string(index=False))
 
-    _stage("3. train the DDPM generator and the noise-aware classifier (tiny preset)")
+    stage("3. train the DDPM generator and the noise-aware classifier (tiny preset)")
     checkpoints = root / "checkpoints"
     if demo.pretrained:
         seeded = seed_checkpoints(ImageStore.open(store, read_only=True), checkpoints)
@@ -98,7 +115,7 @@ def demo_flow(out: str, demo: DemoSettings = DemoSettings()) -> dict[str, Any]:
     )
     get_run_logger().info("%s", report.training_lines(trained))
 
-    _stage("4. precompute +No Finding heatmaps for every image on Ray actors")
+    stage("4. precompute +No Finding heatmaps for every image on Ray actors")
     settings = HeatmapSettings(preset="tiny", steps=demo.heatmap_steps)
     pool = PoolSettings(actors=2, cpus_per_actor=1.0)
     heat = precompute_flow(
@@ -115,7 +132,7 @@ def demo_flow(out: str, demo: DemoSettings = DemoSettings()) -> dict[str, Any]:
         heat["image_class_per_second"],
     )
 
-    _stage("5. heatmap quality against the ground-truth lesion masks (held-out images)")
+    stage("5. heatmap quality against the ground-truth lesion masks (held-out images)")
     quality = heatmap_quality_flow(
         store=str(store),
         truth=str(truth),
@@ -130,7 +147,7 @@ def demo_flow(out: str, demo: DemoSettings = DemoSettings()) -> dict[str, Any]:
     headline = report.quality_headline(quality)
     get_run_logger().info("%s\n%s", headline, report.modes_table(quality))
 
-    _stage("6. train and evaluate the ablation grid (tiny CLIP, hybrid loss)")
+    stage("6. train and evaluate the ablation grid (tiny CLIP, hybrid loss)")
     ablation = root / "ablation"
     grid = ablate_flow(store=str(store), out=str(ablation), seeds=list(range(demo.ablation_seeds)))
     best = ablation / "daug+hybrid" / "seed-0"

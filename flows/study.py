@@ -17,7 +17,6 @@ metric), ``OUT/RESULTS.md``, ``OUT/study.png`` and ``OUT/study.json`` (with the 
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -33,27 +32,20 @@ from daug_core.strict_json import strict
 from daug_core.study_statistics import RunOutputs, compare_variants
 from flows.ablate import ablate_flow
 from flows.ablation_grids import Variant, grid_variants
+from flows.demo import ingest_store, stage, synthesise
 from flows.evaluate import TEST_OUTPUTS
-from flows.ingest import ingest_flow
 from flows.pool import PoolSettings
 from flows.precompute import precompute_flow
 from flows.quality.flow import heatmap_quality_flow
 from flows.quality.settings import SweepSettings
 from flows.reports import study as report
-from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.artifacts import artifact_key
 from flows.reports.files import write_json, write_text
 from flows.study_settings import STUDY_PREVALENCES, STUDY_SPLITS, StudySettings
 from flows.train_generator import train_generator_flow
-from storage.ingest_config import IngestConfig
-from storage.synthetic import SynthConfig, write_synthetic_release
+from storage.synthetic import SynthConfig
 
-stage_log = logging.getLogger("daug.stage")
 HEATMAP_VERSION = "v1"
-
-
-def _stage(text: str) -> None:
-    get_run_logger().info(text)
-    stage_log.info(text)
 
 
 def downstream_rows(
@@ -107,34 +99,16 @@ def study_flow(
     logger = get_run_logger()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    release, truth = root / "synthetic" / "release", root / "synthetic" / "ground_truth"
-    if not truth.is_dir():  # written last: without it the release is not complete
-        _stage(f"1. synthesise a release of {study.studies} studies")
-        progress = ProgressReporter(
-            artifact_key("study", root.name, "synth"), study.studies, "studies written"
-        )
-        write_synthetic_release(
-            root / "synthetic",
-            SynthConfig(
-                studies=study.studies,
-                size=128,
-                split_fractions=STUDY_SPLITS,
-                prevalences=STUDY_PREVALENCES,
-            ),
-            seed=study.seed,
-            progress=lambda done, _: progress.advance(done - progress.done),
-            overwrite=True,  # a release left by an interrupted synthesis
-        )
-    else:
-        _stage(f"1. synthetic release already at {release}")
-
-    _stage("2. ingest it into a 64 px image store")
-    store = root / "store"
-    ingest_flow(
-        release=str(release), store=str(store), ingest=IngestConfig(size=64, shard_items=32)
+    config = SynthConfig(
+        studies=study.studies,
+        size=128,
+        split_fractions=STUDY_SPLITS,
+        prevalences=STUDY_PREVALENCES,
     )
+    release, truth = synthesise(root, config, study.seed, artifact_key("study", root.name, "synth"))
+    store = ingest_store(release, root)
 
-    _stage("3. train the DDPM generator and the noise-aware classifier (tiny preset)")
+    stage("3. train the DDPM generator and the noise-aware classifier (tiny preset)")
     checkpoints = root / "checkpoints"
     train_generator_flow(
         store=str(store),
@@ -147,7 +121,7 @@ def study_flow(
         ),
     )
 
-    _stage("4. K = 7 heatmaps (+c for every class) of every image on Ray actors")
+    stage("4. K = 7 heatmaps (+c for every class) of every image on Ray actors")
     heat = precompute_flow(
         store=str(store),
         checkpoints=str(checkpoints),
@@ -160,7 +134,7 @@ def study_flow(
     heatmaps = "Heatmap quality was not run (--no-quality)."
     paired: list[dict[str, Any]] = []
     if study.quality:
-        _stage("5. heatmap quality: softmax, sigmoid and unguided on the held-out lesion images")
+        stage("5. heatmap quality: softmax, sigmoid and unguided on the held-out lesion images")
         quality = heatmap_quality_flow(
             store=str(store),
             truth=str(truth),
@@ -174,7 +148,7 @@ def study_flow(
         paired = quality["paired"]
         heatmaps = report.heatmap_markdown(paired)
 
-    _stage("6. the ablation grids over seeds (ours: the DAug rows in every heatmap mode)")
+    stage("6. the ablation grids over seeds (ours: the DAug rows in every heatmap mode)")
     downstream: dict[str, str] = {}
     frames = []
     training = ClipTrainSettings(preset="tiny", epochs=study.epochs)
@@ -189,7 +163,7 @@ def study_flow(
             training=training,
             heatmap_version=HEATMAP_VERSION,
         )
-        _stage(f"7. bootstrap intervals of the {grid} grid ({study.resamples} resamples)")
+        stage(f"7. bootstrap intervals of the {grid} grid ({study.resamples} resamples)")
         variants = grid_variants(grid, None, training, study.modes_of(grid))
         rows = downstream_rows(folder, variants, study.seeds, study.resamples, study.seed)
         rows.insert(0, "grid", grid)

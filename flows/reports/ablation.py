@@ -11,21 +11,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from daug_core.study_statistics import HEADLINE
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
 
-HEADLINE = ("auc_macro", "auc_weighted", "x2x_map5", "x2x_wmap5", "r2x_map5", "r2x_wmap5")
+METRIC_LABELS = {
+    "auc_macro": "AUC macro",
+    "auc_weighted": "AUC weighted",
+    "x2x_map5": "x→x mAP@5",
+    "x2x_wmap5": "x→x wmAP@5",
+    "r2x_map5": "r→x mAP@5",
+    "r2x_wmap5": "r→x wmAP@5",
+}
 
 
 def results_markdown(summary: pd.DataFrame, seeds: list[int]) -> str:
-    labels = {
-        "auc_macro": "AUC macro",
-        "auc_weighted": "AUC weighted",
-        "x2x_map5": "x→x mAP@5",
-        "x2x_wmap5": "x→x wmAP@5",
-        "r2x_map5": "r→x mAP@5",
-        "r2x_wmap5": "r→x wmAP@5",
-    }
+    labels = METRIC_LABELS
     lines = [
         f"Mean ± std over seeds {seeds} (test split; mAP@5 is the official convention: "
         "classes without a query count as 0).",

@@ -16,17 +16,9 @@ import numpy as np
 import pandas as pd
 
 from daug_core.study_statistics import HEADLINE
+from flows.reports.ablation import METRIC_LABELS as LABELS
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
-
-LABELS = {
-    "auc_macro": "AUC macro",
-    "auc_weighted": "AUC weighted",
-    "x2x_map5": "x→x mAP@5",
-    "x2x_wmap5": "x→x wmAP@5",
-    "r2x_map5": "r→x mAP@5",
-    "r2x_wmap5": "r→x wmAP@5",
-}
 
 
 def _number(value: float, digits: int = 3) -> str:
