@@ -196,7 +196,8 @@ def compute_heatmaps(
     targets: Sequence[Target],
     cfg: DiffusionConfig,
 ) -> HeatmapResult:
-    """Fast path: one inversion per image, all K targets decoded together in bounded chunks.
+    """Fast path: one inversion per image, all K targets decoded together in bounded chunks
+    (unguided, ``scale = 0``: one decoding per image, shared by its K targets).
 
     Models stay where they are; x0 (B, 1, S, S) in [-1, 1] must be on their device.
     """
@@ -222,6 +223,32 @@ def compute_heatmaps(
         logits.append(classifier_logits(classifier, x0[i : i + chunk]))
     x_level, eps_level, logits_x0 = torch.cat(levels), torch.cat(first_eps), torch.cat(logits)
     before = target_probabilities(logits_x0, targets, mode=tr.mode)
+    if tr.scale == 0:
+        # Unguided (the reconstruction-error baseline): every target's decoding is the same
+        # DDIM decode of x_L, so it runs once per image instead of once per (image, target).
+        cf_image = torch.cat(
+            [
+                guided_decode(
+                    unet,
+                    classifier,
+                    x_level[i : i + chunk],
+                    targets[0],
+                    mode=tr.mode,
+                    scale=0.0,
+                    alphas_cumprod=ab,
+                    level=tr.level,
+                    steps=tr.steps,
+                    clip_denoised=tr.clip_denoised,
+                    first_eps=eps_level[i : i + chunk],
+                )
+                for i in range(0, b, chunk)
+            ]
+        )
+        logits_cf = torch.cat(
+            [classifier_logits(classifier, cf_image[i : i + chunk]) for i in range(0, b, chunk)]
+        )
+        after = target_probabilities(logits_cf, targets, mode=tr.mode)
+        return _result(x0, cf_image.expand(b, k, s, s).contiguous(), targets, before, after, tr)
     # Row r of the B*K batch is image r // K with target r % K; a chunk gathers only its rows.
     rows_t = list(targets) * b
     cf_parts, after_parts = [], []

@@ -133,6 +133,44 @@ def test_batched_path_equals_reference_path(mode, targets):
     assert fast.heatmaps.mean() > 0.01
 
 
+class CountingUNet(torch.nn.Module):
+    """The UNet, counting the image rows it is called on."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.unet(x, t)
+
+
+def test_unguided_heatmaps_decode_once_per_image_and_equal_the_reference():
+    # scale 0: no classifier gradient, so all K decodings of an image are one DDIM decode.
+    cfg = micro_config(scale=0.0, max_batch=5, inversion_refinements=1)
+    unet, classifier, x0 = make_models(cfg, seed=3)
+    targets = all_targets()
+    counting = CountingUNet(unet)
+    fast = compute_heatmaps(counting, classifier, x0, targets, cfg)
+    ref = compute_heatmaps_reference(unet, classifier, x0, targets, cfg)
+    for name in ("heatmaps", "signed", "counterfactuals", "prob_before", "prob_after"):
+        torch.testing.assert_close(
+            getattr(fast, name), getattr(ref, name), atol=1e-4, rtol=0, msg=name
+        )
+    # Every target's map of an image is the same, and the targets' probabilities differ.
+    assert torch.equal(fast.heatmaps[:, :1].expand_as(fast.heatmaps), fast.heatmaps)
+    assert fast.prob_after[0].unique().numel() > 1
+    # Inversion (steps, refinement) and decoding of 3 images, not of 3 x 7 rows.
+    guided = CountingUNet(unet)
+    compute_heatmaps(guided, classifier, x0, targets, dataclasses.replace(
+        cfg, translation=dataclasses.replace(cfg.translation, scale=1.0)
+    ))  # fmt: skip
+    steps = cfg.translation.steps
+    decode_rows = guided.rows - counting.rows
+    assert decode_rows == 3 * (len(targets) - 1) * (steps - 1), (guided.rows, counting.rows)
+
+
 def test_heatmaps_in_bfloat16_stay_close_to_float32():
     cfg = micro_config(scale=10.0, inversion_refinements=1)
     cfg16 = dataclasses.replace(
