@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
 
@@ -185,7 +184,7 @@ def study_flow(
         **facts,
         "out": str(root),
         "results": str(root / "RESULTS.md"),
-        "downstream": strict(table.replace({np.nan: None}).to_dict("records")),
+        "downstream": strict(table.to_dict("records")),
         "heatmaps": paired,
         "markdown": markdown,
     }
