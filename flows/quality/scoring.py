@@ -113,6 +113,8 @@ class ItemScore:
     healthy_share: float = float("nan")
     specificity: float = float("nan")  # heat on the target's lesion / on any lesion; only
     # for images with another finding's lesion too
+    chance_specificity: float = float("nan")  # the same share for uniform heat: the target's
+    # lesion area over all lesion area, what a heatmap blind to the class scores
     energy: float = float("nan")
     lesion_pixels: int = 0  # pixels of the target's mask
     reason: str = ""  # why a failed row failed
@@ -159,6 +161,8 @@ def score_item(
         others = other_lesions_mask(masks, target.class_name)
         if mask.any():
             shares = heat_shares(heat, mask, others)
+            two_findings = bool((others & ~mask).any())
+            chance = heat_shares(np.ones_like(heat), mask, others).specificity
             rows.append(
                 ItemScore(
                     dicom_id,
@@ -170,7 +174,8 @@ def score_item(
                     on_target_share=shares.on_target,
                     off_target_share=shares.off_target,
                     healthy_share=shares.healthy,
-                    specificity=shares.specificity if (others & ~mask).any() else float("nan"),
+                    specificity=shares.specificity if two_findings else float("nan"),
+                    chance_specificity=chance if two_findings else float("nan"),
                     energy=energy(heat),
                     lesion_pixels=int(mask.sum()),
                 )
@@ -213,6 +218,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "off_target_share",
     "healthy_share",
     "specificity",
+    "chance_specificity",
     "n_specificity",
     "n_other",
     "other_off_target_share",
@@ -231,7 +237,8 @@ def summarise_scores(scores: pd.DataFrame, targets: Sequence[str] | None = None)
     """One row per target (in ``targets`` order, default first appearance): lesion images,
     pointing game (mean hit), pixel AUROC (mean over images where it is defined), mass inside,
     the heat shares of lesion images, their class specificity (mean over the lesion images
-    that also have another finding's lesion), the off-target share of images with only other
+    that also have another finding's lesion) and its chance level (the same share for uniform
+    heat), the off-target share of images with only other
     lesions, healthy images and their energy, failed items."""
     order = list(targets) if targets is not None else list(dict.fromkeys(scores["target"]))
     rows = []
@@ -252,6 +259,7 @@ def summarise_scores(scores: pd.DataFrame, targets: Sequence[str] | None = None)
                 "off_target_share": _mean(lesion["off_target_share"]),
                 "healthy_share": _mean(lesion["healthy_share"]),
                 "specificity": _mean(lesion["specificity"]),
+                "chance_specificity": _mean(lesion["chance_specificity"]),
                 "n_specificity": int(lesion["specificity"].notna().sum()),
                 "n_other": len(other),
                 "other_off_target_share": _mean(other["off_target_share"]),
@@ -378,6 +386,7 @@ PAIRED_COLUMNS: tuple[str, ...] = (
     "n",
     "first_mean",
     "second_mean",
+    "chance_mean",
     "difference",
     "low",
     "high",
@@ -396,7 +405,8 @@ def paired_comparison(
     """Two heatmap sources scored on the same lesion images (``scores_table`` frames): per
     target and metric of :data:`PAIRED_METRICS`, the mean of each over the images where both
     define it, ``first - second`` with its 95 % BCa bootstrap interval over those images and
-    the paired bootstrap p-value (:func:`daug_core.bootstrap.paired_difference`)."""
+    the paired bootstrap p-value (:func:`daug_core.bootstrap.paired_difference`); for
+    specificity also ``chance_mean``, the chance level on those images."""
     if names[0] == names[1]:
         raise ScoringInputError(f"the two sources need different names, got {names}")
     lesion = ItemKind.LESION.value
@@ -411,6 +421,8 @@ def paired_comparison(
             b = mine[f"{column}_b"].to_numpy(dtype=np.float64)
             keep = np.isfinite(a) & np.isfinite(b)
             a, b = a[keep], b[keep]
+            # Specificity's chance level on the same images (a property of their masks).
+            chance = mine["chance_specificity_a"].to_numpy(dtype=np.float64)[keep]
             row: dict[str, object] = {
                 "target": target,
                 "first": names[0],
@@ -419,6 +431,9 @@ def paired_comparison(
                 "n": int(keep.sum()),
                 "first_mean": float(a.mean()) if len(a) else float("nan"),
                 "second_mean": float(b.mean()) if len(b) else float("nan"),
+                "chance_mean": (
+                    float(chance.mean()) if metric == "specificity" and len(a) else float("nan")
+                ),
             }
             if len(a) >= 2:
                 result = paired_difference(np.mean, (a,), (b,), resamples=resamples, seed=seed)

@@ -38,6 +38,8 @@ from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
 
 log = logging.getLogger(__name__)
 
+SPECIFICITY: tuple[str, ...] = ("specificity", "chance_specificity", "n_specificity")
+
 
 @dataclass(frozen=True)
 class SweepPoint:
@@ -205,7 +207,7 @@ def _sweep(
                 dataclasses.asdict(point)
                 | {"label": point.label(), "target": row["target"], "items": len(items.indices)}
                 | {"seconds_per_image": seconds}
-                | {m: row[m] for m in (*LESION_METRICS, "specificity", "n_specificity")}
+                | {m: row[m] for m in (*LESION_METRICS, *SPECIFICITY)}
             )
             log.info(
                 "sweep %s %s: %.3f s/image, pointing game %.3f, pixel AUROC %.3f, specificity %.3f",

@@ -41,6 +41,7 @@ SWEEP_COLUMNS: tuple[str, ...] = (
     "mass_inside",
     "off_target_share",
     "specificity",
+    "chance_specificity",
 )
 
 

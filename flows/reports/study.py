@@ -31,6 +31,11 @@ def _interval(estimate: float, low: float, high: float, signed: bool = False) ->
     return f"{text} [{_number(low)}, {_number(high)}]"
 
 
+def _means(row: pd.Series) -> str:
+    """The second source's mean, then the first's: 'unguided -> softmax'."""
+    return f"{_number(row['second_mean'], 2)} → {_number(row['first_mean'], 2)}"
+
+
 def _p(value: float) -> str:
     if not math.isfinite(value):
         return ""
@@ -68,8 +73,9 @@ def heatmap_markdown(paired: Sequence[dict[str, Any]]) -> str:
         return "Heatmap quality was not run."
     table = pd.DataFrame(list(paired))
     lines = [
-        "Held-out lesion images; difference of means with its 95 % BCa interval and paired "
-        "bootstrap p (n: images where both define the metric).",
+        "Held-out lesion images; the two means (second → first), their difference with its "
+        "95 % BCa interval and paired bootstrap p (n: images where both define the metric; "
+        "chance: the specificity of uniform heat on those images, their lesion-area share).",
         "",
     ]
     for first, second, title in (
@@ -91,9 +97,12 @@ def heatmap_markdown(paired: Sequence[dict[str, Any]]) -> str:
             cells = []
             for metric in metrics:
                 row = rows[rows["metric"] == metric].iloc[0]
+                chance = _number(row.get("chance_mean"), 2)
+                level = f", chance {chance}" if chance != "n/a" else ""
                 cells.append(
+                    f"{_means(row)}: "
                     f"{_interval(row['difference'], row['low'], row['high'], True)} "
-                    f"{_p(row['p_value'])} (n {int(row['n'])})"
+                    f"{_p(row['p_value'])} (n {int(row['n'])}{level})"
                 )
             lines.append(f"| {target} | " + " | ".join(cells) + " |")
         lines.append("")

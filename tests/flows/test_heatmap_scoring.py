@@ -135,6 +135,18 @@ def test_specificity_is_the_targets_share_of_the_heat_on_lesions():
     assert math.isnan(one("-Pleural", heat, pleural_only).specificity)  # no other lesion
 
 
+def test_chance_specificity_is_the_lesion_area_share_whatever_the_heat():
+    """What uniform heat scores: a 4 x 4 pleural lesion beside an 8 x 8 heart."""
+    masks = masks_with(Pleural_Effusion=(2, 6, 2, 6), Cardiomegaly=(8, 16, 8, 16))
+    for heat in (peak_at(3, 3), peak_at(12, 12), np.ones((S, S))):
+        assert one("-Pleural", heat, masks).chance_specificity == pytest.approx(16 / 80)
+        assert one("-Cardiomediastinal", heat, masks).chance_specificity == pytest.approx(64 / 80)
+    uniform = one("-Pleural", np.ones((S, S)), masks)
+    assert uniform.specificity == pytest.approx(uniform.chance_specificity)
+    pleural_only = masks_with(Pleural_Effusion=(2, 6, 2, 6))
+    assert math.isnan(one("-Pleural", peak_at(3, 3), pleural_only).chance_specificity)
+
+
 def test_pixel_auroc_is_one_for_the_mask_itself_and_zero_for_its_inverse():
     mask = target_mask(PLEURAL_AND_HEART, "Pleural").astype(float)
     assert one("-Pleural", mask).pixel_auroc == pytest.approx(1.0)
@@ -188,6 +200,7 @@ def test_summary_per_target():
     # a and b have the heart's lesion too: 0.1 everywhere and a 1.0 peak on the pleural lesion
     # (a: 2.5 of its 4.1 on lesions) or on the heart (b: 1.6 of 4.1); c's masks are all one.
     assert summary["n_specificity"] == 2 and summary["specificity"] == pytest.approx(0.5)
+    assert summary["chance_specificity"] == pytest.approx(0.5)  # two 4 x 4 lesions
     empty = summarise_scores(table, ["-Pleural", "+No Finding"]).set_index("target")
     assert empty.loc["+No Finding", "n_lesion"] == 0
     assert math.isnan(empty.loc["+No Finding", "pointing_game"])
@@ -217,6 +230,8 @@ def test_paired_comparison_pairs_the_same_images_and_brackets_the_difference():
     assert 0.3 < hits["low"] < hits["difference"] < hits["high"] < 0.85
     assert hits["p_value"] < 0.01
     assert table.loc["specificity", "difference"] > 0.4
+    assert table.loc["specificity", "chance_mean"] == pytest.approx(0.5)
+    assert math.isnan(hits["chance_mean"])
     with pytest.raises(ScoringInputError, match="different names"):
         paired_comparison(scores_table(guided), scores_table(guided), ("a", "a"))
 
