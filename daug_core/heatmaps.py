@@ -30,6 +30,7 @@ per call, outputs and DDIM updates stay float32).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,22 +224,25 @@ def compute_heatmaps(
         logits.append(classifier_logits(classifier, x0[i : i + chunk]))
     x_level, eps_level, logits_x0 = torch.cat(levels), torch.cat(first_eps), torch.cat(logits)
     before = target_probabilities(logits_x0, targets, mode=tr.mode)
+    decode = functools.partial(
+        guided_decode,
+        unet,
+        classifier,
+        mode=tr.mode,
+        alphas_cumprod=ab,
+        level=tr.level,
+        steps=tr.steps,
+        clip_denoised=tr.clip_denoised,
+    )
     if tr.scale == 0:
         # Unguided (the reconstruction-error baseline): every target's decoding is the same
         # DDIM decode of x_L, so it runs once per image instead of once per (image, target).
         cf_image = torch.cat(
             [
-                guided_decode(
-                    unet,
-                    classifier,
+                decode(
                     x_level[i : i + chunk],
                     targets[0],
-                    mode=tr.mode,
                     scale=0.0,
-                    alphas_cumprod=ab,
-                    level=tr.level,
-                    steps=tr.steps,
-                    clip_denoised=tr.clip_denoised,
                     first_eps=eps_level[i : i + chunk],
                 )
                 for i in range(0, b, chunk)
@@ -255,18 +259,8 @@ def compute_heatmaps(
     for i in range(0, b * k, chunk):
         part_targets = rows_t[i : i + chunk]
         image_of_row = torch.arange(i, i + len(part_targets), device=x_level.device) // k
-        cf = guided_decode(
-            unet,
-            classifier,
-            x_level[image_of_row],
-            part_targets,
-            mode=tr.mode,
-            scale=tr.scale,
-            alphas_cumprod=ab,
-            level=tr.level,
-            steps=tr.steps,
-            clip_denoised=tr.clip_denoised,
-            first_eps=eps_level[image_of_row],
+        cf = decode(
+            x_level[image_of_row], part_targets, scale=tr.scale, first_eps=eps_level[image_of_row]
         )
         cf_parts.append(cf)
         after_parts.append(target_probability(classifier, cf, part_targets, mode=tr.mode))

@@ -162,7 +162,6 @@ def score_item(
         if mask.any():
             shares = heat_shares(heat, mask, others)
             two_findings = bool((others & ~mask).any())
-            chance = heat_shares(np.ones_like(heat), mask, others).specificity
             rows.append(
                 ItemScore(
                     dicom_id,
@@ -175,7 +174,11 @@ def score_item(
                     off_target_share=shares.off_target,
                     healthy_share=shares.healthy,
                     specificity=shares.specificity if two_findings else float("nan"),
-                    chance_specificity=chance if two_findings else float("nan"),
+                    chance_specificity=(
+                        heat_shares(np.ones_like(heat), mask, others).specificity
+                        if two_findings
+                        else float("nan")
+                    ),
                     energy=energy(heat),
                     lesion_pixels=int(mask.sum()),
                 )
