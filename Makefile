@@ -35,7 +35,7 @@ test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy > .mypy.log 2>&1 & mypy=$$!; \
-	status=0; $(BIN)/pytest || status=$$?; \
+	status=0; $(BIN)/pytest -n 2 || status=$$?; \
 	if wait $$mypy; then cat .mypy.log; else cat .mypy.log; echo "mypy failed"; exit 1; fi; \
 	exit $$status
 

@@ -1,9 +1,12 @@
-"""Session-wide test settings: offline, quiet, one Prefect test server for the session."""
+"""Session-wide test settings: offline, quiet, one Prefect test server for the session, and
+how `make test` splits the run over two pytest-xdist workers."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,65 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 # Heartbeats cost ~1 s per flow run; tests do not need them.
 os.environ.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one OpenMP thread each, and in everything they start (CLI
+    # subprocesses, DDP ranks); oversubscribed OpenMP threads spin (up to 40x slower).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+# Modules that start, join or stop Ray. Ray on one host is one cluster (`ray.init()` joins a
+# running `ray start`, `ray stop --force` stops every node), so `make test`'s two xdist workers
+# must never run two of them at once: they are one scheduling unit (below).
+RAY_MODULES = frozenset(
+    {
+        "test_cluster",
+        "test_data_parallel_flows",
+        "test_heatmap_quality_flow",
+        "test_object_storage",
+        "test_operations_server",
+        "test_precompute_flow",
+        "test_precompute_kill",
+        "test_reprocess_flow",
+        "test_study_flow",
+    }
+)
+
+
+def _scope(nodeid: str) -> str:
+    """The scheduling unit of a test: its module (module fixtures are built once), or "ray"."""
+    module = nodeid.split("::", 1)[0]
+    return "ray" if Path(module).stem in RAY_MODULES else module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Ray unit, the longest, first in the queue; a module that uses the session's Ray
+    without being listed in RAY_MODULES is an error, not a race."""
+    unlisted = sorted(
+        {
+            item.nodeid.split("::", 1)[0]
+            for item in items
+            if "ray_session" in getattr(item, "fixturenames", ()) and _scope(item.nodeid) != "ray"
+        }
+    )
+    if unlisted:
+        raise pytest.UsageError(f"{unlisted} use ray_session: add them to RAY_MODULES")
+    items.sort(key=lambda item: _scope(item.nodeid) != "ray")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's per-file scheduling, with every Ray module in one unit. (``--dist loadgroup``
+    would do this with markers, but pytest 9.2 no longer lets xdist 3.8 rename node ids, the
+    way loadgroup tags them.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    class RayTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    return RayTogether(config, log)
 
 
 @pytest.fixture(scope="session")
