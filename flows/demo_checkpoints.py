@@ -4,8 +4,9 @@ asset.json`` records the release, the commands, the steps and the weights' sha25
 
 Heatmaps find the synthetic lesions only with models trained ~3,000 steps, which is ~20 min on
 2 CPU cores, more than the demo's budget. So the demo copies these into its checkpoint folder
-when, and only when, its store holds exactly the training data they were trained on (same
-fingerprint, :func:`storage.batches.selection_sha256`); the ``train-generator`` flow then
+when, and only when, its store holds the training data they were trained on (the same items
+and labels, and pixels equal up to the float rounding of the CPU that rendered them:
+:class:`storage.batches.DataFingerprint`); the ``train-generator`` flow then
 resumes from them (nothing left to train at the default step counts). Any other store trains
 from scratch, as does ``daug demo --no-pretrained``.
 """
@@ -19,13 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, checkpoint_sha256
-from storage.batches import select, selection_sha256
+from storage.batches import DataFingerprint, select, selection_fingerprint
 from storage.image_store import ImageStore
 from storage.labels import SUPER_CLASS_COLUMNS
 
 DEMO_CHECKPOINTS = Path(__file__).resolve().with_name("demo_assets") / "checkpoints"
 ASSET_FILE = "asset.json"
+THUMBNAILS_FILE = "training_thumbnails.npy"
 
 
 class AssetError(ValueError):
@@ -58,6 +62,26 @@ def read_asset(asset_dir: Path = DEMO_CHECKPOINTS) -> dict[str, Any]:
     return asset
 
 
+def training_fingerprint(asset_dir: Path, asset: dict[str, Any]) -> DataFingerprint:
+    """The fingerprint of the shipped checkpoints' training data, as recorded beside them."""
+    path = asset_dir / THUMBNAILS_FILE
+    try:
+        thumbnails = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise AssetError(f"{path}: cannot read the training data's thumbnails ({exc})") from exc
+    return DataFingerprint(asset["trained_on"]["training_items_sha256"], thumbnails)
+
+
+def write_training_fingerprint(
+    asset_dir: Path, asset: dict[str, Any], fingerprint: DataFingerprint
+) -> dict[str, Any]:
+    """Record ``fingerprint`` beside the checkpoints: the thumbnails file, and ``asset`` with
+    its items hash (returned; the caller writes asset.json)."""
+    np.save(asset_dir / THUMBNAILS_FILE, fingerprint.thumbnails, allow_pickle=False)
+    trained_on = asset["trained_on"] | {"training_items_sha256": fingerprint.items_sha256}
+    return asset | {"trained_on": trained_on}
+
+
 def seed_checkpoints(
     store: ImageStore, out: Path, asset_dir: Path = DEMO_CHECKPOINTS
 ) -> SeedOutcome:
@@ -67,14 +91,14 @@ def seed_checkpoints(
     if (out / GENERATOR_DIR).exists() or (out / CLASSIFIER_DIR).exists():
         return SeedOutcome(False, f"{out} already holds checkpoints: training resumes from them")
     asset = read_asset(asset_dir)
-    wanted = asset["trained_on"]["training_data_sha256"]
-    found = selection_sha256(store, select(store, ["train"], SUPER_CLASS_COLUMNS))
-    if found != wanted:
+    wanted = training_fingerprint(asset_dir, asset)
+    found = selection_fingerprint(store, select(store, ["train"], SUPER_CLASS_COLUMNS))
+    difference = wanted.differences(found)
+    if difference is not None:
         return SeedOutcome(
             False,
-            f"the store's training data (sha256 {found[:12]}) are not the data the shipped "
-            f"checkpoints were trained on ({wanted[:12]}, {asset['trained_on']['release']}): "
-            "training from scratch",
+            f"the store's training data are not the data the shipped checkpoints were trained "
+            f"on ({asset['trained_on']['release']}): {difference}; training from scratch",
         )
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".seed-") as tmp:

@@ -3,10 +3,12 @@ onto a store holding the very training data they were trained on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from daug_core.checkpoints import (
@@ -22,9 +24,11 @@ from flows.demo_checkpoints import (
     AssetError,
     read_asset,
     seed_checkpoints,
+    training_fingerprint,
+    write_training_fingerprint,
 )
 from flows.ingest import ingest_flow
-from storage.batches import select, selection_sha256
+from storage.batches import DataFingerprint, block_means, select, selection_fingerprint
 from storage.image_store import ImageStore
 from storage.ingest_config import IngestConfig
 from storage.labels import SUPER_CLASS_COLUMNS
@@ -38,6 +42,10 @@ def test_shipped_record_matches_the_shipped_weights_and_steps():
         state = json.loads((DEMO_CHECKPOINTS / name / "trainer_state.json").read_text())
         assert state["step"] == steps, name
     assert len(asset["trained_on"]["training_data_sha256"]) == 64
+    fingerprint = training_fingerprint(DEMO_CHECKPOINTS, asset)
+    assert len(fingerprint.items_sha256) == 64
+    assert fingerprint.thumbnails.shape == (asset["trained_on"]["images"], 8, 8)
+    assert 0.05 < fingerprint.thumbnails.mean() < 0.95
 
 
 def test_a_copy_of_the_shipped_checkpoints_is_verified_file_by_file(tmp_path):
@@ -61,16 +69,13 @@ def fake_asset(root: Path, store: ImageStore) -> Path:
     """Random tiny checkpoints with a record claiming they were trained on ``store``."""
     asset_dir = write_random_checkpoints(root / "asset")
     record = {
-        "trained_on": {
-            "release": "the test release",
-            "training_data_sha256": selection_sha256(
-                store, select(store, ["train"], SUPER_CLASS_COLUMNS)
-            ),
-        },
+        "trained_on": {"release": "the test release"},
         "steps": {"generator": 0, "classifier": 0},
         "generator_sha256": checkpoint_sha256(asset_dir / "generator"),
         "classifier_sha256": checkpoint_sha256(asset_dir / "classifier"),
     }
+    fingerprint = selection_fingerprint(store, select(store, ["train"], SUPER_CLASS_COLUMNS))
+    record = write_training_fingerprint(asset_dir, record, fingerprint)
     (asset_dir / ASSET_FILE).write_text(json.dumps(record))
     return asset_dir
 
@@ -103,15 +108,48 @@ def test_copied_onto_the_same_training_data_only_once(tmp_path, stores):
 
 def test_other_training_data_train_from_scratch(tmp_path, stores):
     asset_dir = fake_asset(tmp_path, stores["dicom"])
-    dicom_fp = selection_sha256(
-        stores["dicom"], select(stores["dicom"], ["train"], SUPER_CLASS_COLUMNS)
-    )
-    jpg_fp = selection_sha256(stores["jpg"], select(stores["jpg"], ["train"], SUPER_CLASS_COLUMNS))
-    assert dicom_fp != jpg_fp  # same ids and labels, other source files
     out = tmp_path / "checkpoints"
-    outcome = seed_checkpoints(stores["jpg"], out, asset_dir)
+    outcome = seed_checkpoints(stores["jpg"], out, asset_dir)  # same ids and labels, lossy pixels
     assert not outcome.copied and "training from scratch" in outcome.reason
+    assert "other pixels (block means differ by up to" in outcome.reason
     assert not (out / "generator").exists()
+
+
+def test_the_fingerprint_ignores_rounding_but_not_a_change_of_the_data(stores):
+    store = stores["dicom"]
+    selection = select(store, ["train"], SUPER_CLASS_COLUMNS)
+    fingerprint = selection_fingerprint(store, selection)
+    pixels = store.read_images(selection.indices)
+    assert fingerprint.thumbnails.shape == (len(selection.indices), 8, 8)
+    np.testing.assert_allclose(fingerprint.thumbnails[:, 0, 0], pixels[:, :4, :4].mean((1, 2)))
+    # What another CPU's rendering does: one grey level (of 65,535) in 0.1 % of the pixels.
+    rng = np.random.default_rng(0)
+    flipped = pixels + (rng.random(pixels.shape) < 1e-3) / 65535
+    assert (
+        fingerprint.differences(DataFingerprint(fingerprint.items_sha256, block_means(flipped)))
+        is None
+    )
+    # A lesion a tenth as bright in one item's block is another release.
+    changed = pixels.copy()
+    changed[3, 8:12, 8:12] += 0.1
+    other = fingerprint.differences(DataFingerprint(fingerprint.items_sha256, block_means(changed)))
+    assert other is not None and "other pixels" in other
+    # Other labels: the items hash.
+    labels = selection.labels.copy()
+    labels[0] = 1.0 - labels[0]
+    relabelled = dataclasses.replace(selection, labels=labels)
+    found = selection_fingerprint(store, relabelled)
+    assert np.array_equal(found.thumbnails, fingerprint.thumbnails)
+    message = fingerprint.differences(found)
+    assert message is not None and "other items or labels" in message
+
+
+def test_block_means_of_a_size_the_grid_does_not_divide():
+    image = np.arange(100, dtype=np.float32).reshape(1, 10, 10)
+    means = block_means(image, grid=3)  # blocks of 3, 3 and 4 rows / columns
+    assert means.shape == (1, 3, 3)
+    assert means[0, 0, 0] == image[0, :3, :3].mean()
+    assert means[0, 2, 2] == image[0, 6:, 6:].mean()
 
 
 def test_tampered_weights_are_refused(tmp_path, stores):
