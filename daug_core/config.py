@@ -41,6 +41,9 @@ GuidanceMode = Literal["softmax", "sigmoid", "official"]
 GUIDANCE_MODES: tuple[str, ...] = typing.get_args(GuidanceMode)
 # How x0 and its counterfactual are compared (see daug_core.heatmaps).
 HeatmapDifference = Literal["minmax", "raw"]
+# What the counterfactual is compared with: x0 itself (DAug) or the unguided DDIM decoding of
+# the same x_L (the guidance's own change, without the reconstruction error).
+HeatmapReference = Literal["input", "reconstruction"]
 # Model precision: fp32, bfloat16 or float16 (CUDA only), of training and of heatmap passes.
 Precision = Literal["fp32", "bf16", "fp16"]
 # Store pixels [0, 1] -> model input: [-1, 1] (ours, diffusers' convention) or each image
@@ -355,11 +358,15 @@ class TranslationConfig:
     official code. It matters with few steps: at 50 steps plain inversion -> decoding misses x0 by
     ~0.02 on average even for an ideal model; 2 refinements bring that below 1e-4.
 
-    The last two fields turn (x0, x_cf) into the heatmap (:mod:`daug_core.heatmaps`):
+    The next three fields turn (x0, x_cf) into the heatmap (:mod:`daug_core.heatmaps`):
     ``difference`` ``"minmax"`` is the official |minmax(x0) - minmax(x_cf)|; ``"raw"`` is
     |x0 - x_cf| / 2, the change in store pixel units, which a global brightness shift of x_cf
-    does not spread over the whole image. ``smoothing_sigma`` (pixels, 0 = none) blurs the
-    heatmap with a Gaussian, which suppresses single-pixel reconstruction noise.
+    does not spread over the whole image. ``reference`` ``"input"`` compares x_cf with x0 (DAug);
+    ``"reconstruction"`` compares it with the unguided DDIM decoding of the same x_L, so the
+    heat is the guidance's own change and not the reconstruction error (one more decoding per
+    image, shared by its targets; with ``scale = 0`` the heatmap is zero). ``smoothing_sigma``
+    (pixels, 0 = none) blurs the heatmap with a Gaussian, which suppresses single-pixel
+    reconstruction noise.
 
     ``precision`` is the dtype of the models' weights and activations in every UNet and
     classifier pass (``bf16``: bfloat16; ``fp16``: float16, CUDA only); the DDIM updates and
@@ -383,6 +390,7 @@ class TranslationConfig:
     clip_denoised: bool = False
     inversion_refinements: int = 0
     difference: HeatmapDifference = "minmax"
+    reference: HeatmapReference = "input"
     smoothing_sigma: float = 0.0
     precision: Precision = "fp32"
     generator_ema: bool = True

@@ -14,6 +14,7 @@ from daug_core.config import (
     DiffusionConfig,
     GuidanceMode,
     HeatmapDifference,
+    HeatmapReference,
     InputRange,
     Precision,
     PresetName,
@@ -32,6 +33,7 @@ TRANSLATION_FIELDS: tuple[str, ...] = (
     "steps",
     "inversion_refinements",
     "difference",
+    "reference",
     "smoothing_sigma",
     "clip_denoised",
     "precision",
@@ -74,6 +76,11 @@ class HeatmapSettings:
     )
     difference: HeatmapDifference | None = described(
         None, "heatmap: minmax (official |minmax(x0) - minmax(x_cf)|) or raw |x0 - x_cf| / 2"
+    )
+    reference: HeatmapReference | None = described(
+        None,
+        "x_cf compared with: input (x0, DAug's) or reconstruction (the unguided decoding of x_L: "
+        "the guidance's change only)",
     )
     smoothing_sigma: float | None = described(
         None, "Gaussian blur of the heatmap in pixels (0: none)"

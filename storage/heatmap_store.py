@@ -101,6 +101,8 @@ class HeatmapProvenance:
             "minmax": "|minmax(x0) - minmax(x_cf)|",
             "raw": "|x0 - x_cf| / 2 (pixel units)",
         }.get(tr.difference, tr.difference)
+        if tr.reference == "reconstruction":
+            base = base.replace("x0", "x_rec") + ", x_rec the unguided decoding of x_L"
         blur = f", Gaussian blur sigma {tr.smoothing_sigma:g} px" if tr.smoothing_sigma else ""
         return f"{base} per target{blur}"
 
@@ -109,7 +111,8 @@ class HeatmapProvenance:
         tr = self.translation
         return (
             f"preset {self.preset}, {tr.mode} s={tr.scale:g}, level {tr.level}, {tr.steps} steps, "
-            f"{tr.inversion_refinements} refinements, {tr.difference} difference, "
+            f"{tr.inversion_refinements} refinements, {tr.difference} difference against "
+            f"{tr.reference}, "
             f"blur {tr.smoothing_sigma:g} px, {self.image_size} px, "
             f"generator {self.generator_sha256[:12]}, classifier {self.classifier_sha256[:12]}"
         )

@@ -171,6 +171,40 @@ def test_unguided_heatmaps_decode_once_per_image_and_equal_the_reference():
     assert decode_rows == 3 * (len(targets) - 1) * (steps - 1), (guided.rows, counting.rows)
 
 
+def test_the_reconstruction_reference_leaves_only_the_guidance_s_change():
+    # The same counterfactuals, compared with the unguided decoding of the same x_L instead of
+    # x0: one more decoding per image (shared by its targets), equal to the per-pair path; with
+    # no guidance there is nothing left.
+    targets = all_targets()[:3]
+    cfg = micro_config(scale=10.0, difference="raw", max_batch=5, inversion_refinements=1)
+    recon_cfg = micro_config(
+        scale=10.0,
+        difference="raw",
+        max_batch=5,
+        inversion_refinements=1,
+        reference="reconstruction",
+    )
+    unet, classifier, x0 = make_models(cfg, seed=4)
+    plain_unet, recon_unet = CountingUNet(unet), CountingUNet(unet)
+    plain = compute_heatmaps(plain_unet, classifier, x0, targets, cfg)
+    recon = compute_heatmaps(recon_unet, classifier, x0, targets, recon_cfg)
+    torch.testing.assert_close(recon.counterfactuals, plain.counterfactuals)
+    for name in ("prob_before", "prob_after"):
+        torch.testing.assert_close(getattr(recon, name), getattr(plain, name))
+    unguided_cfg = micro_config(scale=0.0, max_batch=5, inversion_refinements=1)
+    unguided = compute_heatmaps(unet, classifier, x0, targets, unguided_cfg).counterfactuals
+    torch.testing.assert_close(recon.signed, (recon.counterfactuals - unguided) / 2)
+    assert 1e-3 < recon.heatmaps.mean() < plain.heatmaps.mean()
+    assert recon_unet.rows - plain_unet.rows == 3 * (cfg.translation.steps - 1)
+    ref = compute_heatmaps_reference(unet, classifier, x0, targets, recon_cfg)
+    for name in ("heatmaps", "signed", "counterfactuals", "prob_before", "prob_after"):
+        torch.testing.assert_close(
+            getattr(recon, name), getattr(ref, name), atol=1e-4, rtol=0, msg=name
+        )
+    nothing_cfg = micro_config(scale=0.0, max_batch=5, reference="reconstruction")
+    assert compute_heatmaps(unet, classifier, x0, targets, nothing_cfg).heatmaps.max() == 0
+
+
 def test_heatmaps_in_bfloat16_stay_close_to_float32():
     cfg = micro_config(scale=10.0, inversion_refinements=1)
     cfg16 = dataclasses.replace(
