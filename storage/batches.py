@@ -109,8 +109,8 @@ def selection_fingerprint(store: ImageStore, selection: Selection) -> DataFinger
         digest.update(f"\n{index};{dicom_ids.iloc[row]};{labels}".encode())
     for start in range(0, len(selection.indices), 256):
         parts.append(block_means(store.read_images(selection.indices[start : start + 256])))
-    thumbnails = np.concatenate(parts) if parts else np.zeros((0, THUMBNAIL_GRID, THUMBNAIL_GRID))
-    return DataFingerprint(digest.hexdigest(), thumbnails.astype(np.float32))
+    empty = np.zeros((0, THUMBNAIL_GRID, THUMBNAIL_GRID), dtype=np.float32)
+    return DataFingerprint(digest.hexdigest(), np.concatenate(parts) if parts else empty)
 
 
 def select(store: ImageStore, splits: Sequence[str], label_columns: Sequence[str]) -> Selection:

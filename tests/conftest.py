@@ -45,9 +45,13 @@ RAY_MODULES = frozenset(
 )
 
 
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def _scope(nodeid: str) -> str:
     """The scheduling unit of a test: its module (module fixtures are built once), or "ray"."""
-    module = nodeid.split("::", 1)[0]
+    module = _module(nodeid)
     return "ray" if Path(module).stem in RAY_MODULES else module
 
 
@@ -56,7 +60,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     without being listed in RAY_MODULES is an error, not a race."""
     unlisted = sorted(
         {
-            item.nodeid.split("::", 1)[0]
+            _module(item.nodeid)
             for item in items
             if "ray_session" in getattr(item, "fixturenames", ()) and _scope(item.nodeid) != "ray"
         }
