@@ -1,12 +1,18 @@
 """Study flow: the paper's two claims on a release big enough to mean something.
 
 synthesise a release (``StudySettings.studies``, 70/10/20 splits) -> ingest (64 px) -> train
-the generator and the noise-aware classifier (tiny preset) -> K = 7 heatmaps (``+c`` for every
-class) of every image on Ray actors -> heatmap quality on the held-out lesion images: softmax,
-sigmoid and unguided (scale 0) heatmaps, paired -> the ablation grids over seeds (ours with
-the DAug rows in every heatmap mode; the official grids as their code runs them) -> every
+the generator and the noise-aware classifier (tiny preset) -> heatmap quality on the held-out
+lesion images: softmax, sigmoid and unguided (scale 0) heatmaps, paired -> K = 7 heatmaps
+(``+c`` for every class) of every image on Ray actors -> the ablation grids over seeds (ours
+with the DAug rows in every heatmap mode; the official grids as their code runs them) -> every
 variant's AUC macro / weighted, x→x and r→x mAP@5 and wmAP@5 with 95 % bootstrap intervals
 over the test images, and its paired difference to its grid's baseline with a p-value.
+
+The heatmap answers come first: they need the models and the held-out images only, cost a
+fifth of the K = 7 stage, and ``OUT/RESULTS.md`` holds them as soon as they exist, so a study
+stopped in its long stages has already answered the heatmap questions. ``ComputeSettings``
+applies to every model pass: training (generator, classifier, every ablation run) and the
+heatmaps (``bf16`` on CPUs with bf16 units and on GPUs halves the heatmap stages here).
 
 Every stage is a flow a user runs alone and is resumable, so a rerun of an interrupted study
 continues where it stopped: the release and the store are kept, training resumes from its
@@ -25,6 +31,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from daug_core.clip_config import ClipTrainSettings
+from daug_core.compute import ComputeSettings
 from daug_core.config import DiffusionTrainSettings
 from daug_core.heatmap_settings import HeatmapSettings
 from daug_core.strict_json import strict
@@ -34,7 +41,7 @@ from flows.ablation_grids import Variant, grid_variants
 from flows.demo import ingest_store, stage, synthesise
 from flows.evaluate import TEST_OUTPUTS
 from flows.pool import PoolSettings
-from flows.precompute import precompute_flow
+from flows.precompute import check_precision, precompute_flow
 from flows.quality.flow import heatmap_quality_flow
 from flows.quality.settings import SweepSettings
 from flows.reports import study as report
@@ -62,13 +69,16 @@ def downstream_rows(
 
 
 def results_markdown(
-    study: StudySettings, downstream: dict[str, str], heatmaps: str, facts: dict[str, Any]
+    study: StudySettings, heatmaps: str, downstream: dict[str, str] | None, facts: dict[str, Any]
 ) -> str:
+    """The study's RESULTS.md; ``downstream`` None while the ablation stages are running."""
+    done = downstream is not None
+    images = f"{facts['images']} images ({facts['test_images']} test), " if done else ""
     lines = [
         f"# DAug study ({study.studies} synthetic studies, seeds {list(range(study.seeds))})",
         "",
-        f"{facts['images']} images ({facts['test_images']} test), K = 7 heatmaps per image "
-        f"(tiny preset); wall time {facts['seconds'] / 3600:.2f} h.",
+        f"{images}K = 7 heatmaps per image (tiny preset), models in {facts['precision']}; "
+        f"wall time {'' if done else 'so far '}{facts['seconds'] / 3600:.2f} h.",
         "",
         "## Heatmaps: guidance vs reconstruction error, softmax vs sigmoid",
         "",
@@ -77,6 +87,9 @@ def results_markdown(
         "## Downstream: each variant against its baseline",
         "",
     ]
+    if downstream is None:
+        lines.append("Not yet: the K = 7 heatmaps and the ablation are running.")
+        return "\n".join(lines) + "\n"
     for markdown in downstream.values():
         lines += [markdown, ""]
     lines.append("![differences to the baseline](study.png)")
@@ -85,7 +98,10 @@ def results_markdown(
 
 @flow(name="study")
 def study_flow(
-    out: str, study: StudySettings = StudySettings(), pool: PoolSettings = PoolSettings()
+    out: str,
+    study: StudySettings = StudySettings(),
+    pool: PoolSettings = PoolSettings(),
+    compute: ComputeSettings = ComputeSettings(),
 ) -> dict[str, Any]:
     """Run the study into OUT (local folder; rerun: finished stages and runs are kept).
 
@@ -93,8 +109,15 @@ def study_flow(
         out: folder for the release, the store, the checkpoints, every run and the results.
         study: release size, training steps, heatmap steps, grids, modes, seeds, bootstrap.
         pool: Ray actor pool of the heatmap stages.
+        compute: device of the training stages and precision of every model pass (training
+            and heatmaps; a rerun must keep it: the heatmap versions hold one precision).
     """
     started = time.perf_counter()
+    heatmap_settings = HeatmapSettings(
+        preset="tiny", steps=study.heatmap_steps, precision=compute.precision
+    )
+    compute.resolve()  # an impossible device or precision fails before anything is written
+    check_precision(heatmap_settings, pool)
     logger = get_run_logger()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -118,34 +141,37 @@ def study_flow(
             generator_steps=study.generator_steps,
             classifier_steps=study.classifier_steps,
         ),
+        compute=compute,
     )
-
-    stage("4. K = 7 heatmaps (+c for every class) of every image on Ray actors")
-    heat = precompute_flow(
-        store=str(store),
-        checkpoints=str(checkpoints),
-        heatmap_version=HEATMAP_VERSION,
-        heatmaps=HeatmapSettings(preset="tiny", steps=study.heatmap_steps),
-        pool=pool,
-    )
-    logger.info("heatmaps: %d computed, %d already done", heat["done"], heat["already_done"])
 
     heatmaps = "Heatmap quality was not run (--no-quality)."
     paired: list[dict[str, Any]] = []
     if study.quality:
-        stage("5. heatmap quality: softmax, sigmoid and unguided on the held-out lesion images")
+        stage("4. heatmap quality: softmax, sigmoid and unguided on the held-out lesion images")
         quality = heatmap_quality_flow(
             store=str(store),
             truth=str(truth),
             checkpoints=str(checkpoints),
             splits=["validate", "test"],
-            heatmaps=HeatmapSettings(preset="tiny", steps=study.heatmap_steps),
+            heatmaps=heatmap_settings,
             sweep=SweepSettings(enabled=False),
             pool=pool,
             out=str(root / "quality"),
         )
         paired = quality["paired"]
         heatmaps = report.heatmap_markdown(paired)
+        so_far = {"precision": compute.precision, "seconds": time.perf_counter() - started}
+        write_text(results_markdown(study, heatmaps, None, so_far), root / "RESULTS.md")
+
+    stage("5. K = 7 heatmaps (+c for every class) of every image on Ray actors")
+    heat = precompute_flow(
+        store=str(store),
+        checkpoints=str(checkpoints),
+        heatmap_version=HEATMAP_VERSION,
+        heatmaps=heatmap_settings,
+        pool=pool,
+    )
+    logger.info("heatmaps: %d computed, %d already done", heat["done"], heat["already_done"])
 
     stage("6. the ablation grids over seeds (ours: the DAug rows in every heatmap mode)")
     downstream: dict[str, str] = {}
@@ -161,6 +187,7 @@ def study_flow(
             heatmap_modes=list(study.modes_of(grid)),
             training=training,
             heatmap_version=HEATMAP_VERSION,
+            compute=compute,
         )
         stage(f"7. bootstrap intervals of the {grid} grid ({study.resamples} resamples)")
         variants = grid_variants(grid, None, training, study.modes_of(grid))
@@ -176,9 +203,10 @@ def study_flow(
         "images": int(heat["done"] + heat["already_done"] + heat["failures"]),
         "test_images": int(table["images"].iloc[0]),
         "seconds": round(seconds, 1),
+        "precision": compute.precision,
     }
     chart = report.plot_differences(table, root / "study.png")
-    markdown = results_markdown(study, downstream, heatmaps, facts)
+    markdown = results_markdown(study, heatmaps, downstream, facts)
     write_text(markdown, root / "RESULTS.md")
     result = {
         **facts,

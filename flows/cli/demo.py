@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from daug_core.compute import ComputeSettings
 from flows.cli.app import command
 from flows.cli.console import console
 from flows.demo_settings import DemoSettings
@@ -51,9 +52,11 @@ def show_study(result: dict[str, Any]) -> None:
 def run_study(
     study: StudySettings,
     pool: PoolSettings,
+    compute: ComputeSettings,
     out: Annotated[
         str, typer.Argument(help="folder for everything the study writes (rerun: resumes)")
     ] = "study-output",
 ) -> None:
     """Run the DAug study: heatmaps against the unguided baseline and softmax vs sigmoid, and
     the ablation grids over seeds with bootstrap intervals (hours; resumable)."""
+    compute.resolve()  # "cuda" without CUDA, fp16 on a CPU: fail here, before Prefect starts

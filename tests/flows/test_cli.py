@@ -275,6 +275,14 @@ def test_bad_settings_are_one_line_before_anything_starts(tmp_path, options, exp
     assert not store.exists()
 
 
+def test_a_study_in_a_precision_this_machine_lacks_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "study"
+    result = daug("study", str(out), "--precision", "fp16", "--device", "cpu")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "fp16 needs a CUDA device" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 def test_options_are_spelled_one_way_across_commands():
     """A concept has one spelling: --heatmap-version everywhere, and --mode is the guidance mode
     only (the contrastive model's is --heatmap-mode)."""

@@ -1,6 +1,7 @@
-"""`daug study` end to end on a handful of images, SIGKILLed in its ablation stage and rerun:
-the rerun keeps every finished stage and run, finishes the rest, and its table's numbers are
-the evaluations' own (a variant's estimate on all test images is its metrics.json headline).
+"""`daug study` end to end on a handful of images in bf16, SIGKILLed in its ablation stage and
+rerun: the heatmap answers were written before the ablation; the rerun keeps every finished
+stage and run, finishes the rest, and its table's numbers are the evaluations' own (a variant's
+estimate on all test images is its metrics.json headline).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import pandas as pd
 import pytest
 from prefect.settings import get_current_settings
 
+from daug_core.compute import ComputeSettings
 from daug_core.study_statistics import HEADLINE
 from flows.pool import PoolSettings
-from flows.study import study_flow
+from flows.study import HEATMAP_VERSION, study_flow
 from flows.study_settings import StudySettings
+from storage.heatmap_store import HeatmapStore
+from storage.image_store import ImageStore
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +52,7 @@ def _cli_options(settings: StudySettings) -> list[str]:
         f"--epochs={settings.epochs}",
         f"--resamples={settings.resamples}",
         "--actors=1",
+        "--precision=bf16",
     ]
     options += [f"--grid={g}" for g in settings.grids]
     return options + [f"--heatmap-mode={m}" for m in settings.heatmap_modes]
@@ -80,8 +85,17 @@ def test_study_killed_mid_ablation_resumes_and_reports_the_evaluations_numbers(
     finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/seed-0/metrics.json")}
     assert 0 < len(finished) < len(VARIANTS)
     assert not (out / "study.csv").exists()
+    # The heatmap answers came first and are already in RESULTS.md.
+    early = (out / "RESULTS.md").read_text()
+    assert "softmax − unguided" in early and "models in bf16" in early
+    assert "Not yet: the K = 7 heatmaps and the ablation are running." in early
 
-    result = study_flow(out=str(out), study=SMALL, pool=PoolSettings(actors=1))
+    result = study_flow(
+        out=str(out),
+        study=SMALL,
+        pool=PoolSettings(actors=1),
+        compute=ComputeSettings(precision="bf16"),
+    )
 
     # Finished runs were kept, the others trained; every stage before was already done.
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
@@ -108,6 +122,9 @@ def test_study_killed_mid_ablation_resumes_and_reports_the_evaluations_numbers(
     assert pairs == {("softmax", "unguided"), ("sigmoid", "unguided"), ("softmax", "sigmoid")}
     markdown = (out / "RESULTS.md").read_text()
     assert "softmax − unguided" in markdown and "**ours grid**" in markdown
+    assert "Not yet" not in markdown
+    images = ImageStore.open(out / "store", read_only=True)
+    assert HeatmapStore(images, HEATMAP_VERSION).provenance.translation.precision == "bf16"
     assert all(f"| {v} |" in markdown for v in VARIANTS)
     assert (out / "study.png").stat().st_size > 0
     assert json.loads((out / "study.json").read_text())["seconds"] > 0
