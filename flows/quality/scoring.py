@@ -374,12 +374,14 @@ def failures_of(scores: pd.DataFrame) -> pd.DataFrame:
     return failed[columns].drop_duplicates().reset_index(drop=True)
 
 
-# Per-item columns compared pairwise (same images, two heatmap sources), by their summary name.
+# Per-item columns compared pairwise (same images, two heatmap sources), by their summary name;
+# the two shares are the false-positive heat: on other findings' lesions, on healthy tissue.
 PAIRED_METRICS: dict[str, str] = {
     "pointing_game": "hit",
     "pixel_auroc": "pixel_auroc",
     "specificity": "specificity",
     "off_target_share": "off_target_share",
+    "healthy_share": "healthy_share",
 }
 PAIRED_COLUMNS: tuple[str, ...] = (
     "target",

@@ -232,6 +232,11 @@ def test_paired_comparison_pairs_the_same_images_and_brackets_the_difference():
     assert table.loc["specificity", "difference"] > 0.4
     assert table.loc["specificity", "chance_mean"] == pytest.approx(0.5)
     assert math.isnan(hits["chance_mean"])
+    # False-positive heat on healthy tissue: both mark one 4 x 4 lesion over the same noise.
+    healthy = table.loc["healthy_share"]
+    assert healthy["first_mean"] == pytest.approx(np.mean([s.healthy_share for s in guided]))
+    assert healthy["second_mean"] == pytest.approx(np.mean([s.healthy_share for s in unguided]))
+    assert 0.05 < healthy["first_mean"] < 0.08 and abs(healthy["difference"]) < 0.002
     with pytest.raises(ScoringInputError, match="different names"):
         paired_comparison(scores_table(guided), scores_table(guided), ("a", "a"))
 
