@@ -8,9 +8,10 @@ with the DAug rows in every heatmap mode; the official grids as their code runs 
 variant's AUC macro / weighted, x→x and r→x mAP@5 and wmAP@5 with 95 % bootstrap intervals
 over the test images, and its paired difference to its grid's baseline with a p-value.
 
-The heatmap answers come first: they need the models and the held-out images only, cost a
-fifth of the K = 7 stage, and ``OUT/RESULTS.md`` holds them as soon as they exist, so a study
-stopped in its long stages has already answered the heatmap questions. ``ComputeSettings``
+The heatmap answers come first: they need the models and the held-out images only (16 min
+against the K = 7 stage's 26 and the ablation's 55 in the README's run), and
+``OUT/RESULTS.md`` holds them as soon as they exist, so a study stopped in its long stages has
+already answered the heatmap questions. ``ComputeSettings``
 applies to every model pass: training (generator, classifier, every ablation run) and the
 heatmaps (``bf16`` on CPUs with bf16 units and on GPUs halves the heatmap stages here).
 
