@@ -24,9 +24,9 @@ from daug_core.checkpoints import (
     save_classifier_checkpoint,
     save_generator_checkpoint,
 )
-from daug_core.classifier_training import init_classifier_state
-from daug_core.config import preset
-from daug_core.generator import init_generator_state
+from daug_core.diffusion.classifier.training import init_classifier_state
+from daug_core.diffusion.generator import init_generator_state
+from daug_core.diffusion.presets import preset
 
 
 def save_random_checkpoints(ckpt: Path) -> None:
@@ -45,8 +45,8 @@ def build_store(root: Path, studies: int, images: int, shard_items: int = 8) -> 
     shards of ``shard_items`` (a shard is the unit the dispatcher hands an actor: small shards
     let a few dozen images keep several actors busy)."""
     from flows.ingest import ingest_flow
-    from storage.image_store import ImageStore
-    from storage.ingest_config import IngestConfig, ReaderConfig
+    from storage.release.ingest_config import IngestConfig, ReaderConfig
+    from storage.store.image import ImageStore
     from storage.synthetic import SynthConfig, write_synthetic_release
 
     release = write_synthetic_release(root / "release", SynthConfig(studies=studies, size=64), 7)

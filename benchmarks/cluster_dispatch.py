@@ -27,17 +27,17 @@ from _precompute_setup import save_random_checkpoints  # sets the environment fi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.loopback
 import ray
 
-from daug_core.heatmap_settings import HeatmapSettings
-from flows.dispatch import dispatch
-from flows.heatmap_actors import start_actors
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.precompute import heatmap_provenance, worker_spec
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from storage.location import Location
-from storage.precompute import ShardTask, plan_heatmaps
+from flows.runtime.actors import start_actors
+from flows.runtime.dispatch import dispatch
+from flows.runtime.pool import PoolSettings
+from storage.release.ingest_config import IngestConfig
+from storage.store.heatmap_shards import ShardTask, plan_heatmaps
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.location import Location
 from storage.synthetic import SynthConfig, write_synthetic_release
 from tests.loopback import SLOT, LoopbackCluster, S3Server
 

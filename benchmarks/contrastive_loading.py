@@ -36,11 +36,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from daug_core.config import TranslationConfig
-from storage.contrastive_dataset import AugmentConfig, ContrastiveDataset, make_loader
-from storage.heatmap_store import HeatmapProvenance, HeatmapStore
-from storage.image_store import ImageStore
-from storage.labels import LABEL_COLUMNS, SUPER_CLASS_NAMES
+from daug_core.diffusion.config import TranslationConfig
+from daug_core.labels import LABEL_COLUMNS, SUPER_CLASS_NAMES
+from storage.datasets.contrastive import AugmentConfig, ContrastiveDataset, make_loader
+from storage.store.heatmaps import HeatmapProvenance, HeatmapStore
+from storage.store.image import ImageStore
 
 log = logging.getLogger("contrastive_loading")
 

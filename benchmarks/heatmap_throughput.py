@@ -35,17 +35,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from daug_core.classifier import build_classifier
 from daug_core.compute import precision_dtype
-from daug_core.config import DiffusionConfig, InferenceConfig, Precision, preset
-from daug_core.generator import build_unet
-from daug_core.heatmaps import (
+from daug_core.diffusion.classifier.factory import build_classifier
+from daug_core.diffusion.config import DiffusionConfig, InferenceConfig, Precision
+from daug_core.diffusion.generator import build_unet
+from daug_core.diffusion.heatmaps import (
     HeatmapResult,
     compute_heatmaps,
     compute_heatmaps_reference,
     prepare_model,
 )
-from daug_core.targets import all_targets
+from daug_core.diffusion.presets import preset
+from daug_core.diffusion.targets import all_targets
 
 HeatmapFn = Callable[..., HeatmapResult]
 

@@ -29,10 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import ingest_flow
-from storage.image_store import ImageStore
-from storage.ingest import ingest_shard, plan_ingest
-from storage.ingest_config import IngestConfig, ReaderConfig
-from storage.release import ReleaseReader
+from storage.release.ingest_config import IngestConfig, ReaderConfig
+from storage.release.reader import ReleaseReader
+from storage.store.image import ImageStore
+from storage.store.ingest_shards import ingest_shard, plan_ingest
 from storage.synthetic import SynthConfig, write_synthetic_release
 
 SIZE, SHARD = 64, 64

@@ -26,7 +26,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 
 from flows.ingest import ingest_flow
-from storage.ingest_config import IngestConfig
+from storage.release.ingest_config import IngestConfig
 from storage.synthetic import SynthConfig, write_synthetic_release
 
 

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from daug_core.heatmap_settings import HeatmapSettings
-from flows.dispatch import dispatch
-from flows.heatmap_actors import WorkerSpec, start_actors
-from flows.pool import PoolSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.precompute import heatmap_provenance, worker_spec
-from storage.heatmap_store import HeatmapProvenance, HeatmapStore
-from storage.image_store import ImageStore
-from storage.precompute import ShardTask, plan_heatmaps
+from flows.runtime.actors import WorkerSpec, start_actors
+from flows.runtime.dispatch import dispatch
+from flows.runtime.pool import PoolSettings
+from storage.store.heatmap_shards import ShardTask, plan_heatmaps
+from storage.store.heatmaps import HeatmapProvenance, HeatmapStore
+from storage.store.image import ImageStore
 
 CONFIGS = [(2, 1), (1, 2), (1, 1)]  # (actors, CPUs per actor = torch threads)
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import ray
 
-from daug_core.heatmap_settings import HeatmapSettings
-from flows.pool import PoolSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.precompute import heatmap_provenance, precompute_flow
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.precompute import plan_heatmaps
+from flows.runtime.pool import PoolSettings
+from storage.store.heatmap_shards import plan_heatmaps
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
 
 
 def main() -> None:

@@ -23,17 +23,17 @@ from _precompute_setup import save_random_checkpoints  # sets the environment fi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.loopback
 import ray
 
-from daug_core.clip_config import contrastive_preset
-from daug_core.clip_model import build_tokenizer
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.contrastive.config import contrastive_preset
+from daug_core.contrastive.model import build_tokenizer
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.precompute import precompute_flow
-from storage.contrastive_dataset import ContrastiveDataset, make_loader
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from storage.location import Location
+from flows.runtime.pool import PoolSettings
+from storage.datasets.contrastive import ContrastiveDataset, make_loader
+from storage.release.ingest_config import IngestConfig
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.location import Location
 from storage.synthetic import SynthConfig, write_synthetic_release
 from tests.loopback import S3Server
 

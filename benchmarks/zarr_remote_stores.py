@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.loopback
 import numpy as np
 import zarr
 
-from storage.location import Location
+from storage.store.location import Location
 from tests.loopback import S3Server
 
 

@@ -9,7 +9,8 @@ the official |minmax(x0) - minmax(x_cf)| or the raw |x0 - x_cf| / 2, optionally 
 ``model_input`` maps store pixels to model space for both.
 
 No Prefect, Ray, Zarr or storage imports: flows call these functions and own all file and
-cluster handling. Import what you use from its module (``from daug_core.ddim import
-invert_to_level``); the package itself exports nothing, so ``import daug_core.config`` stays
+cluster handling. Import what you use from its module (``from daug_core.diffusion.ddim import
+invert_to_level``); the package itself exports nothing, so ``import daug_core.diffusion.config``
+stays
 cheap.
 """

@@ -47,29 +47,28 @@ from diffusers.models.unets.unet_2d import UNet2DModel
 from safetensors.torch import load_file, save_file
 
 from daug_core import strict_json
-from daug_core.classifier import NoiseAwareClassifier, classifier_module
-from daug_core.classifier_training import ClassifierState
-from daug_core.config import (
-    CheckpointError,
+from daug_core.diffusion.classifier.factory import classifier_module
+from daug_core.diffusion.classifier.model import NoiseAwareClassifier
+from daug_core.diffusion.classifier.training import ClassifierState
+from daug_core.diffusion.config import (
     ClassifierConfig,
-    ConfigError,
     classifier_config_from_dict,
     config_from_dict,
     config_to_dict,
-    dataclass_from_dict,
 )
-from daug_core.generator import GeneratorState, make_ema
-from daug_core.guided_diffusion_config import GuidedDiffusionClassifierConfig
-from daug_core.guided_diffusion_convert import (
+from daug_core.diffusion.generator import GeneratorState, make_ema
+from daug_core.diffusion.guided_diffusion_config import GuidedDiffusionClassifierConfig
+from daug_core.diffusion.guided_diffusion_convert import (
     ConditionedEps,
     GuidedDiffusionConfig,
     convert_unet,
     read_weights,
 )
+from daug_core.settings import CheckpointError, ConfigError, dataclass_from_dict
 from daug_core.training import make_optimizer
 
 if TYPE_CHECKING:  # imported where used: it loads open_clip, which most callers never need
-    from daug_core.guided_diffusion_classifier import EncoderClassifier
+    from daug_core.diffusion.classifier.guided_diffusion import EncoderClassifier
 
 FORMAT_VERSION = 1
 # A train-generator output folder holds one checkpoint directory per model.
@@ -377,7 +376,7 @@ def load_unet(
 def load_generator_checkpoint(
     directory: str | os.PathLike[str], *, device: str | torch.device = "cpu"
 ) -> GeneratorState:
-    """The full training state, to resume :func:`daug_core.generator.train_generator`."""
+    """The full training state, to resume :func:`daug_core.diffusion.generator.train_generator`."""
     root = Path(directory)
     if (root / EPS_JSON).is_file():
         raise CheckpointError(
@@ -440,7 +439,7 @@ def convert_guided_diffusion_classifier(
     """A guided-diffusion classifier (``weights``: its ``model*.pt``, a state dict or the
     official training script's ``{"state_dict": ...}``) as our classifier checkpoint at
     ``directory``, atomically."""
-    from daug_core.guided_diffusion_classifier import convert_classifier
+    from daug_core.diffusion.classifier.guided_diffusion import convert_classifier
 
     classifier = convert_classifier(model, read_weights(weights, key="state_dict"))
     target = Path(directory)
@@ -459,7 +458,7 @@ def convert_guided_diffusion_classifier(
 
 
 def _load_encoder(root: Path) -> EncoderClassifier:
-    from daug_core.guided_diffusion_classifier import EncoderClassifier
+    from daug_core.diffusion.classifier.guided_diffusion import EncoderClassifier
 
     meta = _read_json(root / ENCODER_JSON)
     try:
@@ -500,7 +499,8 @@ def load_classifier(
 def load_classifier_checkpoint(
     directory: str | os.PathLike[str], *, device: str | torch.device = "cpu"
 ) -> ClassifierState:
-    """The full training state, to resume :func:`daug_core.classifier_training.train_classifier`."""
+    """The full training state, to resume
+    :func:`daug_core.diffusion.classifier.training.train_classifier`."""
     root = Path(directory)
     if (root / ENCODER_JSON).is_file():
         raise CheckpointError(

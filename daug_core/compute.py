@@ -16,7 +16,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from daug_core.config import ConfigError, Precision, check_choices, described
+from daug_core.diffusion.config import Precision
+from daug_core.settings import ConfigError, check_choices, described
 
 if TYPE_CHECKING:
     import torch

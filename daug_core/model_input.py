@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from daug_core.config import InputRange
+from daug_core.diffusion.config import InputRange
 
 
 def to_model_space(

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from daug_core.config import TrainingConfig
+from daug_core.diffusion.config import TrainingConfig
 from daug_core.distributed import SINGLE, Ranks
 
 StopReason = Literal["reached_num_steps", "data_exhausted", "callback"]

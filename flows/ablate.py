@@ -33,9 +33,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from daug_core.clip_config import ClipTrainSettings
 from daug_core.compute import ComputeSettings
-from daug_core.study_statistics import HEADLINE
+from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.evaluation.study_statistics import HEADLINE
 from flows.ablation_grids import (
     VARIANTS,
     AblationGrid,
@@ -48,7 +48,7 @@ from flows.reports import ablation as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
 from flows.reports.files import RunFolder
 from flows.train import BEST, train_contrastive
-from storage.location import Location
+from storage.store.location import Location
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from daug_core.clip_config import ClipTrainSettings, HeatmapMode
+from daug_core.contrastive.config import ClipTrainSettings, HeatmapMode
 
 AblationGrid = Literal["ours", "classification", "retrieval"]
 HEATMAP_MODES: tuple[HeatmapMode, ...] = ("channel", "add", "append")

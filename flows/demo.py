@@ -18,23 +18,23 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from daug_core.config import DiffusionTrainSettings
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.presets import DiffusionTrainSettings
 from flows.ablate import ablate_flow
 from flows.demo_checkpoints import seed_checkpoints
 from flows.demo_settings import DemoSettings
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.precompute import precompute_flow
 from flows.quality.flow import heatmap_quality_flow
 from flows.quality.settings import SweepSettings
 from flows.reports import demo as report
 from flows.reports.artifacts import ProgressReporter, artifact_key, markdown_artifact
+from flows.runtime.pool import PoolSettings
 from flows.train_generator import train_generator_flow
-from storage.image_store import ImageStore
-from storage.ingest import summarise_store
-from storage.ingest_config import IngestConfig
+from storage.release.ingest_config import IngestConfig
+from storage.store.image import ImageStore
+from storage.store.ingest_shards import summarise_store
 from storage.synthetic import SynthConfig, write_synthetic_release
 
 stage_log = logging.getLogger("daug.stage")

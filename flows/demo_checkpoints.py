@@ -6,7 +6,7 @@ Heatmaps find the synthetic lesions only with models trained ~3,000 steps, which
 2 CPU cores, more than the demo's budget. So the demo copies these into its checkpoint folder
 when, and only when, its store holds the training data they were trained on (the same items
 and labels, and pixels equal up to the float rounding of the CPU that rendered them:
-:class:`storage.batches.DataFingerprint`); the ``train-generator`` flow then
+:class:`storage.datasets.batches.DataFingerprint`); the ``train-generator`` flow then
 resumes from them (nothing left to train at the default step counts). Any other store trains
 from scratch, as does ``daug demo --no-pretrained``.
 """
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, checkpoint_sha256
-from storage.batches import DataFingerprint, select, selection_fingerprint
-from storage.image_store import ImageStore
-from storage.labels import SUPER_CLASS_COLUMNS
+from daug_core.labels import SUPER_CLASS_COLUMNS
+from storage.datasets.batches import DataFingerprint, select, selection_fingerprint
+from storage.store.image import ImageStore
 
 DEMO_CHECKPOINTS = Path(__file__).resolve().with_name("demo_assets") / "checkpoints"
 ASSET_FILE = "asset.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daug_core.config import described
+from daug_core.settings import described
 
 
 @dataclass(frozen=True, kw_only=True)

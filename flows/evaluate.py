@@ -34,28 +34,28 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from daug_core.checkpoints import checkpoint_sha256
-from daug_core.clip_model import build_tokenizer
-from daug_core.clip_training import (
+from daug_core.compute import Compute, ComputeSettings, Precision, cpu_fp32
+from daug_core.contrastive.losses import HybridContrastiveLoss
+from daug_core.contrastive.model import build_tokenizer
+from daug_core.contrastive.training import (
     ClipBatch,
     ClipCheckpoint,
     Embedded,
     embed,
     load_clip_checkpoint,
 )
-from daug_core.compute import Compute, ComputeSettings, Precision, cpu_fp32
-from daug_core.losses import HybridContrastiveLoss
-from daug_core.metrics import ClassificationAuc, classification_auc
-from daug_core.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
-from daug_core.study_statistics import RunOutputs
+from daug_core.evaluation.classification import ClassificationAuc, classification_auc
+from daug_core.evaluation.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
+from daug_core.evaluation.study_statistics import RunOutputs
+from daug_core.labels import CHEXPERT_LABELS
 from flows.reports import evaluation as report
 from flows.reports.artifacts import artifact_key
 from flows.reports.files import RunFolder, write_json
 from flows.train import prompt_tokens
-from storage.contrastive_dataset import ContrastiveDataset, make_loader
-from storage.image_store import ImageStore
-from storage.labels import CHEXPERT_LABELS
-from storage.location import Location
-from storage.status import record_evaluation
+from storage.datasets.contrastive import ContrastiveDataset, make_loader
+from storage.store.image import ImageStore
+from storage.store.location import Location
+from storage.store.status import record_evaluation
 
 log = logging.getLogger(__name__)
 CLASS_KS = (1, 3, 5, 10)

@@ -16,8 +16,10 @@ from prefect.runtime import flow_run
 
 from flows.reports.artifacts import ProgressReporter, artifact_key, table_artifact
 from storage.geometry import FitMode
-from storage.image_store import ImageStore
-from storage.ingest import (
+from storage.release.ingest_config import IngestConfig, ReaderConfig
+from storage.release.reader import ReleaseReader
+from storage.store.image import ImageStore
+from storage.store.ingest_shards import (
     IngestPlan,
     ShardResult,
     ShardWork,
@@ -25,10 +27,8 @@ from storage.ingest import (
     plan_ingest,
     summarise_store,
 )
-from storage.ingest_config import IngestConfig, ReaderConfig
-from storage.lease import StoreLease
-from storage.location import Location
-from storage.release import ReleaseReader
+from storage.store.lease import StoreLease
+from storage.store.location import Location
 
 
 def _run_name() -> str:
@@ -61,7 +61,8 @@ def ingest_shard_at(
     image_format: Literal["dicom", "jpg"],
     fit: FitMode,
 ) -> ShardResult:
-    """:func:`~storage.ingest.ingest_shard` in a worker process: it opens the store and the
+    """:func:`~storage.store.ingest_shards.ingest_shard` in a worker process: it opens the store
+    and the
     release at their URLs itself, so only the shard's item list goes to it and counts come
     back (the pixels never pass through the flow's process)."""
     return ingest_shard(
@@ -77,7 +78,7 @@ def ingest_flow(
 
     Idempotent and resumable: finished items are skipped, a killed run is completed by
     rerunning it. Bad items go to STORE/quarantine.csv and never stop the run. The run holds
-    the store's lease while it writes (storage/lease.py): another writer is refused.
+    the store's lease while it writes (storage/store/lease.py): another writer is refused.
 
     Args:
         release: release root (holds ``files/`` and the ``mimic-cxr-2.0.0-*.csv[.gz]``).

@@ -3,8 +3,9 @@
 Each shard task reads its pending images and sends them in batches to a pool of Ray actors
 that hold the UNet and classifier (loaded once per actor); the task then writes the shard's
 heatmaps, its failure part and its ``heatmaps_done`` chunk (it is the shard's only writer).
-What the heatmaps are is one :class:`~daug_core.heatmap_settings.HeatmapSettings`; how they are
-computed, one :class:`~flows.heatmap_actors.PoolSettings`.
+What the heatmaps are is one :class:`~daug_core.diffusion.heatmap_settings.HeatmapSettings`; how
+they are
+computed, one :class:`~flows.runtime.actors.PoolSettings`.
 """
 
 from __future__ import annotations
@@ -23,21 +24,21 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, checkpoint_sha256
-from daug_core.config import ConfigError
-from daug_core.heatmap_settings import HeatmapSettings
-from flows.dispatch import DispatchReport, dispatch
-from flows.heatmap_actors import WorkerSpec, start_actors
-from flows.pool import PoolSettings, actor_count, connect_ray
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.settings import ConfigError
 from flows.reports import precompute as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
 from flows.reports.files import RunFolder
-from storage.checkpoint_cache import cached_checkpoint
-from storage.heatmap_store import DEFAULT_VERSION, HeatmapProvenance, HeatmapStore
-from storage.image_store import ImageStore
-from storage.lease import StoreLease
-from storage.location import Location
-from storage.precompute import ShardTask, plan_heatmaps
+from flows.runtime.actors import WorkerSpec, start_actors
+from flows.runtime.dispatch import DispatchReport, dispatch
+from flows.runtime.pool import PoolSettings, actor_count, connect_ray
 from storage.provenance import code_version
+from storage.store.checkpoint_cache import cached_checkpoint
+from storage.store.heatmap_shards import ShardTask, plan_heatmaps
+from storage.store.heatmaps import DEFAULT_VERSION, HeatmapProvenance, HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.lease import StoreLease
+from storage.store.location import Location
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def precompute_flow(
     it. A version holds one provenance: other checkpoints, targets or guidance numbers are
     refused unless written to a new ``heatmap_version``. Items that fail are listed in
     ``heatmaps/HEATMAP_VERSION/failures.csv`` and never stop the run. The run holds the
-    store's lease while it writes (storage/lease.py): another writer is refused.
+    store's lease while it writes (storage/store/lease.py): another writer is refused.
 
     Args:
         store: image store directory (from the ingest flow).

@@ -2,9 +2,9 @@
 
 Phases (each timed; the report lists them):
 
-1. **diff** (:func:`storage.release_diff.diff_release`): the release, read with the reader
+1. **diff** (:func:`storage.release.diff.diff_release`): the release, read with the reader
    config of the store's last ingest, against the store by ``dicom_id`` and source sha256.
-2. **apply** (:func:`storage.release_update.apply_release_diff`, under the store's lock):
+2. **apply** (:func:`storage.release.update.apply_release_diff`, under the store's lock):
    labels and reports updated in place, pixel-changed items' ``done`` and heatmaps cleared,
    removed items retired; the release is added to the store's history (attrs ``releases``).
 3. **ingest** (the ``ingest`` flow as a subflow): registers and ingests new items and
@@ -36,28 +36,31 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from daug_core.clip_config import ClipTrainSettings, ContrastiveConfig, contrastive_config_from_dict
-from daug_core.clip_training import MODEL_JSON
-from daug_core.config import PresetName
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.contrastive.config import (
+    ClipTrainSettings,
+    ContrastiveConfig,
+    contrastive_config_from_dict,
+)
+from daug_core.contrastive.training import MODEL_JSON
+from daug_core.diffusion.config import PresetName
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.evaluate import evaluate_checkpoint
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.precompute import heatmap_provenance
 from flows.precompute import precompute_flow as precompute_subflow
 from flows.reports import reprocess as report
 from flows.reports.artifacts import artifact_key
 from flows.reports.files import RunFolder, write_json, write_text
+from flows.runtime.pool import PoolSettings
 from flows.train import train_contrastive
-from storage.heatmap_store import DEFAULT_VERSION, HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from storage.lease import StoreLease
-from storage.location import Location
-from storage.release import ReleaseReader
-from storage.release_diff import ChangeKind, ReleaseDiff, diff_release
-from storage.release_update import apply_release_diff, record_release
-from storage.status import (
+from storage.release.diff import ChangeKind, ReleaseDiff, diff_release
+from storage.release.reader import ReleaseReader
+from storage.release.update import apply_release_diff, record_release
+from storage.store.heatmaps import DEFAULT_VERSION, HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.lease import StoreLease
+from storage.store.location import Location
+from storage.store.status import (
     CURRENT_HEATMAPS_ATTR,
     current_heatmap_version,
     last_evaluation,
@@ -195,13 +198,13 @@ def reprocess_flow(
     seconds: dict[str, float] = {}
     run_dir = RunFolder(Location.of(store).child("_runs", f"reprocess-{started:%Y%m%d-%H%M%S}"))
 
-    IngestConfig.from_store(ImageStore.open(store, read_only=True))  # ingested, or fail now
+    ImageStore.open(store, read_only=True).ingest_config()  # ingested, or fail now
     # Diff and apply under one hold of the store's lock: the diff is applied to the store
     # it was computed from. The subflows take the lock themselves.
     with StoreLease(store, owner="reprocess"):
         tick = time.perf_counter()
         image_store = ImageStore.open(store)
-        ingest = IngestConfig.from_store(image_store)
+        ingest = image_store.ingest_config()
         diff = diff_release(
             image_store, ReleaseReader(release, ingest.reader), workers=hash_workers
         )

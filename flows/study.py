@@ -31,23 +31,23 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from daug_core.clip_config import ClipTrainSettings
 from daug_core.compute import ComputeSettings
-from daug_core.config import DiffusionTrainSettings
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.presets import DiffusionTrainSettings
+from daug_core.evaluation.study_statistics import RunOutputs, compare_variants
 from daug_core.strict_json import strict
-from daug_core.study_statistics import RunOutputs, compare_variants
 from flows.ablate import ablate_flow
 from flows.ablation_grids import Variant, grid_variants
 from flows.demo import ingest_store, stage, synthesise
 from flows.evaluate import TEST_OUTPUTS
-from flows.pool import PoolSettings
 from flows.precompute import check_precision, precompute_flow
 from flows.quality.flow import heatmap_quality_flow
 from flows.quality.settings import SweepSettings
 from flows.reports import study as report
 from flows.reports.artifacts import artifact_key
 from flows.reports.files import write_json, write_text
+from flows.runtime.pool import PoolSettings
 from flows.study_settings import STUDY_PREVALENCES, STUDY_SPLITS, StudySettings
 from flows.train_generator import train_generator_flow
 from storage.synthetic import SynthConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-from daug_core.config import ConfigError, check_finite, described
+from daug_core.settings import ConfigError, check_finite, described
 from flows.ablation_grids import GRIDS, HEATMAP_MODES, AblationGrid
 from storage.synthetic.config import DEFAULT_PREVALENCES
 

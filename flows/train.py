@@ -31,14 +31,16 @@ from prefect.runtime import flow_run
 
 from daug_core import strict_json
 from daug_core.checkpoints import checkpoint_sha256
-from daug_core.clip_config import (
+from daug_core.compute import Compute, ComputeSettings, cpu_fp32
+from daug_core.contrastive.config import (
     ClipTrainSettings,
     ContrastiveConfig,
     ModelSelection,
     contrastive_config_to_dict,
 )
-from daug_core.clip_model import build_tokenizer
-from daug_core.clip_training import (
+from daug_core.contrastive.losses import HybridContrastiveLoss
+from daug_core.contrastive.model import build_tokenizer
+from daug_core.contrastive.training import (
     ClipBatch,
     ContrastiveForward,
     EpochStats,
@@ -53,23 +55,21 @@ from daug_core.clip_training import (
     steps_per_epoch,
     train_epoch,
 )
-from daug_core.compute import Compute, ComputeSettings, cpu_fp32
 from daug_core.distributed import SINGLE, Ranks
-from daug_core.losses import HybridContrastiveLoss
-from daug_core.metrics import classification_auc
-from flows.distributed import ScalingSettings, run_data_parallel, worker_compute
+from daug_core.evaluation.classification import classification_auc
+from daug_core.labels import CHEXPERT_LABELS
 from flows.reports import training as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
 from flows.reports.files import RunFolder
-from storage.contrastive_dataset import (
+from flows.runtime.ray_train import ScalingSettings, run_data_parallel, worker_compute
+from storage.datasets.contrastive import (
     AugmentConfig,
     ContrastiveDataset,
     MissingHeatmaps,
     make_loader,
 )
-from storage.labels import CHEXPERT_LABELS
-from storage.location import Location
-from storage.tables import DirectoryTables
+from storage.store.location import Location
+from storage.store.tables import DirectoryTables
 
 log = logging.getLogger(__name__)
 LAST, BEST = "last", "best"

@@ -31,24 +31,26 @@ from daug_core.checkpoints import (
     save_classifier_checkpoint,
     save_generator_checkpoint,
 )
-from daug_core.classifier_eval import evaluate_classifier
-from daug_core.classifier_loss import pos_weight_from_labels
-from daug_core.classifier_training import (
+from daug_core.compute import Compute, ComputeSettings
+from daug_core.diffusion.classifier.evaluation import evaluate_classifier
+from daug_core.diffusion.classifier.loss import pos_weight_from_labels
+from daug_core.diffusion.classifier.training import (
     ClassifierState,
     init_classifier_state,
     train_classifier,
 )
-from daug_core.compute import Compute, ComputeSettings
-from daug_core.config import DiffusionConfig, DiffusionTrainSettings
+from daug_core.diffusion.config import DiffusionConfig
+from daug_core.diffusion.generator import GeneratorState, init_generator_state, train_generator
+from daug_core.diffusion.presets import DiffusionTrainSettings
 from daug_core.distributed import SINGLE, Ranks
-from daug_core.generator import GeneratorState, init_generator_state, train_generator
+from daug_core.labels import SUPER_CLASS_COLUMNS
 from daug_core.model_input import to_model_space
 from daug_core.training import StepReport, TrainingResult
-from flows.distributed import ScalingSettings, run_data_parallel, worker_compute
 from flows.reports import training as report
 from flows.reports.artifacts import ProgressReporter, artifact_key
 from flows.reports.files import RunFolder, write_json
-from storage.batches import (
+from flows.runtime.ray_train import ScalingSettings, run_data_parallel, worker_compute
+from storage.datasets.batches import (
     Batch,
     Selection,
     random_batches,
@@ -57,10 +59,9 @@ from storage.batches import (
     sequential_batches,
 )
 from storage.errors import StoreFormatError
-from storage.image_store import ImageStore
-from storage.labels import SUPER_CLASS_COLUMNS
-from storage.location import Location
-from storage.tables import DirectoryTables
+from storage.store.image import ImageStore
+from storage.store.location import Location
+from storage.store.tables import DirectoryTables
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from daug_core.config import TranslationConfig
-from storage.heatmap_store import HeatmapProvenance
-from storage.labels import CHEXPERT_LABELS
+from daug_core.diffusion.config import TranslationConfig
+from daug_core.labels import CHEXPERT_LABELS
+from storage.store.heatmaps import HeatmapProvenance
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
@@ -249,9 +249,9 @@ def write_random_checkpoints(root: Path, generator_seed: int = 0, classifier_see
     import torch
 
     from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
-    from daug_core.classifier_training import init_classifier_state
-    from daug_core.config import preset
-    from daug_core.generator import init_generator_state
+    from daug_core.diffusion.classifier.training import init_classifier_state
+    from daug_core.diffusion.generator import init_generator_state
+    from daug_core.diffusion.presets import preset
 
     config = preset("tiny")
     generator = init_generator_state(

@@ -94,7 +94,7 @@ def test_no_settings_class_is_constructed_positionally():
 
 
 def test_a_positional_call_is_a_type_error():
-    from daug_core.config import TranslationConfig
+    from daug_core.diffusion.config import TranslationConfig
 
     with pytest.raises(TypeError):
         TranslationConfig(300, 10)  # type: ignore[misc]

@@ -30,7 +30,7 @@ def _terminate(signum: int, frame: object) -> None:
 def run() -> None:
     """Console entry point: known input errors print one clear line instead of a traceback."""
     # Light modules only: a CLI start must not pay for torch, diffusers or zarr.
-    from daug_core.config import CheckpointError, ConfigError
+    from daug_core.settings import CheckpointError, ConfigError
     from flows.cli.prefect_server import records_dir, stop_orphans
     from storage.errors import EmptySelectionError, ReleaseFormatError, StoreFormatError
 

@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from daug_core.clip_config import ContrastiveConfig
-    from storage.contrastive_dataset import MissingHeatmaps
-    from storage.image_store import ImageStore
-    from storage.ingest_config import ReaderConfig
+    from daug_core.contrastive.config import ContrastiveConfig
+    from storage.datasets.contrastive import MissingHeatmaps
+    from storage.release.ingest_config import ReaderConfig
+    from storage.store.image import ImageStore
 
 
 def require_store(store: str) -> ImageStore:
     """The image store at ``store``, opened read-only (a StoreFormatError says why not)."""
-    from storage.image_store import ImageStore
+    from storage.store.image import ImageStore
 
     return ImageStore.open(store, read_only=True)
 
@@ -27,7 +27,7 @@ def require_store(store: str) -> ImageStore:
 def require_checkpoints(checkpoints: str, hint: str = "--checkpoints") -> None:
     """A train-generator output (a folder or URL) has generator/ and classifier/."""
     from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, verify_checkpoint_files
-    from storage.location import Location
+    from storage.store.location import Location
 
     for name in (GENERATOR_DIR, CLASSIFIER_DIR):
         place = Location.of(checkpoints).child(name)
@@ -40,7 +40,7 @@ def require_checkpoints(checkpoints: str, hint: str = "--checkpoints") -> None:
 def require_release(release: str, reader: ReaderConfig) -> None:
     """The release root holds the CSVs ``reader`` reads, readable and with the values a
     release has (a ReleaseFormatError names the file, line and column), before Prefect starts."""
-    from storage.release import ReleaseReader
+    from storage.release.reader import ReleaseReader
 
     found = ReleaseReader(release, reader)
     for kind in ("metadata", "split", reader.labeler):
@@ -58,7 +58,7 @@ def require_truth(truth: str) -> None:
 
 
 def require_heatmap_version(store: ImageStore, version: str, hint: str) -> None:
-    from storage.heatmap_store import HeatmapStore
+    from storage.store.heatmaps import HeatmapStore
 
     versions = HeatmapStore.versions(store)
     if version not in versions:

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from daug_core.clip_config import ClipTrainSettings
 from daug_core.compute import ComputeSettings
+from daug_core.contrastive.config import ClipTrainSettings
 from flows.ablation_grids import AblationGrid, grid_variants
 from flows.cli.app import command
 from flows.cli.checks import require_store, require_training_data
@@ -19,8 +19,8 @@ from flows.cli.options import (
     StoreOption,
     TorchThreadsOption,
 )
-from flows.distributed import ScalingSettings
-from storage.location import Location
+from flows.runtime.ray_train import ScalingSettings
+from storage.store.location import Location
 
 OutOption = Annotated[str, typer.Option(help="output folder (rerun to resume)")]
 
@@ -156,7 +156,7 @@ def convert_clip(
 ) -> None:
     """Convert OpenAI CLIP in Hugging Face format (what the official DAug code loads) into an
     open_clip checkpoint for --pretrained (OpenAI's ViT-B/32 becomes ViT-B-32-quickgelu)."""
-    from daug_core.clip_convert import convert_hf_clip
+    from daug_core.contrastive.convert import convert_hf_clip
 
     if out.suffix != ".safetensors":
         raise typer.BadParameter(f"{out} must end in .safetensors", param_hint="OUT")

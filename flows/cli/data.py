@@ -12,7 +12,7 @@ from flows.cli.app import command
 from flows.cli.checks import require_release
 from flows.cli.console import console, progress_bars
 from flows.cli.options import Group, StoreOption
-from storage.ingest_config import IngestConfig
+from storage.release.ingest_config import IngestConfig
 from storage.synthetic.config import ReleaseChangeConfig, SynthConfig
 
 OverwriteOption = Annotated[

@@ -10,7 +10,7 @@ from daug_core.compute import ComputeSettings
 from flows.cli.app import command
 from flows.cli.console import console
 from flows.demo_settings import DemoSettings
-from flows.pool import PoolSettings
+from flows.runtime.pool import PoolSettings
 from flows.study_settings import StudySettings
 
 PANEL = "Demo"

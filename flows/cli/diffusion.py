@@ -9,12 +9,12 @@ from typing import Annotated, Any
 import typer
 
 from daug_core.compute import ComputeSettings
-from daug_core.config import DiffusionTrainSettings
-from daug_core.guided_diffusion_config import (
+from daug_core.diffusion.guided_diffusion_config import (
     GuidedDiffusionClassifierConfig,
     GuidedDiffusionConfig,
 )
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.presets import DiffusionTrainSettings
 from flows.cli.app import command
 from flows.cli.checks import (
     require_checkpoints,
@@ -29,9 +29,9 @@ from flows.cli.options import (
     SplitsOption,
     StoreOption,
 )
-from flows.distributed import ScalingSettings
-from flows.pool import PoolSettings
 from flows.quality.settings import SweepSettings
+from flows.runtime.pool import PoolSettings
+from flows.runtime.ray_train import ScalingSettings
 
 EvalSplitOption = Annotated[
     str, typer.Option(help="split on which the classifier's AUC per noise level is measured")
@@ -101,7 +101,7 @@ def precompute(
     examples: Annotated[int, typer.Option(help="items in the example overlay grid")] = 6,
 ) -> None:
     """Precompute DAug heatmaps for the ingested images of a store (resumable)."""
-    from storage.heatmap_store import check_version_name
+    from storage.store.heatmaps import check_version_name
 
     try:  # before anything is created
         check_version_name(heatmap_version)
@@ -166,7 +166,7 @@ def _write_converted(
 ) -> None:
     """Run ``convert`` (which writes ``target`` atomically) unless ``target`` exists and may not
     be replaced; a model that does not convert is one error line naming ``hint``."""
-    from daug_core.guided_diffusion_config import GuidedDiffusionError
+    from daug_core.diffusion.guided_diffusion_config import GuidedDiffusionError
 
     if target.exists() and not overwrite:
         raise typer.BadParameter(f"{target} exists (--overwrite replaces it)", param_hint="OUT")

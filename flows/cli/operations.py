@@ -6,14 +6,14 @@ from typing import Annotated, Any
 
 import typer
 
-from daug_core.clip_config import ClipTrainSettings
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.cli.app import command
 from flows.cli.checks import require_checkpoints, require_heatmap_version, require_release
 from flows.cli.console import console, progress_bars
 from flows.cli.options import Group, StoreOption
-from flows.pool import PoolSettings
-from storage.location import Location
+from flows.runtime.pool import PoolSettings
+from storage.store.location import Location
 
 StoreArgument = Annotated[str, typer.Argument(help="image store")]
 
@@ -32,9 +32,9 @@ def delete_heatmaps(
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
 ) -> None:
     """Delete one heatmap version (its arrays and tables); nothing else deletes heatmaps."""
-    from storage.heatmap_store import HeatmapStore
-    from storage.image_store import ImageStore
-    from storage.lease import StoreLease
+    from storage.store.heatmaps import HeatmapStore
+    from storage.store.image import ImageStore
+    from storage.store.lease import StoreLease
 
     images = ImageStore.open(store)
     require_heatmap_version(images, version, "VERSION")
@@ -69,8 +69,8 @@ def verify(
     """
     from rich.table import Table
 
-    from storage.image_store import ImageStore
-    from storage.verify import verify_store
+    from storage.store.image import ImageStore
+    from storage.store.verify import verify_store
 
     images = ImageStore.open(store)
     with progress_bars() as progress:
@@ -140,11 +140,10 @@ def reprocess(
     The heatmap settings apply only to a store without heatmaps (an existing version is
     continued with its own); the --train-* settings only when the store has no evaluated model
     whose config to reuse."""
-    from storage.image_store import ImageStore
-    from storage.ingest_config import IngestConfig
+    from storage.store.image import ImageStore
 
     # Fail before a Prefect server starts on a missing store or release.
-    ingested = IngestConfig.from_store(ImageStore.open(store, read_only=True))
+    ingested = ImageStore.open(store, read_only=True).ingest_config()
     require_release(release, ingested.reader)
     if checkpoints is not None:
         require_checkpoints(checkpoints)
@@ -153,7 +152,7 @@ def reprocess(
 @command(PANEL)
 def status(store: StoreArgument) -> None:
     """Releases seen, items by state and split, heatmap versions, the last evaluation."""
-    from storage.image_store import ImageStore
-    from storage.status import format_status, store_status
+    from storage.store.image import ImageStore
+    from storage.store.status import format_status, store_status
 
     typer.echo(format_status(store_status(ImageStore.open(store, read_only=True))))

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from daug_core.config import ConfigError
+from daug_core.settings import ConfigError
 
 # ---- plain options shared by several commands (one spelling per concept) --------------------
 StoreOption = Annotated[

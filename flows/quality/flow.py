@@ -50,11 +50,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from daug_core.compute import ComputeSettings
-from daug_core.config import DiffusionConfig
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.config import DiffusionConfig
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.targets import Target
 from daug_core.strict_json import strict
-from daug_core.targets import Target
-from flows.pool import PoolSettings
 from flows.precompute import heatmap_provenance
 from flows.precompute import precompute_flow as precompute_subflow
 from flows.quality.scoring import (
@@ -70,13 +69,14 @@ from flows.reports import quality as report
 from flows.reports.artifacts import ProgressReporter, artifact_key, table_artifact
 from flows.reports.files import RunFolder, write_json
 from flows.reports.quality import MODES, ScoredSource
+from flows.runtime.pool import PoolSettings
 from storage.geometry import FitMode
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest import store_fit_mode
-from storage.location import Location
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.ingest_shards import store_fit_mode
+from storage.store.location import Location
+from storage.store.tables import DirectoryTables
 from storage.synthetic.ground_truth import GroundTruthMasks
-from storage.tables import DirectoryTables
 
 log = logging.getLogger(__name__)
 

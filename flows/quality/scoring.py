@@ -13,8 +13,9 @@ Other). Per (image, target) the item is one of three kinds:
   those other lesions / all heat) and energy.
 
 Items that cannot be scored (no masks for the image, heatmap not finite) give ``failed`` rows
-with the reason, one per target. The metric functions are :mod:`daug_core.localization`; this
-module joins them with the label vocabulary of :mod:`storage.labels`, so it lives in flows/
+with the reason, one per target. The metric functions are :mod:`daug_core.evaluation.localization`;
+this
+module joins them with the label vocabulary of :mod:`daug_core.labels`, so it lives in flows/
 (storage and daug_core do not import each other).
 """
 
@@ -28,9 +29,9 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
-from daug_core.bootstrap import paired_difference
-from daug_core.config import DEFAULT_CLASS_NAMES
-from daug_core.localization import (
+from daug_core.diffusion.targets import Target
+from daug_core.evaluation.bootstrap import paired_difference
+from daug_core.evaluation.localization import (
     LocalizationInputError,
     energy,
     heat_shares,
@@ -38,11 +39,10 @@ from daug_core.localization import (
     pixel_auroc,
     pointing_hit,
 )
-from daug_core.targets import Target
+from daug_core.labels import CHEXPERT_LABELS, SUPER_CLASS_NAMES, SUPER_CLASSES
 from storage.geometry import FitMode
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.labels import CHEXPERT_LABELS, SUPER_CLASSES
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
 from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
 
 NO_FINDING = "No Finding"
@@ -135,7 +135,7 @@ def score_item(
     targets: Sequence[str],
     masks14: np.ndarray,
     tolerance: int = 2,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    class_names: Sequence[str] = SUPER_CLASS_NAMES,
 ) -> list[ItemScore]:
     """Score one image's heatmaps (K, S, S), channel k for ``targets[k]``, against its
     (14, S, S) lesion masks (fitted to the heatmaps' pixels)."""
@@ -339,7 +339,7 @@ def score_heatmap_version(
     indices: Sequence[int] | np.ndarray,
     tolerance: int = 2,
     fit: FitMode | str = FitMode.PAD,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    class_names: Sequence[str] = SUPER_CLASS_NAMES,
     batch: int = 32,
 ) -> pd.DataFrame:
     """Score the stored heatmaps of ``indices`` (every target of the version) against the
@@ -410,7 +410,7 @@ def paired_comparison(
     """Two heatmap sources scored on the same lesion images (``scores_table`` frames): per
     target and metric of :data:`PAIRED_METRICS`, the mean of each over the images where both
     define it, ``first - second`` with its 95 % BCa bootstrap interval over those images and
-    the paired bootstrap p-value (:func:`daug_core.bootstrap.paired_difference`); for
+    the paired bootstrap p-value (:func:`daug_core.evaluation.bootstrap.paired_difference`); for
     specificity also ``chance_mean``, the chance level on those images."""
     if names[0] == names[1]:
         raise ScoringInputError(f"the two sources need different names, got {names}")

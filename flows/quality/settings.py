@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from daug_core.compute import ComputeSettings
-from daug_core.config import GUIDANCE_MODES, ConfigError, described
+from daug_core.diffusion.config import GUIDANCE_MODES
+from daug_core.settings import ConfigError, described
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 every point of guidance mode x scale x level x steps, scored against the ground-truth masks:
 localisation and class specificity per target against seconds per image.
 
-Runs in the flow's process with one :class:`~flows.heatmap_actors.HeatmapWorker` (the models
+Runs in the flow's process with one :class:`~flows.runtime.actors.HeatmapWorker` (the models
 loaded once, as the precompute actors load them).
 """
 
@@ -21,8 +21,8 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from daug_core.config import DiffusionConfig, GuidanceMode, TranslationConfig
-from daug_core.targets import Target
+from daug_core.diffusion.config import DiffusionConfig, GuidanceMode, TranslationConfig
+from daug_core.diffusion.targets import Target
 from flows.quality.scoring import (
     LESION_METRICS,
     score_item,
@@ -33,7 +33,7 @@ from flows.quality.scoring import (
 from flows.quality.settings import SweepSettings
 from flows.reports.artifacts import ProgressReporter
 from storage.geometry import FitMode
-from storage.image_store import ImageStore
+from storage.store.image import ImageStore
 from storage.synthetic.ground_truth import GroundTruthError, GroundTruthMasks
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def run_sweep(
     import torch
 
     from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR
-    from flows.heatmap_actors import HeatmapWorker, WorkerSpec
+    from flows.runtime.actors import HeatmapWorker, WorkerSpec
 
     spec = WorkerSpec(
         generator_dir=str(checkpoints / GENERATOR_DIR),

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from daug_core.study_statistics import HEADLINE
+from daug_core.evaluation.study_statistics import HEADLINE
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
 

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from daug_core.clip_training import ClipCheckpoint
+from daug_core.contrastive.training import ClipCheckpoint
+from daug_core.labels import CHEXPERT_LABELS
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
-from storage.contrastive_dataset import ContrastiveDataset
-from storage.image_store import ImageStore
-from storage.ingest import store_fit_mode
-from storage.labels import CHEXPERT_LABELS
+from storage.datasets.contrastive import ContrastiveDataset
+from storage.store.image import ImageStore
+from storage.store.ingest_shards import store_fit_mode
 from storage.synthetic.ground_truth import GroundTruthMasks
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from daug_core import strict_json
-from storage.location import Location
-from storage.tables import replace_atomically
+from storage.store.location import Location
+from storage.store.tables import replace_atomically
 
 # How long a presigned link to a run's file on object storage stays valid (7 days: the
 # longest S3 allows for SigV4).

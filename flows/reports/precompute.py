@@ -15,9 +15,9 @@ import pandas as pd
 
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
-from storage.heatmap_store import HeatmapProvenance, HeatmapStore
-from storage.image_store import ImageStore
-from storage.precompute import HeatmapShardResult
+from storage.store.heatmap_shards import HeatmapShardResult
+from storage.store.heatmaps import HeatmapProvenance, HeatmapStore
+from storage.store.image import ImageStore
 
 
 def summary_table(

@@ -18,16 +18,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from daug_core.config import DEFAULT_CLASS_NAMES, GuidanceMode
+from daug_core.diffusion.config import GuidanceMode
+from daug_core.diffusion.targets import Target
+from daug_core.labels import SUPER_CLASS_NAMES, slug
 from daug_core.strict_json import strict
-from daug_core.targets import Target
 from flows.quality.scoring import HEADLINE_METRICS, ItemKind, failures_of, target_mask
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
 from storage.geometry import FitMode
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.labels import slug
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
 from storage.synthetic.ground_truth import GroundTruthMasks
 
 MODES: tuple[GuidanceMode, GuidanceMode] = ("softmax", "sigmoid")
@@ -101,7 +101,7 @@ def plot_cases(
     target: str,
     indices: Sequence[int],
     path: Path,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    class_names: Sequence[str] = SUPER_CLASS_NAMES,
 ) -> Path | None:
     """One row per case: the image, each source's ``target`` heatmap over it (colour scale
     0 to that map's maximum, so weak maps stay readable), the ground-truth masks (the

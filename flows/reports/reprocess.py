@@ -7,8 +7,8 @@ from typing import Any
 import pandas as pd
 
 from flows.reports.artifacts import markdown_artifact, table_artifact
-from storage.release_diff import ChangeKind, ReleaseDiff
-from storage.release_update import AppliedChanges
+from storage.release.diff import ChangeKind, ReleaseDiff
+from storage.release.update import AppliedChanges
 
 EXAMPLES_PER_KIND = 5
 WHAT_IS_DONE: dict[str, str] = {

@@ -29,7 +29,7 @@ Ground truth
 ------------
 ``ground_truth/labels.csv`` — one row per image (also images missing from split/labels):
 ``dicom_id,study_id,subject_id,ViewPosition`` then one 0/1 column per CheXpert label in
-:data:`storage.labels.CHEXPERT_LABELS` order. Values are the TRUE study findings (findings
+:data:`daug_core.labels.CHEXPERT_LABELS` order. Values are the TRUE study findings (findings
 are per study: every image of a study shows them). ``No Finding`` is 1 iff no other
 finding is present (support devices count as a finding); ``Lung Opacity`` is 1 when the
 study has a nonspecific opacity or any of Atelectasis, Consolidation, Edema, Lung Lesion,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from daug_core.config import ConfigError, check_choices, described
-from storage.labels import CHEXPERT_LABELS
+from daug_core.labels import CHEXPERT_LABELS
+from daug_core.settings import ConfigError, check_choices, described
 
 ImageFormat = Literal["dicom", "jpg"]
 

@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from storage.labels import CHEXPERT_LABELS
+from daug_core.labels import CHEXPERT_LABELS
 from storage.synthetic.config import RENDERABLE_FINDINGS, SynthConfig
 from storage.synthetic.lesions import (
     Atelectasis,

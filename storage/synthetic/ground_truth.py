@@ -1,7 +1,7 @@
 """Ground truth written BESIDE the release: true labels per image and lesion masks.
 
 - ``labels.csv``: ``dicom_id,study_id,subject_id,ViewPosition`` then one 0/1 column per
-  CheXpert label (:data:`storage.labels.CHEXPERT_LABELS` order): the TRUE study findings.
+  CheXpert label (:data:`daug_core.labels.CHEXPERT_LABELS` order): the TRUE study findings.
 - ``masks.zarr``: Zarr v3 group; one uint8 array per image named by dicom_id, shape
   (14, Rows, Columns), channel order = CHEXPERT_LABELS, 1 where that finding changed the
   image. One chunk per image, zstd-compressed; all-zero masks are not stored as chunks
@@ -21,8 +21,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from daug_core.labels import CHEXPERT_LABELS
 from storage.geometry import FitMode, fit_to_square
-from storage.labels import CHEXPERT_LABELS
 from storage.synthetic.release_tables import Row, write_table
 
 GROUND_TRUTH_COLUMNS: tuple[str, ...] = (

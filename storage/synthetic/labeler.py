@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from storage.labels import CHEXPERT_LABELS
+from daug_core.labels import CHEXPERT_LABELS
 from storage.synthetic.mentions import Mention
 
 LabelValue = float | None  # None = blank cell

@@ -18,7 +18,7 @@ for a seed (default: the base's own seed):
 
 Changed studies are disjoint, so every image has exactly one kind. The truth goes to
 ``OUT/ground_truth/changes.csv`` (one row per changed image: ``dicom_id, study_id,
-subject_id, ViewPosition, kind, detail``; kinds are :class:`storage.release_diff.ChangeKind`
+subject_id, ViewPosition, kind, detail``; kinds are :class:`storage.release.diff.ChangeKind`
 values) and ``OUT/ground_truth/release_changes.json`` (the seed, the fractions, the counts
 and the next free patient index, so a release can be derived from a derived one);
 ``labels.csv`` and ``masks.zarr`` are updated for the new and removed images. Like
@@ -45,10 +45,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
+from daug_core.labels import CHEXPERT_LABELS
 from storage.errors import ReleaseFormatError
-from storage.labels import CHEXPERT_LABELS
-from storage.release_diff import ChangeKind
-from storage.reports import parse_report
+from storage.release.diff import ChangeKind
+from storage.release.reports import parse_report
 from storage.synthetic.cohort import (
     PatientPlan,
     draw_identity,

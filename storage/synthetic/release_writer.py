@@ -24,7 +24,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from storage.labels import CHEXPERT_LABELS
+from daug_core.labels import CHEXPERT_LABELS
 from storage.synthetic.cohort import (
     FakeIdentity,
     PatientPlan,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.labels import CHEXPERT_LABELS
+from daug_core.labels import CHEXPERT_LABELS
 from storage.synthetic.findings import (
     LUNG_OPACITY_CHILDREN,
     StudyFindings,

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from daug_core.compute import ComputeSettings
-from daug_core.config import ConfigError, preset
-from daug_core.generator import init_generator_state, train_generator
+from daug_core.diffusion.generator import init_generator_state, train_generator
+from daug_core.diffusion.presets import preset
+from daug_core.settings import ConfigError
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 

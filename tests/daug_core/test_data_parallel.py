@@ -12,10 +12,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from daug_core.classifier_training import init_classifier_state, train_classifier
-from daug_core.clip_config import contrastive_preset
-from daug_core.clip_model import build_tokenizer
-from daug_core.clip_training import (
+from daug_core.contrastive.config import contrastive_preset
+from daug_core.contrastive.losses import HybridContrastiveLoss
+from daug_core.contrastive.model import build_tokenizer
+from daug_core.contrastive.training import (
     ClipBatch,
     ContrastiveForward,
     PromptTokens,
@@ -24,11 +24,11 @@ from daug_core.clip_training import (
     make_scheduler,
     train_epoch,
 )
-from daug_core.config import preset
+from daug_core.diffusion.classifier.training import init_classifier_state, train_classifier
+from daug_core.diffusion.generator import init_generator_state, train_generator
+from daug_core.diffusion.presets import preset
 from daug_core.distributed import SINGLE, Ranks
-from daug_core.generator import init_generator_state, train_generator
-from daug_core.losses import HybridContrastiveLoss
-from tests.daug_core.daug_core_helpers import disc_batches, micro_config
+from tests.daug_core.helpers import disc_batches, micro_config
 
 GLOBAL_BATCH, STEPS = 32, 3
 Result = dict[str, Any]

@@ -8,18 +8,17 @@ import math
 
 import pytest
 
-from daug_core.clip_config import ClipTrainSettings, contrastive_preset
-from daug_core.config import (
-    ConfigError,
-    DiffusionTrainSettings,
+from daug_core.contrastive.config import ClipTrainSettings, contrastive_preset
+from daug_core.diffusion.config import (
     InferenceConfig,
     TranslationConfig,
     config_from_dict,
     config_to_dict,
-    preset,
 )
-from daug_core.heatmap_settings import HeatmapSettings
-from daug_core.targets import TargetError
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.presets import DiffusionTrainSettings, preset
+from daug_core.diffusion.targets import TargetError
+from daug_core.settings import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -123,7 +122,7 @@ def _settings_with_choices() -> list[object]:
     """One instance of every settings class with a ``Literal`` field (the scan in
     tests/test_settings_shape.py finds the classes; this list must name each one)."""
     from daug_core.compute import ComputeSettings
-    from storage.ingest_config import ReaderConfig
+    from storage.release.ingest_config import ReaderConfig
     from storage.synthetic.config import SynthConfig
 
     tiny = contrastive_preset("tiny")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from flows.ingest import ingest_flow
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.release.ingest_config import IngestConfig, ReaderConfig
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
 from storage.synthetic import SynthConfig, write_synthetic_release
 from tests.factories import fake_heatmap_provenance
 

@@ -52,7 +52,7 @@ def test_a_release_table_with_a_bad_cell_is_one_error_naming_file_line_and_colum
 
 
 def test_a_heatmap_version_that_is_no_folder_name_is_refused_before_anything_is_made(tmp_path):
-    from storage.image_store import ImageStore
+    from storage.store.image import ImageStore
 
     ImageStore.create(tmp_path / "store", 16, shard_items=4)
     result = daug(
@@ -65,7 +65,7 @@ def test_a_heatmap_version_that_is_no_folder_name_is_refused_before_anything_is_
 
 
 def test_training_without_usable_data_is_one_error_before_the_output_exists(tmp_path):
-    from storage.image_store import ImageStore
+    from storage.store.image import ImageStore
 
     small = str(tmp_path / "small")
     ImageStore.create(small, 16, shard_items=4)
@@ -92,10 +92,10 @@ def test_bad_format_option(tmp_path):
 
 
 def test_delete_heatmaps_asks_then_deletes_only_that_version(tmp_path):
-    from storage.heatmap_store import HeatmapStore
-    from storage.image_store import ImageStore
+    from storage.store.heatmaps import HeatmapStore
+    from storage.store.image import ImageStore
     from tests.factories import with_translation
-    from tests.storage.test_heatmap_store import PROVENANCE
+    from tests.storage.store.test_heatmaps import PROVENANCE
 
     images = ImageStore.create(tmp_path / "store", 16, shard_items=4)
     images.register(pd.DataFrame({"dicom_id": ["a", "b"], "split": ["train", "test"]}))
@@ -132,7 +132,7 @@ def test_train_and_evaluate_refuse_bad_options_before_starting_prefect(tmp_path)
 def test_a_device_this_machine_lacks_is_one_error_before_any_work(tmp_path):
     import torch
 
-    from storage.image_store import ImageStore
+    from storage.store.image import ImageStore
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -231,9 +231,9 @@ def test_every_flow_parameter_is_reachable_from_its_command_with_the_same_name_a
 
 
 def test_settings_options_come_from_the_fields_with_their_help_and_choices():
-    from daug_core.heatmap_settings import HeatmapSettings
+    from daug_core.diffusion.heatmap_settings import HeatmapSettings
     from flows.cli.options import settings_command
-    from flows.pool import PoolSettings
+    from flows.runtime.pool import PoolSettings
 
     precompute = _commands()["precompute"]
     assert precompute.__settings__ == {"heatmaps": HeatmapSettings, "pool": PoolSettings}

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.precompute import heatmap_provenance, precompute_flow, worker_spec
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from storage.location import Location
+from flows.runtime.pool import PoolSettings
+from storage.release.ingest_config import IngestConfig
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.location import Location
 from tests.factories import write_random_checkpoints
 from tests.loopback import SLOT, LoopbackCluster, node_processes
 
@@ -72,7 +72,7 @@ def s3_setup(cluster, s3_bucket, synthetic_pair, prefect_server, tmp_path_factor
 def test_actors_spread_over_the_worker_nodes(cluster, s3_setup):
     import ray
 
-    from flows.heatmap_actors import start_actors
+    from flows.runtime.actors import start_actors
 
     ray.init(address=cluster.address)
     try:

@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from daug_core.checkpoints import load_classifier_checkpoint, load_generator_checkpoint
-from daug_core.clip_config import ClipTrainSettings
-from daug_core.clip_training import load_clip_checkpoint
-from daug_core.config import DiffusionTrainSettings
-from flows.distributed import ScalingSettings
+from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.training import load_clip_checkpoint
+from daug_core.diffusion.presets import DiffusionTrainSettings
 from flows.ingest import ingest_flow
+from flows.runtime.ray_train import ScalingSettings
 from flows.train import train_flow
 from flows.train_generator import train_generator_flow
-from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.release.ingest_config import IngestConfig, ReaderConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread", "ray_session")]
 

@@ -18,6 +18,7 @@ from daug_core.checkpoints import (
     load_unet,
     verify_checkpoint_files,
 )
+from daug_core.labels import SUPER_CLASS_COLUMNS
 from flows.demo_checkpoints import (
     ASSET_FILE,
     DEMO_CHECKPOINTS,
@@ -28,10 +29,9 @@ from flows.demo_checkpoints import (
     write_training_fingerprint,
 )
 from flows.ingest import ingest_flow
-from storage.batches import DataFingerprint, block_means, select, selection_fingerprint
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from storage.labels import SUPER_CLASS_COLUMNS
+from storage.datasets.batches import DataFingerprint, block_means, select, selection_fingerprint
+from storage.release.ingest_config import IngestConfig
+from storage.store.image import ImageStore
 from tests.factories import write_random_checkpoints
 
 

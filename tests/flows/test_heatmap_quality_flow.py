@@ -16,18 +16,18 @@ import pandas as pd
 import pytest
 import torch
 
-from daug_core.heatmap_settings import HeatmapSettings
-from daug_core.targets import Target
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.targets import Target
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.quality.flow import compared_settings, heatmap_quality_flow
 from flows.quality.scoring import PAIRED_COLUMNS, PAIRED_METRICS, target_mask
 from flows.quality.settings import SweepSettings
 from flows.quality.sweep import run_sweep, select_sweep_items, sweep_grid
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest import store_fit_mode
-from storage.ingest_config import IngestConfig
+from flows.runtime.pool import PoolSettings
+from storage.release.ingest_config import IngestConfig
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.ingest_shards import store_fit_mode
 from storage.synthetic.ground_truth import GroundTruthMasks, MaskStore
 from tests.factories import run_daug, write_random_checkpoints
 
@@ -354,7 +354,7 @@ def test_cli_fails_fast_on_missing_inputs(tmp_path, synthetic_pair):
 
 
 def test_the_sweep_device_is_checked_where_the_settings_are_built():
-    from daug_core.config import ConfigError
+    from daug_core.settings import ConfigError
 
     assert SweepSettings().device == "auto"
     with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from daug_core.labels import CHEXPERT_LABELS
 from flows.quality.scoring import (
     ItemKind,
     ScoringInputError,
@@ -22,9 +23,8 @@ from flows.quality.scoring import (
     summarise_scores,
     target_mask,
 )
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.labels import CHEXPERT_LABELS
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
 from storage.synthetic.ground_truth import GroundTruthMasks, MaskStore
 from tests.factories import fake_heatmap_provenance
 

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from daug_core.checkpoints import load_unet
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.demo_checkpoints import DEMO_CHECKPOINTS
-from flows.heatmap_actors import HeatmapWorker, WorkerSpec
+from flows.runtime.actors import HeatmapWorker, WorkerSpec
 
 
 def _worker(settings: HeatmapSettings, targets: tuple[str, ...] = ("+No Finding",)):
@@ -64,7 +64,7 @@ def test_the_official_switches_together_give_other_finite_heatmaps():
 def test_the_worker_feeds_the_models_the_input_range_of_its_settings(monkeypatch):
     """minmax: each image scaled to [0, 1] by its own range before inversion (the official
     code's input); signed: [-1, 1]."""
-    import daug_core.heatmaps as heatmaps_module
+    import daug_core.diffusion.heatmaps as heatmaps_module
 
     seen: dict[str, torch.Tensor] = {}
     compute = heatmaps_module.compute_heatmaps
@@ -73,7 +73,7 @@ def test_the_worker_feeds_the_models_the_input_range_of_its_settings(monkeypatch
         seen[cfg.translation.input_range] = x0.detach().clone()
         return compute(unet, classifier, x0, targets, cfg)
 
-    monkeypatch.setattr("flows.heatmap_actors.compute_heatmaps", recording)
+    monkeypatch.setattr("flows.runtime.actors.compute_heatmaps", recording)
     images = np.random.default_rng(1).uniform(0.2, 0.8, size=(2, 64, 64)).astype(np.float32)
     threads = torch.get_num_threads()
     try:

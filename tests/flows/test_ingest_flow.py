@@ -9,9 +9,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.ingest import ingest_flow
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from tests.storage.test_ingest import BAD, bad_release
+from storage.release.ingest_config import IngestConfig
+from storage.store.image import ImageStore
+from tests.storage.store.test_ingest_shards import BAD, bad_release
 
 
 @pytest.fixture(scope="module")

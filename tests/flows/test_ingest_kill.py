@@ -15,8 +15,8 @@ import zarr
 from prefect.settings import get_current_settings
 
 from flows.ingest import ingest_flow
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.release.ingest_config import IngestConfig, ReaderConfig
+from storage.store.image import ImageStore
 from storage.synthetic import SynthConfig, write_synthetic_release
 
 pytestmark = pytest.mark.slow

@@ -18,17 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daug_core.clip_config import ClipTrainSettings
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.precompute import precompute_flow
+from flows.runtime.pool import PoolSettings
 from flows.train import train_flow
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from storage.location import Location
+from storage.release.ingest_config import IngestConfig
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.location import Location
 from tests.factories import write_random_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

@@ -35,8 +35,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
 from storage.synthetic import SynthConfig, write_synthetic_release
 from tests.factories import write_random_checkpoints
 from tests.loopback import free_port

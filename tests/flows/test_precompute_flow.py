@@ -19,17 +19,17 @@ import zarr
 from daug_core.checkpoints import (
     checkpoint_sha256,
 )
-from daug_core.heatmap_settings import HeatmapSettings
-from flows.dispatch import dispatch
-from flows.heatmap_actors import HeatmapWorker, PlacementError, WorkerSpec, start_actors
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings, actor_count
 from flows.precompute import heatmap_provenance, precompute_flow, worker_spec
-from storage.heatmap_store import HeatmapStore, ProvenanceMismatchError
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from storage.lease import LeaseLostError, StoreLease
-from storage.precompute import ImageBatch, ShardTask, plan_heatmaps
+from flows.runtime.actors import HeatmapWorker, PlacementError, WorkerSpec, start_actors
+from flows.runtime.dispatch import dispatch
+from flows.runtime.pool import PoolSettings, actor_count
+from storage.release.ingest_config import IngestConfig
+from storage.store.heatmap_shards import ImageBatch, ShardTask, plan_heatmaps
+from storage.store.heatmaps import HeatmapStore, ProvenanceMismatchError
+from storage.store.image import ImageStore
+from storage.store.lease import LeaseLostError, StoreLease
 from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow

@@ -20,13 +20,13 @@ import pytest
 import zarr
 from prefect.settings import get_current_settings
 
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.precompute import precompute_flow
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
+from flows.runtime.pool import PoolSettings
+from storage.release.ingest_config import IngestConfig
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
 from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow

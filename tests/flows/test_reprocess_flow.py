@@ -15,19 +15,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from daug_core.clip_config import ClipTrainSettings
-from daug_core.heatmap_settings import HeatmapSettings
+from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
-from flows.pool import PoolSettings
 from flows.precompute import precompute_flow
 from flows.reprocess import next_version_name, reprocess_flow
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig, ReaderConfig
-from storage.location import Location
-from storage.release import ReleaseReader
-from storage.release_diff import file_sha256
-from storage.status import format_status, record_evaluation, store_status
+from flows.runtime.pool import PoolSettings
+from storage.release.diff import file_sha256
+from storage.release.ingest_config import IngestConfig, ReaderConfig
+from storage.release.reader import ReleaseReader
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.location import Location
+from storage.store.status import format_status, record_evaluation, store_status
 from storage.synthetic import SynthConfig, write_synthetic_release
 from storage.synthetic.next_release import ReleaseChangeConfig, write_next_release
 from tests.factories import run_daug as daug

@@ -1,6 +1,6 @@
 """Security properties: fake PHI from DICOM headers reaches no store file, artifact or log;
 weights never load through pickle; release paths cannot escape the release root (that last one
-is tested in tests/storage/test_release.py: `path_escapes_root`, symlink escape)."""
+is tested in tests/storage/release/test_reader.py: `path_escapes_root`, symlink escape)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from daug_core.clip_config import ClipModelConfig, contrastive_preset
-from daug_core.clip_model import ModelLoadError, build_clip_model
+from daug_core.contrastive.config import ClipModelConfig, contrastive_preset
+from daug_core.contrastive.model import ModelLoadError, build_clip_model
 from flows.ingest import ingest_flow
-from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.release.ingest_config import IngestConfig, ReaderConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,15 +11,15 @@ import pytest
 
 from flows.ingest import ingest_flow
 from flows.precompute import precompute_flow
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
-from storage.ingest_config import IngestConfig
-from storage.lease import LEASE_FOLDER, StoreLease, StoreLockedError, latest_record
-from storage.location import Location
-from storage.verify import verify_store
+from storage.release.ingest_config import IngestConfig
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
+from storage.store.lease import LEASE_FOLDER, StoreLease, StoreLockedError, latest_record
+from storage.store.location import Location
+from storage.store.verify import verify_store
 from tests.factories import run_daug as daug
-from tests.storage.test_heatmap_store import fill_images
-from tests.storage.test_verify import corrupt_item
+from tests.storage.store.test_heatmaps import fill_images
+from tests.storage.store.test_verify import corrupt_item
 
 SHARD = 8
 

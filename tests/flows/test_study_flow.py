@@ -19,12 +19,12 @@ import pytest
 from prefect.settings import get_current_settings
 
 from daug_core.compute import ComputeSettings
-from daug_core.study_statistics import HEADLINE
-from flows.pool import PoolSettings
+from daug_core.evaluation.study_statistics import HEADLINE
+from flows.runtime.pool import PoolSettings
 from flows.study import HEATMAP_VERSION, study_flow
 from flows.study_settings import StudySettings
-from storage.heatmap_store import HeatmapStore
-from storage.image_store import ImageStore
+from storage.store.heatmaps import HeatmapStore
+from storage.store.image import ImageStore
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from daug_core.clip_config import ClipTrainSettings
-from daug_core.config import ConfigError
+from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.settings import ConfigError
 from flows.ablation_grids import grid_variants
 from flows.study_settings import STUDY_PREVALENCES, StudySettings
 

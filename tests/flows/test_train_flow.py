@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from daug_core.clip_config import ClipTrainSettings
-from daug_core.clip_training import load_clip_checkpoint
+from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.training import load_clip_checkpoint
 from flows.train import train_contrastive, train_flow
 from tests.flows.conftest import HEATMAP_TARGETS
 
@@ -103,7 +103,7 @@ def test_another_config_in_the_same_folder_is_refused(contrastive_store, tmp_pat
 
 
 def test_missing_heatmaps_can_fail_instead_of_excluding(contrastive_store, tmp_path):
-    from storage.contrastive_dataset import MissingHeatmapsError
+    from storage.datasets.contrastive import MissingHeatmapsError
 
     with pytest.raises(MissingHeatmapsError, match="have no heatmaps"):
         train_contrastive(

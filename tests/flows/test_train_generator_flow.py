@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from daug_core.checkpoints import checkpoint_sha256, load_generator_checkpoint
-from daug_core.config import DiffusionTrainSettings
+from daug_core.diffusion.presets import DiffusionTrainSettings
 from flows.ingest import ingest_flow
 from flows.train_generator import train_generator_flow
-from storage.ingest_config import IngestConfig, ReaderConfig
+from storage.release.ingest_config import IngestConfig, ReaderConfig
 
 pytestmark = pytest.mark.slow
 

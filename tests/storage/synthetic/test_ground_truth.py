@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import zarr
 
+from daug_core.labels import CHEXPERT_LABELS
 from storage.errors import StoreFormatError
 from storage.geometry import FitMode, fit_to_square
-from storage.image_store import ImageStore
-from storage.ingest import store_fit_mode
-from storage.labels import CHEXPERT_LABELS
+from storage.store.image import ImageStore
+from storage.store.ingest_shards import store_fit_mode
 from storage.synthetic import SynthConfig, write_synthetic_release
 from storage.synthetic.ground_truth import (
     GroundTruthError,

@@ -13,7 +13,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from storage.labels import CHEXPERT_LABELS
+from daug_core.labels import CHEXPERT_LABELS
 from storage.synthetic import (
     ReleaseExistsError,
     SynthConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from storage.labels import CHEXPERT_LABELS
+from daug_core.labels import CHEXPERT_LABELS
 from storage.synthetic.config import RENDERABLE_FINDINGS, SynthConfig
 from storage.synthetic.findings import (
     LUNG_OPACITY_CHILDREN,

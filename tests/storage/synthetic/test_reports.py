@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 
-from storage.labels import CHEXPERT_LABELS
+from daug_core.labels import CHEXPERT_LABELS
 from storage.synthetic.findings import draw_all_findings
 from storage.synthetic.labeler import LabelerStyle, format_label, label_row
 from storage.synthetic.mentions import Mention, draw_mentions

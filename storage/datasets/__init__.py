@@ -1,0 +1,1 @@
+"""Training data streamed from a store: diffusion batches and the contrastive Dataset."""

@@ -1,0 +1,63 @@
+"""Checkpoints from wherever they live (a local folder, ``s3://``, ``gs://``) to a node-local
+cache, checked against the sha256 the heatmap provenance records before any model loads them.
+
+A cluster node needs nothing but the package: a worker given ``s3://bucket/ckpt/generator``
+and the generator's sha256 copies the folder once into ``<cache>/<sha256>/`` (beside it, then
+renamed into place, so a killed copy leaves nothing half-written), hashes it, and loads from
+there. A copy whose weights hash differently (a changed upload, a truncated transfer) is
+refused with both hashes named and removed. Local checkpoints are only hashed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from storage.store.location import Location
+
+DEFAULT_CACHE = Path(os.environ.get("DAUG_CACHE", Path.home() / ".cache" / "daug"))
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights are not the ones the provenance names."""
+
+
+def cached_checkpoint(
+    where: str | os.PathLike[str] | Location,
+    expected_sha256: str,
+    sha256_of: Callable[[Path], str],
+    cache: Path = DEFAULT_CACHE,
+) -> Path:
+    """A local folder holding the checkpoint at ``where`` whose weights hash to
+    ``expected_sha256`` (``sha256_of`` computes that hash: daug_core's checkpoint_sha256)."""
+    source = Location.of(where)
+    if source.is_local:
+        local = source.local_path()
+        found = sha256_of(local)
+        if found != expected_sha256:
+            raise CheckpointMismatchError(
+                f"{local}: weights sha256 {found} differ from {expected_sha256} in the provenance"
+            )
+        return local
+    target = cache / "checkpoints" / expected_sha256 / source.name
+    if target.is_dir() and sha256_of(target) == expected_sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
+    try:
+        fetched = source.get_to(staging / source.name)
+        found = sha256_of(fetched)
+        if found != expected_sha256:
+            raise CheckpointMismatchError(
+                f"{source}: weights sha256 {found} differ from {expected_sha256} in the "
+                "provenance (changed or truncated upload?)"
+            )
+        if target.exists():  # another worker on this node finished first
+            shutil.rmtree(target, ignore_errors=True)
+        fetched.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
