@@ -55,7 +55,7 @@ class Group:
 
 
 @dataclass(frozen=True)
-class _Option:
+class SettingOption:
     path: tuple[str, ...]  # field names from the settings object down to the leaf
     name: str  # the command function's parameter name for it
     parameter: inspect.Parameter
@@ -97,7 +97,7 @@ def _shown(default: Any) -> str | bool:
     return str(default)
 
 
-def _leaf_options(cls: type, group: Group, path: tuple[str, ...] = ()) -> Iterator[_Option]:
+def _leaf_options(cls: type, group: Group, path: tuple[str, ...] = ()) -> Iterator[SettingOption]:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if group.only is not None and not path and field.name not in group.only:
@@ -139,10 +139,10 @@ def _leaf_options(cls: type, group: Group, path: tuple[str, ...] = ()) -> Iterat
             name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
         )
         spellings = tuple(part for decl in decls for part in decl.split("/"))
-        yield _Option((*path, field.name), name, parameter, spellings)
+        yield SettingOption((*path, field.name), name, parameter, spellings)
 
 
-def _build(cls: type, options: list[_Option], values: dict[str, Any], path: tuple[str, ...] = ()):
+def _build(cls: type, options: list[SettingOption], values: dict[str, Any], path: tuple[str, ...] = ()):
     """An instance of ``cls`` from the given option values (fields not given: defaults)."""
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -194,7 +194,7 @@ def settings_command(func: Callable[..., Any]) -> Callable[..., Any]:
     signature = inspect.signature(func)
     hints = typing.get_type_hints(func, include_extras=True)
     params: list[inspect.Parameter] = []
-    groups: dict[str, tuple[type, list[_Option]]] = {}
+    groups: dict[str, tuple[type, list[SettingOption]]] = {}
     seen: dict[str, str] = {}
     for parameter in signature.parameters.values():
         found = _group_of(hints.get(parameter.name, parameter.annotation))
@@ -234,4 +234,5 @@ def settings_command(func: Callable[..., Any]) -> Callable[..., Any]:
     command.__signature__ = signature.replace(parameters=ordered)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in ordered}
     command.__settings__ = {name: cls for name, (cls, _) in groups.items()}  # type: ignore[attr-defined]
+    command.__settings_options__ = groups  # type: ignore[attr-defined]
     return command
