@@ -18,12 +18,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch
 
-from daug_core.checkpoints import (
-    CLASSIFIER_DIR,
-    GENERATOR_DIR,
-    save_classifier_checkpoint,
-    save_generator_checkpoint,
-)
+from daug_core.checkpoints.diffusion import save_classifier_checkpoint, save_generator_checkpoint
+from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR
 from daug_core.diffusion.classifier.training import init_classifier_state
 from daug_core.diffusion.generator import init_generator_state
 from daug_core.diffusion.presets import preset

@@ -75,7 +75,7 @@ def main() -> None:
         )
         save_random_checkpoints(root / "ckpt")
         bucket.fs.put(str(root / "ckpt"), bucket.child("ckpt").path, recursive=True)
-        settings = HeatmapSettings(level=50, steps=args.steps)
+        settings = HeatmapSettings.build(translation={"level": 50, "steps": args.steps})
         pool = PoolSettings(actors=3, cpus_per_actor=1.0, resources=(f"{SLOT}=1",), batch_size=2)
         provenance = heatmap_provenance(settings, bucket.child("ckpt").url)
         images = ImageStore.open(store)

@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from daug_core.diffusion.config import TranslationConfig
 from daug_core.labels import LABEL_COLUMNS, SUPER_CLASS_NAMES
-from storage.datasets.contrastive import AugmentConfig, ContrastiveDataset, make_loader
+from storage.datasets.augment import AugmentConfig
+from storage.datasets.contrastive import ContrastiveDataset, make_loader
 from storage.store.heatmaps import HeatmapProvenance, HeatmapStore
 from storage.store.image import ImageStore
 

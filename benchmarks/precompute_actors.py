@@ -83,7 +83,9 @@ def main() -> None:
     save_random_checkpoints(root / "ckpt")
     store = build_store(root, args.studies, args.images)
     chosen = ImageStore.open(store).usable_mask().nonzero()[0][: args.images]
-    settings = HeatmapSettings(level=args.level, steps=args.steps, inversion_refinements=0)
+    settings = HeatmapSettings.build(
+        translation={"level": args.level, "steps": args.steps, "inversion_refinements": 0}
+    )
     provenance = heatmap_provenance(settings, root / "ckpt")
     base = worker_spec(settings, provenance, root / "ckpt", PoolSettings())
 

@@ -53,7 +53,9 @@ def main() -> None:
     ingested = int(images.done_mask().sum())
     print(f"store: {ingested} images ingested in {time.perf_counter() - t:.1f} s")
 
-    settings = HeatmapSettings(level=args.level, steps=args.steps, inversion_refinements=0)
+    settings = HeatmapSettings.build(
+        translation={"level": args.level, "steps": args.steps, "inversion_refinements": 0}
+    )
     provenance = heatmap_provenance(settings, ckpt)
     # Mark the items beyond --images done in the flow's version: the flow's own resume logic
     # then computes exactly the first --images usable items.

@@ -23,8 +23,8 @@ from _precompute_setup import save_random_checkpoints  # sets the environment fi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.loopback
 import ray
 
-from daug_core.contrastive.config import contrastive_preset
 from daug_core.contrastive.model import build_tokenizer
+from daug_core.contrastive.presets import contrastive_preset
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
 from flows.precompute import precompute_flow
@@ -83,7 +83,7 @@ def main() -> None:
                 ingest=IngestConfig(size=64, shard_items=16),
             )
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
-        settings = HeatmapSettings(level=50, steps=3)
+        settings = HeatmapSettings.build(translation={"level": 50, "steps": 3})
         pool = PoolSettings(actors=1, cpus_per_actor=1.0, batch_size=8)
         heat: dict[str, list[float]] = {name: [] for name in stores}
         load: dict[str, list[float]] = {name: [] for name in stores}

@@ -34,15 +34,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from daug_core.compute import Precision
-from daug_core.contrastive.config import contrastive_preset
+from daug_core.compute import Compute, Precision
 from daug_core.contrastive.losses import HybridContrastiveLoss
-from daug_core.contrastive.model import build_tokenizer
+from daug_core.contrastive.model import build_model, build_tokenizer
+from daug_core.contrastive.presets import contrastive_preset
 from daug_core.contrastive.training import (
     ClipBatch,
     ContrastiveForward,
     PromptTokens,
-    build_model,
     make_optimizer,
     make_scheduler,
     train_epoch,
@@ -122,7 +121,7 @@ def seconds_per_step(
             optimizer,
             scheduler,
             on_step=tick,
-            precision=precision,
+            compute=Compute(device=device, precision=precision),
             ranks=active,
             forward=active.wrap(ContrastiveForward(clip), device),
         )
@@ -150,7 +149,7 @@ def seconds_per_step(
             data,
             until_step=total,
             on_step=lambda report: tick(),
-            precision=precision,
+            compute=Compute(device=device, precision=precision),
             ranks=active,
         )
     gaps = [b - a for a, b in itertools.pairwise(times)][WARMUP:]

@@ -13,6 +13,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import field
 from typing import Any, Literal
 
@@ -114,3 +115,110 @@ def _coerce(hint: Any, value: Any) -> Any:
     if origin is tuple and isinstance(value, list | tuple):
         return tuple(value)
     return value
+
+
+class PresetParts:
+    """Settings made of a named ``preset`` and whole config objects: the one way "a preset plus
+    what the user changed" becomes settings (the CLI, a deployment's parameters and Python
+    callers all go through :meth:`build`).
+
+    A subclass is a frozen dataclass with a ``preset`` field and, per entry of
+    :meth:`preset_parts`, a field typed ``Config | None``: None is the preset's whole object
+    (filled in ``__post_init__`` by :meth:`fill_parts`), an object is used whole. Partial
+    changes are applied once, where the settings are built, with ``dataclasses.replace``;
+    the resolved settings then travel whole.
+    """
+
+    @classmethod
+    def preset_parts(cls) -> dict[str, Callable[[str], Any]]:
+        """Each part's field name -> the preset's object for a preset name."""
+        raise NotImplementedError
+
+    def fill_parts(self) -> None:
+        """Call from ``__post_init__``: every part left None becomes the preset's."""
+        for name, part in self.preset_parts().items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, part(getattr(self, "preset")))  # noqa: B009
+
+    @classmethod
+    def _preset_name(cls, values: Mapping[str, Any]) -> str:
+        default = {f.name: f.default for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return str(values.get("preset", default["preset"]))
+
+    @classmethod
+    def build(cls, **values: Any) -> Any:
+        """The settings from a preset and what changed: a part given as a mapping (``translation
+        ={"scale": 30}``, nested mappings for nested configs) is the preset's object with those
+        fields replaced; a part given as an object is used whole."""
+        preset = cls._preset_name(values)
+        kwargs = dict(values)
+        for name, part in cls.preset_parts().items():
+            given = values.get(name)
+            if isinstance(given, Mapping):
+                kwargs[name] = replace_nested(part(preset), given, f"{cls.__name__}.{name}")
+        return cls(**kwargs)
+
+    def changed(self, **parts: Mapping[str, Any]) -> Any:
+        """These settings with some fields of their parts changed (``settings.changed(
+        translation={"scale": 0.0})``), checked like a new build."""
+        changes = {
+            name: replace_nested(getattr(self, name), given, f"{type(self).__name__}.{name}")
+            for name, given in parts.items()
+        }
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    @classmethod
+    def complete(cls, data: Any) -> Any:
+        """The JSON form (a deployment's parameters) with each partial part completed from the
+        preset, before validation: a parameter file names only what it changes. A key that is
+        no field is refused here (a validator would drop it silently)."""
+        if not isinstance(data, Mapping):
+            return data
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            parts = ", ".join(cls.preset_parts())
+            raise ConfigError(
+                f"{cls.__name__}: unknown keys {unknown} (fields: {sorted(names)}; "
+                f"the preset's parts {parts} take their own fields as a mapping)"
+            )
+        preset = cls._preset_name(data)
+        out = dict(data)
+        for name, part in cls.preset_parts().items():
+            if isinstance(data.get(name), Mapping):
+                out[name] = _merged(dataclasses.asdict(part(preset)), data[name])
+        return out
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        # Prefect validates flow parameters with pydantic: complete partial parts first.
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_before_validator_function(cls.complete, handler(source))
+
+
+def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            out[key] = _merged(base[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def replace_nested(config: Any, changes: Mapping[str, Any], owner: str) -> Any:
+    """``config`` (a frozen dataclass) with ``changes`` applied by ``dataclasses.replace``,
+    nested mappings into nested configs; an unknown name is a :class:`ConfigError`."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ConfigError(f"{owner}: unknown fields {unknown}")
+    direct = {}
+    for key, value in changes.items():
+        current = getattr(config, key)
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
+            direct[key] = replace_nested(current, value, f"{owner}.{key}")
+        else:
+            direct[key] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(config, **direct)

@@ -1,20 +1,25 @@
-"""Contracts shared by the training loops: per-step reports, results, callbacks, batch checks.
+"""What the training loops share: the step loop itself, per-step reports, results, callbacks,
+batch checks.
 
 Training functions take a data iterator and a state to continue from; they never read files.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import torch
 
+from daug_core.compute import Compute, cpu_fp32
 from daug_core.diffusion.config import TrainingConfig
 from daug_core.distributed import SINGLE, Ranks
 
 StopReason = Literal["reached_num_steps", "data_exhausted", "callback"]
+Batch = TypeVar("Batch")
+Batch_contra = TypeVar("Batch_contra", contravariant=True)
 
 
 class BatchError(ValueError):
@@ -135,3 +140,85 @@ def noise_draws(
     t = torch.randint(0, t_high, (b,), generator=generator, device=generator.device)
     noise = torch.randn((b, *x0.shape[1:]), generator=generator, device=generator.device)
     return t[rows].to(x0.device), noise[rows].to(x0.device)
+
+
+class Trainee(Protocol):
+    """What the step loop advances: a trainer's state, with the steps taken and the optimiser."""
+
+    step: int
+    optimizer: torch.optim.Optimizer
+
+
+class BatchLoss(Protocol[Batch_contra]):
+    """A trainer's loss of one batch for step ``step`` (1-based: the step it is for), through
+    ``model`` (the trained module, under DDP when data-parallel), its forward pass under
+    ``compute.autocast()``."""
+
+    def __call__(
+        self, batch: Batch_contra, *, step: int, model: torch.nn.Module, compute: Compute
+    ) -> torch.Tensor: ...
+
+
+def _value(loss: torch.Tensor) -> float:
+    return float(loss.detach())
+
+
+def train_steps(
+    state: Trainee,
+    module: torch.nn.Module,
+    batches: Iterable[Batch],
+    batch_loss: BatchLoss[Batch],
+    *,
+    config: TrainingConfig,
+    until_step: int | None = None,
+    on_step: OnStep | None = None,
+    compute: Compute | None = None,
+    ranks: Ranks = SINGLE,
+    after_step: Callable[[], None] | None = None,
+    reported: Callable[[torch.Tensor], float] = _value,
+) -> TrainingResult:
+    """The step loop of a trainer: train ``module`` (``state``'s) in place until
+    ``state.step == until_step`` (default: ``config.num_steps``), ``batches`` end, or ``on_step``
+    returns True.
+
+    Each step takes the next batch's ``batch_loss``, sets the step's learning rate
+    (:func:`set_learning_rate`, from ``state.step``, so a resumed run continues the schedule),
+    takes one :func:`optimizer_step` with ``module``'s gradients clipped to
+    ``config.grad_clip_norm``, runs ``after_step`` (an EMA update), counts the step and reports
+    ``reported(loss)`` (the loss to record) to ``on_step``. ``compute`` is ``module``'s device and
+    the forward passes' autocast (weights and optimiser stay float32; default CPU, float32);
+    ``module`` runs under DDP when
+    ``ranks.distributed``. ``module`` is left in eval mode.
+    """
+    target = config.num_steps if until_step is None else until_step
+    compute = compute or cpu_fp32()
+    device = compute.device
+    scaler = compute.grad_scaler()
+    start_step, losses = state.step, []
+    started = time.perf_counter()
+    stop: StopReason = "reached_num_steps"
+    module.train()
+    model = ranks.wrap(module, device)
+    iterator = iter(batches)
+    while state.step < target:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            stop = "data_exhausted"
+            break
+        loss = batch_loss(batch, step=state.step + 1, model=model, compute=compute)
+        clip = (module.parameters(), config.grad_clip_norm)
+        set_learning_rate(state.optimizer, config, state.step)
+        optimizer_step(loss, state.optimizer, scaler, clip)
+        if after_step is not None:
+            after_step()
+        state.step += 1
+        losses.append(reported(loss))
+        report = StepReport(state.step, losses[-1], time.perf_counter() - started)
+        if on_step is not None and on_step(report) and state.step < target:
+            stop = "callback"
+            break
+    module.eval()
+    return TrainingResult(
+        tuple(losses), start_step, state.step, time.perf_counter() - started, stop
+    )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,9 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.runtime import flow_run
 
 from daug_core.compute import ComputeSettings
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.evaluation.study_statistics import HEADLINE
 from flows.ablation_grids import (
     VARIANTS,
@@ -45,17 +43,14 @@ from flows.ablation_grids import (
 )
 from flows.evaluate import TEST_OUTPUTS, evaluate_checkpoint
 from flows.reports import ablation as report
-from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer
 from flows.reports.files import RunFolder
-from flows.train import BEST, train_contrastive
+from flows.runtime.contrastive import BEST, train_contrastive
+from flows.runtime.notices import RUN_LOG_ONLY
+from storage.store.heatmap_versions import DEFAULT_VERSION
 from storage.store.location import Location
 
 log = logging.getLogger(__name__)
-
-
-def _run_name() -> str:
-    store = Location.of(str(flow_run.parameters.get("store", "store"))).name
-    return f"ablate-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 @task(
@@ -100,7 +95,7 @@ def summarise(runs: pd.DataFrame, variants: tuple[Variant, ...] = VARIANTS) -> p
     return table
 
 
-@flow(name="ablate", flow_run_name=_run_name)
+@flow(name="ablate", flow_run_name=run_namer("ablate", "store"))
 def ablate_flow(
     store: str,
     out: str,
@@ -109,7 +104,7 @@ def ablate_flow(
     grid: AblationGrid = "ours",
     heatmap_modes: list[str] | None = None,
     training: ClipTrainSettings = ClipTrainSettings(),
-    heatmap_version: str = "v1",
+    heatmap_version: str = DEFAULT_VERSION,
     torch_threads: int = 1,
     compute: ComputeSettings = ComputeSettings(),
 ) -> dict[str, Any]:
@@ -168,7 +163,8 @@ def ablate_flow(
     chart = report.plot_ablation(summary, target / "ablation.png")
     report.publish(key, store, runs, markdown, chart)
     folder.sync()
-    logger.info("ablation finished:\n%s", markdown)
+    # The CLI prints the table when the flow returns (flows.cli.contrastive.show_markdown).
+    logger.info("ablation finished:\n%s", markdown, extra=RUN_LOG_ONLY)
     return {
         "out": folder.url,
         "runs": len(runs),

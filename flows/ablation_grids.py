@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from daug_core.contrastive.config import ClipTrainSettings, HeatmapMode
+from daug_core.contrastive.config import HeatmapMode
+from daug_core.contrastive.presets import ClipTrainSettings
 
 AblationGrid = Literal["ours", "classification", "retrieval"]
 HEATMAP_MODES: tuple[HeatmapMode, ...] = ("channel", "add", "append")

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, checkpoint_sha256
+from daug_core.checkpoints.layout import checkpoint_sha256
+from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR
 from daug_core.labels import SUPER_CLASS_COLUMNS
 from storage.datasets.batches import DataFingerprint, select, selection_fingerprint
 from storage.store.image import ImageStore

@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +30,21 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from daug_core.checkpoints import checkpoint_sha256
-from daug_core.compute import Compute, ComputeSettings, Precision, cpu_fp32
+from daug_core.checkpoints.contrastive import ClipCheckpoint, load_clip_checkpoint
+from daug_core.checkpoints.layout import checkpoint_sha256
+from daug_core.compute import Compute, ComputeSettings, cpu_fp32
 from daug_core.contrastive.losses import HybridContrastiveLoss
 from daug_core.contrastive.model import build_tokenizer
-from daug_core.contrastive.training import (
-    ClipBatch,
-    ClipCheckpoint,
-    Embedded,
-    embed,
-    load_clip_checkpoint,
-)
+from daug_core.contrastive.training import ClipBatch, Embedded, embed
 from daug_core.evaluation.classification import ClassificationAuc, classification_auc
 from daug_core.evaluation.retrieval import ClassRetrieval, PairRecall, class_retrieval, pair_recall
 from daug_core.evaluation.study_statistics import RunOutputs
 from daug_core.labels import CHEXPERT_LABELS
 from flows.reports import evaluation as report
-from flows.reports.artifacts import artifact_key
+from flows.reports.artifacts import artifact_key, run_namer
 from flows.reports.files import RunFolder, write_json
-from flows.train import prompt_tokens
+from flows.runtime.contrastive import prompt_tokens
 from storage.datasets.contrastive import ContrastiveDataset, make_loader
 from storage.store.image import ImageStore
 from storage.store.location import Location
@@ -61,12 +54,6 @@ log = logging.getLogger(__name__)
 CLASS_KS = (1, 3, 5, 10)
 PAIR_KS = (1, 5, 10)
 TEST_OUTPUTS = "test_outputs.npz"
-
-
-def _run_name() -> str:
-    params = flow_run.parameters
-    checkpoint = Location.of(str(params.get("checkpoint", "checkpoint")))
-    return f"evaluate-{checkpoint.parent.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 @dataclass(frozen=True)
@@ -83,7 +70,7 @@ def embed_split(
     splits: list[str],
     heatmap_version: str | None,
     batch_size: int = 64,
-    precision: Precision = "fp32",
+    compute: Compute | None = None,
 ) -> SplitEmbedding:
     """Embeddings of the finished items of ``splits`` (items without heatmaps left out)."""
     targets = list(loaded.heatmap_targets) or None
@@ -112,7 +99,7 @@ def embed_split(
         HybridContrastiveLoss(loaded.config.loss),
         batches(),
         prompt_tokens(loaded.config),
-        precision=precision,
+        compute=compute,
     )
     return SplitEmbedding(embedded, dicom_ids, study_ids, np.asarray(indices, dtype=np.int64))
 
@@ -155,13 +142,11 @@ def evaluate(
     loaded: ClipCheckpoint,
     store: str | Path,
     heatmap_version: str | None,
-    precision: Precision = "fp32",
+    compute: Compute | None = None,
 ) -> Evaluation:
     """Every metric of EVALUATION.md for one checkpoint on one store (on the model's device)."""
-    test = embed_split(loaded, store, ["test"], heatmap_version, precision=precision)
-    database = embed_split(
-        loaded, store, ["train", "validate"], heatmap_version, precision=precision
-    )
+    test = embed_split(loaded, store, ["test"], heatmap_version, compute=compute)
+    database = embed_split(loaded, store, ["train", "validate"], heatmap_version, compute=compute)
     t, d = test.embedded, database.embedded
     class_ks = tuple(k for k in CLASS_KS if k <= len(d.image))
     pair_ks = tuple(k for k in PAIR_KS if k <= len(t.image))
@@ -241,7 +226,7 @@ def evaluate_checkpoint(
     version = heatmap_version or loaded.info.get("heatmap_version")
     folder = RunFolder(Location.of(out) if out else source.parent)
     target = folder.local
-    evaluation = evaluate(loaded, store, version, compute.precision)
+    evaluation = evaluate(loaded, store, version, compute)
     metrics = {
         "checkpoint": source.url,
         "checkpoint_sha256": checkpoint_sha256(local.local),
@@ -284,7 +269,7 @@ def evaluate_checkpoint(
     return metrics
 
 
-@flow(name="evaluate", flow_run_name=_run_name)
+@flow(name="evaluate", flow_run_name=run_namer("evaluate", "checkpoint", parent=True))
 def evaluate_flow(
     checkpoint: str,
     store: str,

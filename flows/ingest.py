@@ -12,9 +12,8 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.runtime import flow_run
 
-from flows.reports.artifacts import ProgressReporter, artifact_key, table_artifact
+from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer, table_artifact
 from storage.geometry import FitMode
 from storage.release.ingest_config import IngestConfig, ReaderConfig
 from storage.release.reader import ReleaseReader
@@ -29,12 +28,6 @@ from storage.store.ingest_shards import (
 )
 from storage.store.lease import StoreLease
 from storage.store.location import Location
-
-
-def _run_name() -> str:
-    params = flow_run.parameters
-    release = Location.of(str(params.get("release", "release"))).name
-    return f"ingest-{release}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 @task(
@@ -70,7 +63,7 @@ def ingest_shard_at(
     )
 
 
-@flow(name="ingest", flow_run_name=_run_name)
+@flow(name="ingest", flow_run_name=run_namer("ingest", "release"))
 def ingest_flow(
     release: str, store: str, ingest: IngestConfig = IngestConfig(), workers: int = 1
 ) -> dict[str, Any]:

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, checkpoint_sha256
+from daug_core.checkpoints.layout import checkpoint_sha256
+from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from daug_core.settings import ConfigError
 from flows.reports import precompute as report
-from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer
 from flows.reports.files import RunFolder
 from flows.runtime.actors import WorkerSpec, start_actors
 from flows.runtime.dispatch import DispatchReport, dispatch
@@ -35,19 +35,13 @@ from flows.runtime.pool import PoolSettings, actor_count, connect_ray
 from storage.provenance import code_version
 from storage.store.checkpoint_cache import cached_checkpoint
 from storage.store.heatmap_shards import ShardTask, plan_heatmaps
-from storage.store.heatmaps import DEFAULT_VERSION, HeatmapProvenance, HeatmapStore
+from storage.store.heatmap_versions import DEFAULT_VERSION
+from storage.store.heatmaps import HeatmapProvenance, HeatmapStore
 from storage.store.image import ImageStore
 from storage.store.lease import StoreLease
 from storage.store.location import Location
 
 log = logging.getLogger(__name__)
-
-
-def _run_name() -> str:
-    params = flow_run.parameters
-    store = Location.of(str(params.get("store", "store"))).name
-    version = params.get("heatmap_version", DEFAULT_VERSION)
-    return f"precompute-{store}-{version}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def heatmap_provenance(
@@ -102,7 +96,7 @@ def worker_spec(
     return WorkerSpec(
         generator_dir=root.child(GENERATOR_DIR).url,
         classifier_dir=root.child(CLASSIFIER_DIR).url,
-        config=dataclasses.replace(config, inference=pool.inference(config.inference)),
+        config=dataclasses.replace(config, inference=pool.inference.over(config.inference)),
         targets=provenance.targets,
         torch_threads=pool.torch_threads,
         device=pool.device,
@@ -111,7 +105,12 @@ def worker_spec(
     )
 
 
-@flow(name="precompute", flow_run_name=_run_name)
+@flow(
+    name="precompute",
+    flow_run_name=run_namer(
+        "precompute", "store", detail=lambda p: str(p.get("heatmap_version", DEFAULT_VERSION))
+    ),
+)
 def precompute_flow(
     store: str,
     checkpoints: str,

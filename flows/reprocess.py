@@ -34,14 +34,9 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from daug_core.contrastive.config import (
-    ClipTrainSettings,
-    ContrastiveConfig,
-    contrastive_config_from_dict,
-)
-from daug_core.contrastive.training import MODEL_JSON
+from daug_core.contrastive.config import ContrastiveConfig, contrastive_config_from_dict
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.diffusion.config import PresetName
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.evaluate import evaluate_checkpoint
@@ -49,14 +44,16 @@ from flows.ingest import ingest_flow
 from flows.precompute import heatmap_provenance
 from flows.precompute import precompute_flow as precompute_subflow
 from flows.reports import reprocess as report
-from flows.reports.artifacts import artifact_key
+from flows.reports.artifacts import artifact_key, run_namer
 from flows.reports.files import RunFolder, write_json, write_text
+from flows.runtime.contrastive import train_contrastive
 from flows.runtime.pool import PoolSettings
-from flows.train import train_contrastive
 from storage.release.diff import ChangeKind, ReleaseDiff, diff_release
 from storage.release.reader import ReleaseReader
 from storage.release.update import apply_release_diff, record_release
-from storage.store.heatmaps import DEFAULT_VERSION, HeatmapStore
+from storage.store.checkpoint_cache import clip_header
+from storage.store.heatmap_versions import DEFAULT_VERSION
+from storage.store.heatmaps import HeatmapStore
 from storage.store.image import ImageStore
 from storage.store.lease import StoreLease
 from storage.store.location import Location
@@ -69,12 +66,6 @@ from storage.store.status import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _run_name() -> str:
-    params = flow_run.parameters
-    release = Location.of(str(params.get("release", "release"))).name
-    return f"reprocess-{release}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def next_version_name(existing: list[str]) -> str:
@@ -108,7 +99,11 @@ def choose_heatmap_version(
         name = requested or DEFAULT_VERSION
         return HeatmapPlanChoice(name, True, "the store had no heatmaps", settings)
     stored = HeatmapStore(store, current).provenance
-    kept = HeatmapSettings.of(cast(PresetName, stored.preset), stored.targets, stored.translation)
+    kept = HeatmapSettings(
+        preset=cast(PresetName, stored.preset),
+        targets=tuple(stored.targets),
+        translation=stored.translation,
+    )
     differences = stored.differences(heatmap_provenance(kept, checkpoints))
     if requested is not None and requested not in versions:
         reason = f"version {requested!r} requested" + (
@@ -147,8 +142,8 @@ def retrain_config(store: ImageStore, training: ClipTrainSettings) -> Contrastiv
     """The config of the store's last evaluated model (the same model on the new data; the
     settings' epochs override its epochs), else the settings' config."""
     previous = last_evaluation(store)
-    meta = Location.of(str(previous["checkpoint"])).child(MODEL_JSON) if previous else None
-    if meta is not None and meta.is_file():
+    meta = clip_header(str(previous["checkpoint"])) if previous else None
+    if meta is not None:
         config = contrastive_config_from_dict(json.loads(meta.read_text())["config"])
         if training.epochs is None:
             return config
@@ -158,7 +153,7 @@ def retrain_config(store: ImageStore, training: ClipTrainSettings) -> Contrastiv
     return training.config()
 
 
-@flow(name="reprocess", flow_run_name=_run_name)
+@flow(name="reprocess", flow_run_name=run_namer("reprocess", "release"))
 def reprocess_flow(
     release: str,
     store: str,

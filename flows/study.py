@@ -32,7 +32,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from daug_core.compute import ComputeSettings
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from daug_core.diffusion.presets import DiffusionTrainSettings
 from daug_core.evaluation.study_statistics import RunOutputs, compare_variants
@@ -50,9 +50,8 @@ from flows.reports.files import write_json, write_text
 from flows.runtime.pool import PoolSettings
 from flows.study_settings import STUDY_PREVALENCES, STUDY_SPLITS, StudySettings
 from flows.train_generator import train_generator_flow
+from storage.store.heatmap_versions import DEFAULT_VERSION
 from storage.synthetic import SynthConfig
-
-HEATMAP_VERSION = "v1"
 
 
 def downstream_rows(
@@ -114,8 +113,8 @@ def study_flow(
             and heatmaps; a rerun must keep it: the heatmap versions hold one precision).
     """
     started = time.perf_counter()
-    heatmap_settings = HeatmapSettings(
-        preset="tiny", steps=study.heatmap_steps, precision=compute.precision
+    heatmap_settings = HeatmapSettings.build(
+        preset="tiny", translation={"steps": study.heatmap_steps, "precision": compute.precision}
     )
     compute.resolve()  # an impossible device or precision fails before anything is written
     check_precision(heatmap_settings, pool)
@@ -168,7 +167,7 @@ def study_flow(
     heat = precompute_flow(
         store=str(store),
         checkpoints=str(checkpoints),
-        heatmap_version=HEATMAP_VERSION,
+        heatmap_version=DEFAULT_VERSION,
         heatmaps=heatmap_settings,
         pool=pool,
     )
@@ -187,7 +186,7 @@ def study_flow(
             grid=grid,
             heatmap_modes=list(study.modes_of(grid)),
             training=training,
-            heatmap_version=HEATMAP_VERSION,
+            heatmap_version=DEFAULT_VERSION,
             compute=compute,
         )
         stage(f"7. bootstrap intervals of the {grid} grid ({study.resamples} resamples)")

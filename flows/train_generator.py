@@ -7,12 +7,10 @@ progress, loss curves and the classifier's AUC per noise level as Prefect artifa
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +18,15 @@ import pandas as pd
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 
-from daug_core.checkpoints import (
-    CLASSIFIER_DIR,
-    GENERATOR_DIR,
-    checkpoint_sha256,
+from daug_core.checkpoints.diffusion import (
     load_classifier_checkpoint,
     load_generator_checkpoint,
     save_classifier_checkpoint,
     save_generator_checkpoint,
 )
+from daug_core.checkpoints.layout import checkpoint_sha256, trainer_step
+from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR
 from daug_core.compute import Compute, ComputeSettings
 from daug_core.diffusion.classifier.evaluation import evaluate_classifier
 from daug_core.diffusion.classifier.loss import pos_weight_from_labels
@@ -47,8 +43,9 @@ from daug_core.labels import SUPER_CLASS_COLUMNS
 from daug_core.model_input import to_model_space
 from daug_core.training import StepReport, TrainingResult
 from flows.reports import training as report
-from flows.reports.artifacts import ProgressReporter, artifact_key
+from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer
 from flows.reports.files import RunFolder, write_json
+from flows.runtime.notices import RUN_LOG_ONLY
 from flows.runtime.ray_train import ScalingSettings, run_data_parallel, worker_compute
 from storage.datasets.batches import (
     Batch,
@@ -60,15 +57,9 @@ from storage.datasets.batches import (
 )
 from storage.errors import StoreFormatError
 from storage.store.image import ImageStore
-from storage.store.location import Location
 from storage.store.tables import DirectoryTables
 
 log = logging.getLogger(__name__)
-
-
-def _run_name() -> str:
-    store = Location.of(str(flow_run.parameters.get("store", "store"))).name
-    return f"train-generator-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def to_model_input(batch: Batch, config: DiffusionConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +127,7 @@ def _model_state(
 ) -> State:
     """The checkpoint at ``path`` to resume from, or (none there, or no path) a new state
     drawn from ``seed``."""
-    resume = path is not None and (path / "trainer_state.json").is_file()
+    resume = path is not None and trainer_step(path) is not None
     if resume:
         log.info("resuming the %s at its checkpoint in %s", name, path)
     if name == GENERATOR_DIR:
@@ -233,10 +224,11 @@ def fit_model(
             on_checkpoint()
         return False
 
-    result = train(
-        state, batches, until_step=steps, on_step=on_step, precision=amp.precision, ranks=ranks
-    )
-    last = result.losses[-1] if result.losses else float("nan")
+    result = train(state, batches, until_step=steps, on_step=on_step, compute=amp, ranks=ranks)
+    # A model resumed with nothing left to train reports its checkpoint's last recorded loss
+    # (NaN only when the loss table has none: a checkpoint brought without its table).
+    recorded = losses.rows[-1]["loss"] if losses is not None and losses.rows else float("nan")
+    last = result.losses[-1] if result.losses else recorded
     if losses is None:
         return ModelRun(name, before, state.step, result.seconds, last, "")
     save(state, path)
@@ -269,8 +261,7 @@ def _diffusion_worker(arguments: dict[str, Any]) -> None:
 
 
 def _checkpoint_step(path: Path) -> int:
-    state = path / "trainer_state.json"
-    return int(json.loads(state.read_text())["step"]) if state.is_file() else 0
+    return trainer_step(path) or 0
 
 
 @task(cache_policy=NO_CACHE, retries=1, task_run_name="train-{name}")
@@ -351,7 +342,7 @@ def training_selection(
     return image_store, select(image_store, ["train"], SUPER_CLASS_COLUMNS)
 
 
-@flow(name="train-generator", flow_run_name=_run_name)
+@flow(name="train-generator", flow_run_name=run_namer("train-generator", "store"))
 def train_generator_flow(
     store: str,
     out: str,
@@ -442,5 +433,8 @@ def train_generator_flow(
     }
     write_json(summary, out_path / "train_summary.json")
     folder.sync()
-    logger.info("classifier mean AUC by t: %s", summary["classifier_mean_auc_by_t"])
+    # The CLI prints the result, these numbers with it.
+    logger.info(
+        "classifier mean AUC by t: %s", summary["classifier_mean_auc_by_t"], extra=RUN_LOG_ONLY
+    )
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from daug_core.diffusion.config import TranslationConfig
 from daug_core.labels import CHEXPERT_LABELS
 from storage.store.heatmaps import HeatmapProvenance
+from storage.store.image import ImageStore
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
@@ -192,14 +194,75 @@ def dicom_id(n: int) -> str:
     return "-".join(f"{n:08x}" for _ in range(5))
 
 
+def subject(n: int) -> dict[str, str]:
+    """MIMIC-shaped subject and study ids of item ``n``."""
+    return {"subject_id": f"1{n % 10}{n:06d}", "study_id": f"5{n:07d}"}
+
+
+def good(n: int) -> MiniItem:
+    """Item ``n``: a decodable gradient image, Cardiomegaly positive."""
+    return MiniItem(
+        dicom_id(n),
+        **subject(n),
+        labels={"Cardiomegaly": 1.0},
+        content=dicom_bytes(gradient(top=1000 + 37 * n)),
+    )
+
+
+# The bad-input matrix of ingest: each bad file's quarantine reason and content.
+BAD = {
+    "truncated": dicom_bytes(gradient())[:-300],
+    "not_dicom": b"<html>not a dicom</html>" * 20,
+    "no_pixel_data": dicom_bytes(gradient(), with_pixels=False),
+    "unsupported_transfer_syntax": dicom_bytes(
+        gradient(),
+        transfer_syntax="1.2.840.10008.1.2.4.80",
+        pixel_data=b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0\x04\x00\x00\x00abcd",
+    ),
+    "degenerate_size": dicom_bytes(np.full((1, 1), 5, np.uint16)),
+    "constant_image": dicom_bytes(np.full((8, 8), 5, np.uint16)),
+    "pixel_data_size_mismatch": retag(dicom_bytes(gradient()), Rows=20),
+    "image_too_large": retag(dicom_bytes(gradient()), Rows=65535, Columns=65535),
+    "non_finite_pixels": dicom_bytes(gradient(), rescale=(math.nan, 0.0)),
+    "not_a_file": b"replaced by a FIFO in bad_release",
+}
+
+
+def source_file(root: Path, n: int) -> Path:
+    """Where item ``n``'s DICOM file lies in a release at ``root``."""
+    ids = subject(n)
+    sid = ids["subject_id"]
+    return root / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{ids['study_id']}" / f"{dicom_id(n)}.dcm"
+
+
+def bad_release(root: Path) -> Path:
+    """A release of 6 good items, one item per :data:`BAD` file, a missing file, an item without
+    a report, a duplicate and a dicom_id that would escape the release folder."""
+    items = [good(n) for n in range(6)]
+    for k, content in enumerate(BAD.values()):
+        items.append(MiniItem(dicom_id(100 + k), **subject(100 + k), content=content))
+    items.append(MiniItem(dicom_id(200), **subject(200), content=None))  # missing file
+    items.append(MiniItem(dicom_id(201), **subject(201), content=good(1).content, report=None))
+    items.append(MiniItem(dicom_id(3), **subject(3), content=good(3).content))  # duplicate
+    items.append(MiniItem("../../../../../escape", **subject(202), content=None))
+    write_mini_release(root, items)
+    replace_with_fifo(source_file(root, 100 + list(BAD).index("not_a_file")))
+    return root
+
+
 __all__ = [
+    "BAD",
     "MiniItem",
+    "bad_release",
     "call_within",
     "dicom_bytes",
     "dicom_id",
+    "good",
     "gradient",
     "replace_with_fifo",
     "retag",
+    "source_file",
+    "subject",
     "write_mini_release",
 ]
 
@@ -244,11 +307,67 @@ def with_translation(provenance: HeatmapProvenance, **changes: object) -> Heatma
     return dataclasses.replace(provenance, translation=translation)
 
 
+# The small stores of the store tests: fill_images's images (16 px, shards of 4 items) and
+# heatmaps of three targets (8 px).
+STORE_SIZE, STORE_SHARD = 16, 4
+HEATMAP_TARGETS = ("+No Finding", "+Pleural", "+Lung Lesion")
+PROVENANCE = fake_heatmap_provenance(HEATMAP_TARGETS, 8)
+
+
+def fill_images(store: ImageStore, n: int, bad: Sequence[int] = ()) -> None:
+    """``n`` items: splits alternate train/test; items in ``bad`` are quarantined."""
+    store.register(
+        pd.DataFrame(
+            {"dicom_id": [f"d{i}" for i in range(n)], "split": ["train", "test"] * (n // 2)}
+        )
+    )
+    store.write_images(np.arange(n), np.random.default_rng(0).random((n, STORE_SIZE, STORE_SIZE)))
+    for shard in range(-(-n // STORE_SHARD)):
+        idx = np.arange(shard * STORE_SHARD, min(n, (shard + 1) * STORE_SHARD))
+        status = ["quarantined" if i in bad else "ok" for i in idx]
+        store.write_part(shard, pd.DataFrame({"index": idx, "status": status}))
+    store.mark_done([i for i in range(n) if i not in bad])
+    store.consolidate()
+
+
+INDEX_BYTES = 16  # one (offset, nbytes) uint64 pair per inner chunk in a shard index
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def inner_chunk_middle(shard_file: Path, position: int, chunks: int) -> int:
+    """Offset of the middle byte of inner chunk ``position`` (Zarr v3 sharding: the index of
+    ``chunks`` (offset, nbytes) pairs plus its 4-byte CRC sits at the end of the file)."""
+    data = shard_file.read_bytes()
+    index = np.frombuffer(data[-(chunks * INDEX_BYTES + 4) : -4], dtype="<u8").reshape(-1, 2)
+    offset, nbytes = (int(v) for v in index[position])
+    return offset + nbytes // 2
+
+
+def corrupt_item(array_dir: Path, index: int, shard_items: int | None, trailing: int) -> None:
+    """Flip one byte inside item ``index``'s chunk of the array stored in ``array_dir``
+    (Zarr-sharded by ``shard_items`` items, or not when None); ``trailing`` is the number of
+    zero chunk coordinates after the item's (2 for images, 3 for heatmaps)."""
+    rest = ["0"] * trailing
+    if shard_items is None:
+        flip_byte(array_dir.joinpath("c", str(index), *rest))
+        return
+    shard_file = array_dir.joinpath("c", str(index // shard_items), *rest)
+    flip_byte(shard_file, inner_chunk_middle(shard_file, index % shard_items, shard_items))
+
+
 def write_random_checkpoints(root: Path, generator_seed: int = 0, classifier_seed: int = 1) -> Path:
     """``root/generator`` and ``root/classifier``: untrained tiny-preset models, step 0."""
     import torch
 
-    from daug_core.checkpoints import save_classifier_checkpoint, save_generator_checkpoint
+    from daug_core.checkpoints.diffusion import (
+        save_classifier_checkpoint,
+        save_generator_checkpoint,
+    )
     from daug_core.diffusion.classifier.training import init_classifier_state
     from daug_core.diffusion.generator import init_generator_state
     from daug_core.diffusion.presets import preset

@@ -63,7 +63,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from daug_core.contrastive.config import ClipModelConfig, check_local_checkpoint_name
+from daug_core.contrastive.config import (
+    ClipModelConfig,
+    ContrastiveConfig,
+    check_local_checkpoint_name,
+)
 from daug_core.rng import seeded_init
 
 logger = logging.getLogger(__name__)
@@ -423,3 +427,17 @@ def build_clip_model(
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
     return model
+
+
+def build_model(
+    config: ContrastiveConfig, heatmap_targets: tuple[str, ...], seed: int
+) -> HeatmapClip:
+    """The model of ``config`` with weights drawn from ``seed`` (then its local pretrained
+    checkpoint, if the config names one)."""
+    return build_clip_model(
+        config.model,
+        heatmap_targets,
+        generator=torch.Generator().manual_seed(seed),
+        logit_scale=config.loss.logit_scale,
+        learn_logit_scale=config.loss.learn_logit_scale,
+    )

@@ -1,5 +1,5 @@
-"""The contrastive trainer's loop, embedding pass and checkpoints (torch only; no files read
-except checkpoints, no Prefect).
+"""The contrastive trainer's loop and embedding pass (torch only; no files, no Prefect; its
+checkpoints are :mod:`daug_core.checkpoints.contrastive`).
 
 A batch is a :class:`ClipBatch`: images (B, 1, S, S) in [0, 1], heatmaps (B, K, S, S) in the
 model's ``heatmap_targets`` order, report tokens (B, L) and labels (B, 14) in {0, 1, NaN}.
@@ -10,24 +10,15 @@ Optimiser: AdamW without weight decay on biases, norms and the logit scale (open
 training rule), learning rate warmed up linearly for ``warmup_steps`` and then cosine-decayed
 to 0 or kept constant (diffusers' schedule helpers).
 
-Checkpoint directory (written atomically: a hidden sibling, then renamed)::
-
-    model.safetensors       HeatmapClip state dict (towers, widened conv, logit scale)
-    clip.json               ContrastiveConfig, heatmap_targets, caller's info (epoch, metrics)
-    trainer_state.*         AdamW tensors and scalars, LR schedule, torch.Generator state
-
-No pickle is written or read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,34 +27,17 @@ from diffusers.optimization import (
     get_constant_schedule_with_warmup,
     get_cosine_schedule_with_warmup,
 )
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from daug_core.checkpoints import (
-    CheckpointError,
-    _atomic_directory,
-    _load_trainer_state,
-    _read_json,
-    _save_trainer_state,
-    _write_json,
-    verify_checkpoint_files,
-)
-from daug_core.compute import Compute, Precision
+from daug_core.compute import Compute, cpu_fp32
 from daug_core.contrastive.config import (
-    ContrastiveConfig,
     ContrastiveTrainingConfig,
     OptimizerRecipe,
-    contrastive_config_from_dict,
-    contrastive_config_to_dict,
 )
 from daug_core.contrastive.losses import HybridContrastiveLoss, HybridLossParts, class_probabilities
-from daug_core.contrastive.model import HeatmapClip, build_clip_model
+from daug_core.contrastive.model import HeatmapClip
 from daug_core.distributed import SINGLE, Ranks
 from daug_core.training import optimizer_step
-
-MODEL_WEIGHTS = "model.safetensors"
-MODEL_JSON = "clip.json"
-FORMAT_VERSION = 1
 
 
 class ClipBatch(NamedTuple):
@@ -251,15 +225,15 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     on_step: Callable[[int, float], None] | None = None,
-    precision: Precision = "fp32",
+    compute: Compute | None = None,
     *,
     ranks: Ranks = SINGLE,
     forward: nn.Module | None = None,
     global_negatives: bool = True,
 ) -> EpochStats:
     """One pass of optimiser steps over ``batches``; batches of one pair are skipped (InfoNCE
-    has no negatives there). Batches and prompts move to the model's device; ``precision`` is
-    the forward passes' autocast (weights and optimiser stay float32).
+    has no negatives there). Batches and prompts move to the model's device; ``compute`` is
+    the model's device and the forward passes' autocast (weights and optimiser stay float32).
 
     Data-parallel (``ranks.distributed``): ``batches`` are this rank's rows of each global
     batch and ``forward`` is :class:`ContrastiveForward` under DDP (:meth:`Ranks.wrap`). The
@@ -269,7 +243,7 @@ def train_epoch(
     (open_clip's ``local_loss``, cheaper and *not* the single-process update). Reported losses
     are then the global batch's, the same on every rank."""
     model.train()
-    amp = Compute(device=model_device(model), precision=precision)
+    amp = compute or cpu_fp32()
     scaler = amp.grad_scaler()
     prompts = prompts.to(amp.device)
     step = forward if forward is not None else ContrastiveForward(model)
@@ -307,12 +281,12 @@ def embed(
     loss_fn: HybridContrastiveLoss,
     batches: Iterable[ClipBatch],
     prompts: PromptTokens,
-    precision: Precision = "fp32",
+    compute: Compute | None = None,
 ) -> Embedded:
-    """Embeddings, class probabilities and mean losses of a split (model in eval mode), on the
-    model's device; embeddings come back as float32 numpy arrays."""
+    """Embeddings, class probabilities and mean losses of a split (model in eval mode, on
+    ``compute``'s device and autocast); embeddings come back as float32 numpy arrays."""
     model.eval()
-    amp = Compute(device=model_device(model), precision=precision)
+    amp = compute or cpu_fp32()
     with amp.autocast():  # fixed in eval: the prompts are encoded once, not per batch
         positive, negative = encode_prompts(model, prompts.to(amp.device))
     prompt_emb = (positive.float(), None if negative is None else negative.float())
@@ -345,100 +319,6 @@ def embed(
         labels=np.concatenate(labels),
         stats=means.stats(time.perf_counter() - start),
     )
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ClipCheckpoint:
-    """A loaded contrastive checkpoint."""
-
-    model: HeatmapClip
-    config: ContrastiveConfig
-    heatmap_targets: tuple[str, ...]
-    info: dict[str, Any]
-
-
-def build_model(
-    config: ContrastiveConfig, heatmap_targets: tuple[str, ...], seed: int
-) -> HeatmapClip:
-    """The model of ``config`` with weights drawn from ``seed`` (then its local pretrained
-    checkpoint, if the config names one)."""
-    return build_clip_model(
-        config.model,
-        heatmap_targets,
-        generator=torch.Generator().manual_seed(seed),
-        logit_scale=config.loss.logit_scale,
-        learn_logit_scale=config.loss.learn_logit_scale,
-    )
-
-
-def save_clip_checkpoint(
-    directory: str | Path,
-    model: HeatmapClip,
-    config: ContrastiveConfig,
-    info: dict[str, Any],
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    generator: torch.Generator | None = None,
-) -> Path:
-    """Weights, config and (with an optimizer) the trainer state, atomically."""
-    target = Path(directory)
-    with _atomic_directory(target) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / MODEL_WEIGHTS))
-        _write_json(
-            tmp / MODEL_JSON,
-            {
-                "format_version": FORMAT_VERSION,
-                "config": contrastive_config_to_dict(config),
-                "heatmap_targets": list(model.heatmap_targets),
-                "info": info,
-            },
-        )
-        if optimizer is not None:
-            _save_trainer_state(
-                tmp,
-                optimizer=optimizer,
-                generator=generator or torch.Generator(),
-                step=int(info.get("step", 0)),
-                extra={"scheduler": scheduler.state_dict() if scheduler is not None else None},
-            )
-    return target
-
-
-def load_clip_checkpoint(directory: str | Path) -> ClipCheckpoint:
-    """The model (CPU, eval mode), its config and info; weights from safetensors only."""
-    path = Path(directory)
-    verify_checkpoint_files(path)
-    meta = _read_json(path / MODEL_JSON)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(path, f"format_version {meta.get('format_version')} is not 1")
-    weights = path / MODEL_WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(path, f"missing {MODEL_WEIGHTS}")
-    config = contrastive_config_from_dict(meta["config"])
-    # The stored weights replace everything, so build without the pretrained file.
-    skeleton = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained=None))
-    targets = tuple(meta["heatmap_targets"])
-    model = build_model(skeleton, targets, seed=0)
-    try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(path, f"weights do not fit the stored config: {exc}") from exc
-    model.eval()
-    return ClipCheckpoint(model, config, targets, dict(meta.get("info", {})))
-
-
-def restore_trainer_state(
-    directory: str | Path,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> torch.Generator:
-    """Load the optimizer and schedule saved with a checkpoint; returns its RNG."""
-    meta, generator = _load_trainer_state(Path(directory), optimizer, torch.device("cpu"))
-    if meta.get("scheduler") is not None:
-        scheduler.load_state_dict(meta["scheduler"])
-    return generator
 
 
 def steps_per_epoch(items: int, batch_size: int) -> int:

@@ -30,6 +30,7 @@ from daug_core.settings import (
     check_choices,
     check_finite,
     dataclass_from_dict,
+    described,
 )
 
 GuidanceMode = Literal["softmax", "sigmoid", "official"]
@@ -148,17 +149,16 @@ class TranslationConfig:
     ``level`` is a timestep index of the training schedule (500 of T = 1000 in DAug); ``steps`` DDIM
     steps are spread evenly over [0, level] (``steps == level`` uses every timestep).
     ``mode`` is how a target's log-probability is formed (:mod:`daug_core.diffusion.guidance`:
-    softmax,
-    sigmoid, or the official code's softmax variant).
+    softmax, sigmoid, or the official code's softmax variant).
     ``scale`` multiplies the classifier gradient; ``0`` is plain DDIM reconstruction (no guidance:
     the heatmap is the reconstruction error, the baseline the guidance is measured against).
     ``clip_denoised`` clamps the predicted x0 to [-1, 1] (guided-diffusion's ``clip_denoised``); it
     is off by default because clamping makes inversion and decoding stop being inverse maps.
     ``inversion_refinements`` > 0 solves each inversion step as the exact inverse of the decoding
-    step by fixed-point iteration (see :mod:`daug_core.diffusion.ddim`); 0 is plain DDIM inversion,
-    as in the
-    official code. It matters with few steps: at 50 steps plain inversion -> decoding misses x0 by
-    ~0.02 on average even for an ideal model; 2 refinements bring that below 1e-4.
+    step by fixed-point iteration (see :mod:`daug_core.diffusion.ddim`); 0 is plain DDIM
+    inversion, as in the official code. It matters with few steps: at 50 steps plain inversion
+    -> decoding misses x0 by ~0.02 on average even for an ideal model; 2 refinements bring that
+    below 1e-4.
 
     The next three fields turn (x0, x_cf) into the heatmap (:mod:`daug_core.diffusion.heatmaps`):
     ``difference`` ``"minmax"`` is the official |minmax(x0) - minmax(x_cf)|; ``"raw"`` is
@@ -185,18 +185,41 @@ class TranslationConfig:
     it as is, as the official code does (its generator and classifier were trained so).
     """
 
-    level: int = 500
-    steps: int = 50
-    mode: GuidanceMode = "softmax"
-    scale: float = 100.0
-    clip_denoised: bool = False
-    inversion_refinements: int = 0
-    difference: HeatmapDifference = "minmax"
-    reference: HeatmapReference = "input"
-    smoothing_sigma: float = 0.0
-    precision: Precision = "fp32"
-    generator_ema: bool = True
-    input_range: InputRange = "signed"
+    level: int = described(500, "noise level L (a timestep of the training schedule)")
+    steps: int = described(50, "DDIM steps over [0, L], each way")
+    mode: GuidanceMode = described(
+        "softmax",
+        "guidance: softmax (DAug), sigmoid (baseline) or official (the official code's softmax)",
+    )
+    scale: float = described(
+        100.0, "classifier guidance scale s >= 0 (0: no guidance, reconstruction error only)"
+    )
+    clip_denoised: bool = described(
+        False, "clamp the predicted x0 to [-1, 1] at every DDIM step (guided-diffusion's flag)"
+    )
+    inversion_refinements: int = described(
+        0, "fixed-point refinements per inversion step (0: plain DDIM inversion)"
+    )
+    difference: HeatmapDifference = described(
+        "minmax", "heatmap: minmax (official |minmax(x0) - minmax(x_cf)|) or raw |x0 - x_cf| / 2"
+    )
+    reference: HeatmapReference = described(
+        "input",
+        "x_cf compared with: input (x0, DAug's) or reconstruction (the unguided decoding of x_L: "
+        "the guidance's change only)",
+    )
+    smoothing_sigma: float = described(0.0, "Gaussian blur of the heatmap in pixels (0: none)")
+    precision: Precision = described(
+        "fp32", "UNet and classifier passes in fp32, bf16 or fp16 (CUDA); DDIM updates stay fp32"
+    )
+    generator_ema: bool = described(
+        True, "decode with the generator's EMA weights (default) or its raw weights (official)"
+    )
+    input_range: InputRange = described(
+        "signed",
+        "model input: signed ([-1, 1]) or minmax (each image to [0, 1], the official code's); "
+        "the models must have been trained with it",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -222,13 +245,22 @@ class InferenceConfig:
     on this CPU, after 40 s to minutes of compilation per input shape and process: off by
     default). Results equal the defaults' up to float rounding."""
 
-    max_batch: int = 64
-    channels_last: bool = True
-    compile: bool = False
+    max_batch: int = described(64, "rows of one UNet/classifier call (0: the preset's)")
+    channels_last: bool = described(
+        True, "run the models in channels-last memory format (faster convolutions)"
+    )
+    compile: bool = described(
+        False, "torch.compile the models (faster calls after a slow first call per shape)"
+    )
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.max_batch < 0:
+            raise ConfigError(f"max_batch must be >= 0 (0: the preset's), got {self.max_batch}")
+
+    def over(self, preset: InferenceConfig) -> InferenceConfig:
+        """These settings where ``max_batch`` 0 takes the preset's (a pool's choice over the
+        preset's inference config)."""
+        return dataclasses.replace(self, max_batch=self.max_batch or preset.max_batch)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,6 @@ exactly as an uninterrupted one would given the same batches.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,21 +19,18 @@ from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusers.training_utils import EMAModel
 
-from daug_core.compute import Compute, Precision
+from daug_core.compute import Compute
 from daug_core.diffusion.config import DiffusionConfig, GeneratorConfig, TrainingConfig
 from daug_core.diffusion.schedule import make_noise_scheduler, q_sample
 from daug_core.distributed import SINGLE, Ranks
 from daug_core.rng import seeded_init
 from daug_core.training import (
     OnStep,
-    StepReport,
-    StopReason,
     TrainingResult,
     check_images,
     make_optimizer,
     noise_draws,
-    optimizer_step,
-    set_learning_rate,
+    train_steps,
 )
 
 
@@ -115,7 +111,7 @@ def train_generator(
     *,
     until_step: int | None = None,
     on_step: OnStep | None = None,
-    precision: Precision = "fp32",
+    compute: Compute | None = None,
     ranks: Ranks = SINGLE,
 ) -> TrainingResult:
     """Train ``state`` in place until ``state.step == until_step`` (default: the config's
@@ -123,50 +119,42 @@ def train_generator(
 
     ``batches`` yields (B, 1, S, S) images in [-1, 1] (or tuples whose first item is that); they
     are moved to the UNet's device. Resume by passing a state loaded from a checkpoint.
-    ``precision``: the forward pass's autocast (weights, EMA and optimiser stay float32).
+    ``compute``: the device the state lives on and the forward pass's autocast (default CPU,
+    float32) (weights, EMA and optimiser stay float32).
 
     Data-parallel (``ranks.distributed``): ``batches`` yield this rank's rows of each global
     batch; the UNet runs under DDP, so the averaged gradient is the global batch's MSE gradient
     (equal shares), and the clipped update and the EMA are the same on every rank.
     """
     cfg = state.config
-    train_cfg = cfg.generator_training
-    target = train_cfg.num_steps if until_step is None else until_step
     scheduler = make_noise_scheduler(cfg.schedule)
     num_t = cfg.schedule.num_train_timesteps
-    device, gen = state.device, state.generator
-    amp = Compute(device=device, precision=precision)
-    scaler = amp.grad_scaler()
-    start_step, losses = state.step, []
-    started = time.perf_counter()
-    stop: StopReason = "reached_num_steps"
-    state.unet.train()
-    model = ranks.wrap(state.unet, device)
-    iterator = iter(batches)
-    while state.step < target:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            stop = "data_exhausted"
-            break
+
+    def loss_of(
+        batch: torch.Tensor | tuple[torch.Tensor, ...],
+        *,
+        step: int,
+        model: torch.nn.Module,
+        compute: Compute,
+    ) -> torch.Tensor:
         images = batch[0] if isinstance(batch, tuple | list) else batch
-        x0 = check_images(images, image_size=cfg.image_size, step=state.step + 1)
-        x0 = x0.to(device=device, dtype=torch.float32)
+        x0 = check_images(images, image_size=cfg.image_size, step=step)
+        x0 = x0.to(device=compute.device, dtype=torch.float32)
         # Noise is drawn on the generator's device, then moved: same numbers on any device.
-        t, noise = noise_draws(gen, x0, num_t, ranks)
-        with amp.autocast():
-            loss = ddpm_loss(model, scheduler, x0, t, noise)
-        clip = (state.unet.parameters(), train_cfg.grad_clip_norm)
-        set_learning_rate(state.optimizer, train_cfg, state.step)
-        optimizer_step(loss, state.optimizer, scaler, clip)
-        state.ema.step(state.unet.parameters())
-        state.step += 1
-        losses.append(ranks.mean(loss))  # the global batch's
-        report = StepReport(state.step, losses[-1], time.perf_counter() - started)
-        if on_step is not None and on_step(report) and state.step < target:
-            stop = "callback"
-            break
-    state.unet.eval()
-    return TrainingResult(
-        tuple(losses), start_step, state.step, time.perf_counter() - started, stop
+        t, noise = noise_draws(state.generator, x0, num_t, ranks)
+        with compute.autocast():
+            return ddpm_loss(model, scheduler, x0, t, noise)
+
+    return train_steps(
+        state,
+        state.unet,
+        batches,
+        loss_of,
+        config=cfg.generator_training,
+        until_step=until_step,
+        on_step=on_step,
+        compute=compute,
+        ranks=ranks,
+        after_step=lambda: state.ema.step(state.unet.parameters()),
+        reported=ranks.mean,  # the global batch's
     )

@@ -26,7 +26,8 @@ def require_store(store: str) -> ImageStore:
 
 def require_checkpoints(checkpoints: str, hint: str = "--checkpoints") -> None:
     """A train-generator output (a folder or URL) has generator/ and classifier/."""
-    from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR, verify_checkpoint_files
+    from daug_core.checkpoints.layout import verify_checkpoint_files
+    from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR
     from storage.store.location import Location
 
     for name in (GENERATOR_DIR, CLASSIFIER_DIR):
@@ -75,7 +76,7 @@ def require_training_data(
     """The splits the contrastive training reads (train, validate) hold usable items, with
     the heatmap version the mode reads: an empty split, a missing version or (with
     ``missing="fail"``) missing heatmaps is one error line before the output folder exists."""
-    from flows.train import heatmap_channels, open_datasets
+    from flows.runtime.contrastive import heatmap_channels, open_datasets
 
     if heatmap_channels(config) is not None:
         require_heatmap_version(require_store(store), version, "--heatmap-version")

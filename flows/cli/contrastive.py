@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from daug_core.checkpoints.names import CLIP_HEADERS
 from daug_core.compute import ComputeSettings
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from flows.ablation_grids import AblationGrid, grid_variants
 from flows.cli.app import command
 from flows.cli.checks import require_store, require_training_data
@@ -20,7 +21,8 @@ from flows.cli.options import (
     TorchThreadsOption,
 )
 from flows.runtime.ray_train import ScalingSettings
-from storage.store.location import Location
+from storage.store.checkpoint_cache import clip_header
+from storage.store.heatmap_versions import DEFAULT_VERSION
 
 OutOption = Annotated[str, typer.Option(help="output folder (rerun to resume)")]
 
@@ -45,7 +47,7 @@ def train(
     training: ClipTrainSettings,
     compute: ComputeSettings,
     scaling: ScalingSettings,
-    heatmap_version: HeatmapVersionOption = "v1",
+    heatmap_version: HeatmapVersionOption = DEFAULT_VERSION,
     missing_heatmaps: Annotated[
         Literal["exclude", "fail"],
         typer.Option(help="exclude (and count) items without heatmaps, or fail"),
@@ -75,8 +77,11 @@ def evaluate(
     ] = None,
 ) -> None:
     """Classification AUC, class-based retrieval mAP@k and pair Recall@k (EVALUATION.md)."""
-    if not Location.of(checkpoint).child("clip.json").is_file():
-        raise typer.BadParameter(f"{checkpoint} holds no clip.json", param_hint="--checkpoint")
+    if clip_header(checkpoint) is None:
+        raise typer.BadParameter(
+            f"{checkpoint} holds no contrastive checkpoint (no {' or '.join(CLIP_HEADERS)})",
+            param_hint="--checkpoint",
+        )
     require_store(store)
     compute.resolve()  # "cuda" without CUDA fails here, before Prefect starts
 
@@ -129,7 +134,7 @@ def ablate(
             "name), add, append (rows <name>-add, <name>-append)",
         ),
     ] = None,
-    heatmap_version: HeatmapVersionOption = "v1",
+    heatmap_version: HeatmapVersionOption = DEFAULT_VERSION,
     torch_threads: TorchThreadsOption = 1,
 ) -> None:
     """The paper's ablation grid (baseline, +DAug, +hybrid loss, both) over seeds."""

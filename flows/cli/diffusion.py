@@ -32,6 +32,7 @@ from flows.cli.options import (
 from flows.quality.settings import SweepSettings
 from flows.runtime.pool import PoolSettings
 from flows.runtime.ray_train import ScalingSettings
+from storage.store.heatmap_versions import DEFAULT_VERSION, check_version_name
 
 EvalSplitOption = Annotated[
     str, typer.Option(help="split on which the classifier's AUC per noise level is measured")
@@ -96,13 +97,11 @@ def precompute(
     splits: SplitsOption = None,
     heatmap_version: Annotated[
         str, typer.Option(help="heatmap version to write (new settings: a new name)")
-    ] = "v1",
+    ] = DEFAULT_VERSION,
     retry_failed: Annotated[bool, typer.Option(help="retry items that failed before")] = False,
     examples: Annotated[int, typer.Option(help="items in the example overlay grid")] = 6,
 ) -> None:
     """Precompute DAug heatmaps for the ingested images of a store (resumable)."""
-    from storage.store.heatmaps import check_version_name
-
     try:  # before anything is created
         check_version_name(heatmap_version)
     except ValueError as exc:
@@ -198,7 +197,8 @@ def convert_generator(
 ) -> None:
     """Convert a guided-diffusion generator (the official DAug code's) into a generator
     checkpoint precompute decodes with (class label fixed, variance channels dropped)."""
-    from daug_core.checkpoints import GENERATOR_DIR, convert_guided_diffusion
+    from daug_core.checkpoints.diffusion import convert_guided_diffusion
+    from daug_core.checkpoints.names import GENERATOR_DIR
 
     target = checkpoints / GENERATOR_DIR
     _write_converted(
@@ -234,7 +234,8 @@ def convert_classifier(
 ) -> None:
     """Convert a guided-diffusion noise-aware classifier (the official DAug code's) into a
     classifier checkpoint precompute guides with."""
-    from daug_core.checkpoints import CLASSIFIER_DIR, convert_guided_diffusion_classifier
+    from daug_core.checkpoints.diffusion import convert_guided_diffusion_classifier
+    from daug_core.checkpoints.names import CLASSIFIER_DIR
 
     target = checkpoints / CLASSIFIER_DIR
     _write_converted(

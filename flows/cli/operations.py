@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.cli.app import command
 from flows.cli.checks import require_checkpoints, require_heatmap_version, require_release

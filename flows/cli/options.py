@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from daug_core.settings import ConfigError
+from daug_core.settings import ConfigError, PresetParts
 
 # ---- plain options shared by several commands (one spelling per concept) --------------------
 StoreOption = Annotated[
@@ -60,6 +60,8 @@ class SettingOption:
     name: str  # the command function's parameter name for it
     parameter: inspect.Parameter
     spellings: tuple[str, ...]  # "--scale", or "--sweep", "--no-sweep"
+    from_preset: bool = False  # a field of a preset part: its default is the preset's
+    default: Any = None  # the default the settings object gives this field
 
 
 def is_settings(hint: Any) -> bool:
@@ -97,14 +99,27 @@ def _shown(default: Any) -> str | bool:
     return str(default)
 
 
-def _leaf_options(cls: type, group: Group, path: tuple[str, ...] = ()) -> Iterator[SettingOption]:
+def _leaf_options(
+    cls: type,
+    group: Group,
+    path: tuple[str, ...] = (),
+    panel: str | None = None,
+    from_preset: bool = False,
+    holder: Any = None,
+) -> Iterator[SettingOption]:
+    """The options of ``cls``'s leaf fields; ``holder`` is the default object of a nested
+    settings field (its values are the defaults shown, not the nested class's own)."""
     hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
+    panel = panel or group.panel or f"{cls.__name__} settings"
+    parts = cls.preset_parts() if not path and issubclass(cls, PresetParts) else {}
+    for field in dataclasses.fields(typing.cast(Any, cls)):
         if group.only is not None and not path and field.name not in group.only:
             continue
         hint = hints[field.name]
         if is_settings(hint):
-            yield from _leaf_options(hint, group, (*path, field.name))
+            under = from_preset or field.name in parts
+            nested = field.default if dataclasses.is_dataclass(field.default) else None
+            yield from _leaf_options(hint, group, (*path, field.name), panel, under, nested)
             continue
         spelled = str(field.metadata.get("option", field.name)).replace("_", "-")
         prefix = group.prefix.replace("_", "-")
@@ -115,6 +130,8 @@ def _leaf_options(cls: type, group: Group, path: tuple[str, ...] = ()) -> Iterat
             if field.default_factory is not dataclasses.MISSING
             else None
         )
+        if holder is not None:
+            default = getattr(holder, field.name)
         base = _cli_type(hint)
         if base is bool:
             flag = (
@@ -127,26 +144,33 @@ def _leaf_options(cls: type, group: Group, path: tuple[str, ...] = ()) -> Iterat
         else:
             decls = ["--" + "-".join(p for p in (prefix, spelled) if p)]
             shown = _shown(default)
+        if from_preset:
+            shown = "the preset's"
         name = "_".join(p for p in (group.prefix, *path, field.name) if p)
         option = typer.Option(
             *decls,
             help=field.metadata.get("help", ""),
             show_default=shown,
-            rich_help_panel=group.panel or f"{cls.__name__} settings",
+            rich_help_panel=panel,
         )
         annotation = Annotated[_optional(base), option]  # type: ignore[valid-type]
         parameter = inspect.Parameter(
             name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
         )
         spellings = tuple(part for decl in decls for part in decl.split("/"))
-        yield SettingOption((*path, field.name), name, parameter, spellings)
+        yield SettingOption((*path, field.name), name, parameter, spellings, from_preset, default)
 
 
-def _build(cls: type, options: list[SettingOption], values: dict[str, Any], path: tuple[str, ...] = ()):
-    """An instance of ``cls`` from the given option values (fields not given: defaults)."""
+def _build(
+    cls: type, options: list[SettingOption], values: dict[str, Any], path: tuple[str, ...] = ()
+):
+    """An instance of ``cls`` from the given option values (fields not given: defaults; for
+    :class:`~daug_core.settings.PresetParts` settings, the preset's)."""
+    if issubclass(cls, PresetParts):
+        return cls.build(**_given(cls, options, values))
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
+    for field in dataclasses.fields(typing.cast(Any, cls)):
         hint = hints[field.name]
         here = (*path, field.name)
         if is_settings(hint):
@@ -158,6 +182,26 @@ def _build(cls: type, options: list[SettingOption], values: dict[str, Any], path
                 value = values[option.name]
                 kwargs[field.name] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
+
+
+def _given(
+    cls: type, options: list[SettingOption], values: dict[str, Any], path: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The options given, as the settings' nested JSON form (only what the user changed)."""
+    given: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        here = (*path, field.name)
+        hint = typing.get_type_hints(cls)[field.name]
+        if is_settings(hint):
+            nested = _given(hint, options, values, here)
+            if nested:
+                given[field.name] = nested
+            continue
+        for option in options:
+            if option.path == here and values.get(option.name) is not None:
+                value = values[option.name]
+                given[field.name] = tuple(value) if isinstance(value, list) else value
+    return given
 
 
 def _group_of(annotation: Any) -> tuple[type, Group] | None:

@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from daug_core.compute import ComputeSettings
 from daug_core.diffusion.config import DiffusionConfig
@@ -66,7 +65,7 @@ from flows.quality.scoring import scorable_indices as scorable
 from flows.quality.settings import SweepSettings
 from flows.quality.sweep import run_sweep, select_sweep_items, sweep_grid
 from flows.reports import quality as report
-from flows.reports.artifacts import ProgressReporter, artifact_key, table_artifact
+from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer, table_artifact
 from flows.reports.files import RunFolder, write_json
 from flows.reports.quality import MODES, ScoredSource
 from flows.runtime.pool import PoolSettings
@@ -82,11 +81,6 @@ log = logging.getLogger(__name__)
 
 UNGUIDED = "unguided"
 """The baseline heatmaps' name: scale 0, the guided ones' inversion and decoding."""
-
-
-def _run_name() -> str:
-    store = Location.of(str(flow_run.parameters.get("store", "store"))).name
-    return f"heatmap-quality-{store}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def compared_settings(settings: HeatmapSettings) -> HeatmapSettings:
@@ -179,9 +173,9 @@ def compare_modes(
     generator fails to reconstruct is an anomaly map, not a class's."""
     versions = mode_versions(settings, Path(checkpoints))
     runs: dict[str, HeatmapSettings] = {
-        mode: dataclasses.replace(settings, mode=mode) for mode in MODES
+        mode: settings.changed(translation={"mode": mode}) for mode in MODES
     }
-    runs[UNGUIDED] = dataclasses.replace(settings, scale=0.0)
+    runs[UNGUIDED] = settings.changed(translation={"scale": 0.0})
     for name, chosen in runs.items():
         result = precompute_subflow(
             store=run.store,
@@ -217,7 +211,7 @@ def compare_modes(
     return ModeComparison(modes, table, paired)
 
 
-@flow(name="heatmap-quality", flow_run_name=_run_name)
+@flow(name="heatmap-quality", flow_run_name=run_namer("heatmap-quality", "store"))
 def heatmap_quality_flow(
     store: str,
     truth: str,

@@ -162,7 +162,7 @@ def run_sweep(
     # The worker imports torch and the models: only a run needs them, not the CLI's options.
     import torch
 
-    from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR
+    from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR
     from flows.runtime.actors import HeatmapWorker, WorkerSpec
 
     spec = WorkerSpec(

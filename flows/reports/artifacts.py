@@ -18,8 +18,10 @@ import io
 import logging
 import re
 import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 import pandas as pd
@@ -30,8 +32,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.runtime import flow_run
 
 from flows.reports.files import file_link
+from storage.store.location import Location
 
 progress_log = logging.getLogger("daug.progress")
 # A thumbnail's longest side and the budget of one embedded image (base64 text).
@@ -42,6 +46,28 @@ IMAGE_BUDGET_BYTES = 160_000
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+def run_namer(
+    kind: str,
+    location: str,
+    *,
+    parent: bool = False,
+    detail: Callable[[Mapping[str, Any]], str] | None = None,
+) -> Callable[[], str]:
+    """A flow's ``flow_run_name``: ``<kind>-<where>[-<detail>]-<UTC start time>``, where is the
+    name of the run's ``location`` parameter (its parent folder's with ``parent``: a checkpoint's
+    run) and ``detail`` picks a further part from the run's parameters."""
+
+    def name() -> str:
+        params = flow_run.parameters
+        where = Location.of(str(params.get(location, location)))
+        parts = [kind, (where.parent if parent else where).name]
+        if detail is not None:
+            parts.append(detail(params))
+        return "-".join([*parts, f"{datetime.now(UTC):%Y%m%d-%H%M%S}"])
+
+    return name
 
 
 class ProgressReporter:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from daug_core.contrastive.training import ClipCheckpoint
+from daug_core.checkpoints.contrastive import ClipCheckpoint
 from daug_core.labels import CHEXPERT_LABELS
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from daug_core.checkpoints import CLASSIFIER_DIR, GENERATOR_DIR
+from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
 

@@ -6,7 +6,6 @@ the actors themselves live in :mod:`flows.runtime.actors`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -35,12 +34,8 @@ class PoolSettings:
     placement_timeout: float = described(
         600.0, "seconds to wait for actors to be placed before starting with those that are"
     )
-    max_batch: int = described(0, "rows of one UNet/classifier call (0: the preset's)")
-    channels_last: bool = described(
-        True, "run the models in channels-last memory format (faster convolutions)"
-    )
-    compile: bool = described(
-        False, "torch.compile the models (faster calls after a slow first call per shape)"
+    inference: InferenceConfig = described(
+        InferenceConfig(max_batch=0), "how the actors run the models (max_batch 0: the preset's)"
     )
 
     def __post_init__(self) -> None:
@@ -48,8 +43,6 @@ class PoolSettings:
             raise ConfigError(f"PoolSettings.batch_size must be >= 1, got {self.batch_size}")
         if self.actors < 0:
             raise ConfigError(f"PoolSettings.actors must be >= 0, got {self.actors}")
-        if self.max_batch < 0:
-            raise ConfigError(f"PoolSettings.max_batch must be >= 0, got {self.max_batch}")
         if self.in_flight < 1:
             raise ConfigError(f"PoolSettings.in_flight must be >= 1, got {self.in_flight}")
         check_finite("PoolSettings", "cpus_per_actor", self.cpus_per_actor, 0.01)
@@ -72,15 +65,6 @@ class PoolSettings:
                 )
             found[name.strip()] = value
         return found
-
-    def inference(self, preset: InferenceConfig) -> InferenceConfig:
-        """The preset's inference settings with this pool's choices."""
-        return dataclasses.replace(
-            preset,
-            max_batch=self.max_batch or preset.max_batch,
-            channels_last=self.channels_last,
-            compile=self.compile,
-        )
 
     @property
     def torch_threads(self) -> int:

@@ -1,8 +1,8 @@
 """Data-parallel training on the Ray cluster: the settings and the Ray Train launcher.
 
-One worker (the default) trains in the flow's own process, as before. More workers run the
-same per-rank training function (:func:`flows.train.train_contrastive`, the generator and
-classifier loops) in Ray Train's ``TorchTrainer``: Ray places the workers over the cluster's
+One worker (the default) trains in the flow's own process, as before. More workers run the same
+per-rank training function (:func:`flows.runtime.contrastive.train_contrastive`, the generator
+and classifier loops) in Ray Train's ``TorchTrainer``: Ray places the workers over the cluster's
 nodes (a GPU each, or CPUs), sets up the torch process group (NCCL on GPUs, gloo on CPUs) and,
 after a lost worker or node, restarts the group up to ``max_failures`` times; every restart
 resumes from the last checkpoint rank 0 wrote.

@@ -30,7 +30,6 @@ seeded globally, and the same epoch gives the same tensors in any worker layout.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,17 +37,25 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from daug_core.labels import LABEL_COLUMNS
+from storage.datasets.augment import (
+    AugmentConfig,
+    apply_affine,
+    augment_rng,
+    augment_theta,
+    mixed_seed,
+)
 from storage.datasets.batches import EmptySelectionError
 from storage.errors import StoreFormatError
 from storage.release.reader import SPLITS
 from storage.release.reports import ReportSections
+from storage.store.arrays import read_items
 from storage.store.heatmaps import HeatmapStore
-from storage.store.image import ImageStore, ItemStatus, read_items
+from storage.store.image import ImageStore
+from storage.store.items import ItemStatus
 from storage.store.location import Location
 
 log = logging.getLogger(__name__)
@@ -113,70 +120,6 @@ class PackedStrings:
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
-
-
-# ---- augmentation ------------------------------------------------------------------------
-@dataclass(frozen=True, kw_only=True)
-class AugmentConfig:
-    """Mild geometric augmentation applied identically to the image and its heatmaps.
-
-    A random resized crop (area fraction ``scale``, aspect ratio w/h log-uniform in ``ratio``)
-    resampled to the full size, rotated by a uniform angle in +-``degrees``; pixels from
-    outside the image are 0 (the padding colour of the store). Mild on purpose: the heatmap
-    channels are spatial evidence, and large crops would cut the findings they point at.
-    """
-
-    scale: tuple[float, float] = (0.85, 1.0)
-    ratio: tuple[float, float] = (0.95, 1.0 / 0.95)
-    degrees: float = 5.0
-
-    def __post_init__(self) -> None:
-        low, high = self.scale
-        if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
-        if not 0.0 < self.ratio[0] <= self.ratio[1]:
-            raise ValueError(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
-        if not 0.0 <= self.degrees < 180.0:
-            raise ValueError(f"degrees must be in [0, 180), got {self.degrees}")
-
-
-def augment_theta(config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """One (2, 3) ``affine_grid`` matrix: output coordinates -> input coordinates.
-
-    In the normalised [-1, 1] frame (square images, so angles are true angles), output point
-    o maps to input point c + R(angle) diag(w, h) o: a crop of half-extents (w, h) centred on
-    c, rotated. w h = area fraction, w / h = aspect ratio, clipped to the image; c is uniform
-    where the unrotated crop fits.
-    """
-    area = rng.uniform(*config.scale)
-    ratio = math.exp(rng.uniform(math.log(config.ratio[0]), math.log(config.ratio[1])))
-    w = min(1.0, math.sqrt(area * ratio))
-    h = min(1.0, math.sqrt(area / ratio))
-    cx = rng.uniform(-(1.0 - w), 1.0 - w)
-    cy = rng.uniform(-(1.0 - h), 1.0 - h)
-    angle = math.radians(rng.uniform(-config.degrees, config.degrees))
-    cos, sin = math.cos(angle), math.sin(angle)
-    return np.array([[w * cos, -h * sin, cx], [w * sin, h * cos, cy]], dtype=np.float32)
-
-
-def apply_affine(stack: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample (B, C, S, S) with per-item (B, 2, 3) matrices, bilinearly, zeros outside.
-
-    One sampling grid per item is shared by all its channels, so the image and every heatmap
-    move together; bilinear weights are convex, so values stay in [0, 1]."""
-    grid = F.affine_grid(theta, list(stack.shape), align_corners=False)
-    return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _seed(*parts: int) -> int:
-    """A 63-bit seed from integer parts (numpy's SeedSequence mixes them)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator of one item's augmentation: a function of (seed, epoch, store index)
-    only, so it does not depend on the worker, the batch or the order of reads."""
-    return np.random.default_rng(_seed(seed, epoch, index))
 
 
 # ---- the dataset -------------------------------------------------------------------------
@@ -456,7 +399,7 @@ class EpochShuffle(Sampler[int]):
         return len(self.dataset) // self.global_batch * (self.global_batch // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(_seed(self.seed, self.dataset.epoch))
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.dataset.epoch))
         order = torch.randperm(len(self.dataset), generator=generator)
         if self.world_size > 1:
             local = self.global_batch // self.world_size
@@ -510,5 +453,5 @@ def make_loader(
         multiprocessing_context="spawn" if num_workers > 0 else None,
         persistent_workers=False,
         drop_last=drop_last,
-        generator=torch.Generator().manual_seed(_seed(seed, 0)),
+        generator=torch.Generator().manual_seed(mixed_seed(seed, 0)),
     )

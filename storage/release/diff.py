@@ -38,7 +38,8 @@ import pandas as pd
 from daug_core.labels import CHEXPERT_LABELS
 from storage.release.reader import ReleaseReader
 from storage.release.reports import decode_report, parse_report
-from storage.store.image import ImageStore, ItemStatus
+from storage.store.image import ImageStore
+from storage.store.items import ItemStatus
 from storage.store.location import Location, NotRegularFileError
 
 log = logging.getLogger(__name__)

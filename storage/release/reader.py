@@ -30,7 +30,7 @@ from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
 from storage.release.decode import READER_TYPES, ImageReader
 from storage.release.ingest_config import ReaderConfig
 from storage.release.reports import ReportSections, decode_report, parse_report
-from storage.store.image import INDEX_COLUMNS
+from storage.store.items import INDEX_COLUMNS
 from storage.store.location import Location, NotRegularFileError
 
 log = logging.getLogger(__name__)

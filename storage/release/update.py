@@ -35,8 +35,10 @@ import pandas as pd
 from daug_core.labels import CHEXPERT_LABELS, LABEL_COLUMNS, SUPER_CLASS_COLUMNS
 from daug_core.strict_json import strict
 from storage.release.diff import ChangeKind, ReleaseDiff
+from storage.store.arrays import clear_flags
 from storage.store.heatmaps import HeatmapStore
-from storage.store.image import INDEX_COLUMNS, ImageStore, ItemStatus, clear_flags
+from storage.store.image import ImageStore
+from storage.store.items import INDEX_COLUMNS, ItemStatus
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from daug_core.checkpoints.names import CLIP_HEADERS
 from storage.store.location import Location
 
 DEFAULT_CACHE = Path(os.environ.get("DAUG_CACHE", Path.home() / ".cache" / "daug"))
@@ -61,3 +62,13 @@ def cached_checkpoint(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def clip_header(where: str | os.PathLike[str] | Location) -> Location | None:
+    """The header file of the contrastive checkpoint at ``where`` (``model.json``, or
+    ``clip.json`` of the first layout), None when there is none."""
+    folder = Location.of(where)
+    for name in CLIP_HEADERS:
+        if folder.child(name).is_file():
+            return folder.child(name)
+    return None

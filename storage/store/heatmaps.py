@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,8 +38,7 @@ from daug_core.settings import ConfigError, dataclass_from_dict
 from daug_core.strict_json import strict
 from storage.errors import StoreFormatError
 from storage.provenance import code_version
-from storage.store.image import (
-    ImageStore,
+from storage.store.arrays import (
     Indices,
     clear_flags,
     flag_compressors,
@@ -49,15 +47,15 @@ from storage.store.image import (
     set_flags,
     write_item_runs,
 )
+from storage.store.format import GroupFormat
+from storage.store.heatmap_versions import DEFAULT_VERSION, check_version_name
+from storage.store.image import ImageStore
 
 log = logging.getLogger(__name__)
 
-HEATMAP_FORMAT = "daug-heatmap-store"
-HEATMAP_FORMAT_VERSION = 1
+HEATMAP_STORE = GroupFormat("daug-heatmap-store", 1)
 HEATMAPS_GROUP = "heatmaps"
-DEFAULT_VERSION = "v1"
 FAILURE_DTYPES: dict[str, str] = {"index": "int", "dicom_id": "str", "reason": "str"}
-_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ProvenanceMismatchError(StoreFormatError):
@@ -162,12 +160,6 @@ def _flat(provenance: HeatmapProvenance) -> dict[str, Any]:
     return values | values.pop("translation")
 
 
-def check_version_name(version: str) -> None:
-    """A heatmap version names a folder: letters, digits, '_', '.', '-' (no '..', no '/')."""
-    if not _VERSION_NAME.match(version):
-        raise ValueError(f"heatmap version {version!r}: use letters, digits, '_', '.', '-'")
-
-
 def _array(group: zarr.Group, name: str) -> zarr.Array:
     node = group[name]
     if not isinstance(node, zarr.Array):
@@ -191,13 +183,7 @@ class HeatmapStore:
         if not isinstance(node, zarr.Group):
             raise StoreFormatError(f"{image_store.location}/{path} is not a group")
         attrs = node.attrs.asdict()
-        if attrs.get("format") != HEATMAP_FORMAT:
-            raise StoreFormatError(f"{image_store.location}/{path} is not a {HEATMAP_FORMAT}")
-        if attrs.get("format_version") != HEATMAP_FORMAT_VERSION:
-            raise StoreFormatError(
-                f"{image_store.location}/{path}: format version {attrs.get('format_version')}, "
-                f"this code reads {HEATMAP_FORMAT_VERSION}"
-            )
+        HEATMAP_STORE.check(attrs, f"{image_store.location}/{path}")
         self.image_store = image_store
         self.version = version
         self.group = node
@@ -275,8 +261,7 @@ class HeatmapStore:
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "code_version": code_version(),
                 "runs": [],
-                "format_version": HEATMAP_FORMAT_VERSION,
-                "format": HEATMAP_FORMAT,
+                **HEATMAP_STORE.attrs(),
             }
         )
         log.info("created heatmaps %s in %s (K=%d, S=%d)", version, image_store.location, k, s)

@@ -25,190 +25,49 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
-from daug_core.labels import CHEXPERT_LABELS, LABEL_COLUMNS, SUPER_CLASS_COLUMNS
 from daug_core.strict_json import strict
 from storage.errors import StoreFormatError
 from storage.geometry import FitMode
 from storage.provenance import code_version
 from storage.release.ingest_config import IngestConfig, ReaderConfig
+from storage.store.arrays import (
+    Indices,
+    flag_compressors,
+    pixel_compressors,
+    read_items,
+    set_flags,
+    write_item_runs,
+)
+from storage.store.format import GroupFormat
+from storage.store.items import (
+    ITEM_DTYPES,
+    ITEMS_TABLE,
+    PART_DTYPES,
+    PARTS_PREFIX,
+    QUARANTINE_DTYPES,
+    QUARANTINE_TABLE,
+    REJECTS_TABLE,
+    RESULT_COLUMNS,
+    ItemStatus,
+    _empty,
+    _normalise,
+    item_table_problems,
+)
 from storage.store.location import Location
 from storage.store.tables import MemoryTables, TableBackend, tables_at
 
 log = logging.getLogger(__name__)
 
-Indices = Sequence[int] | np.ndarray
-STORE_FORMAT = "daug-image-store"
-STORE_FORMAT_VERSION = 1
-
-
-# The index columns every item carries, from the release reader's join.
-INDEX_COLUMNS: tuple[str, ...] = (
-    "dicom_id",
-    "study_id",
-    "subject_id",
-    "split",
-    "view",
-    "source_path",
-    "report_path",
-)
-
-
-class ItemStatus(StrEnum):
-    PENDING = "pending"
-    OK = "ok"
-    QUARANTINED = "quarantined"
-    # In the store but not in the latest release (storage/release/update.py): pixels, labels
-    # and heatmaps are kept, never used (only ``ok`` items are), never ingested again.
-    RETIRED = "retired"
-
-
-RESULT_COLUMNS: dict[str, str] = {
-    "status": "str",
-    "reason": "str",
-    "source_sha256": "str",
-    "report_missing": "bool",
-    "report_source": "str",
-    "findings": "str",
-    "impression": "str",
-}
-ITEM_DTYPES: dict[str, str] = (
-    {"index": "int"}
-    | {c: "str" for c in INDEX_COLUMNS}
-    | {c: "float" for c in (*CHEXPERT_LABELS, *LABEL_COLUMNS, *SUPER_CLASS_COLUMNS)}
-    | {"labels_missing": "bool"}
-    | RESULT_COLUMNS
-)
-QUARANTINE_DTYPES: dict[str, str] = {"dicom_id": "str", "source_path": "str", "reason": "str"}
-PART_DTYPES: dict[str, str] = {"index": "int"} | RESULT_COLUMNS
-
-ITEMS_TABLE = "items"
-QUARANTINE_TABLE = "quarantine"
-REJECTS_TABLE = "_tables/index_rejects"
-PARTS_PREFIX = "_parts/shard-"
-
-
-def _empty(dtypes: dict[str, str]) -> pd.DataFrame:
-    kinds = {"str": str, "float": "float64", "int": "int64", "bool": bool}
-    return pd.DataFrame({c: pd.Series(dtype=kinds[t]) for c, t in dtypes.items()})  # type: ignore[call-overload]
-
-
-def _normalise(table: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
-    """Columns in schema order with schema types (CSV round trips lose bool/int types)."""
-    out = table.reindex(columns=list(dtypes))
-    for column, kind in dtypes.items():
-        if kind == "str":
-            out[column] = out[column].astype(object).where(out[column].notna(), "").astype(str)
-        elif kind == "bool":
-            out[column] = (
-                out[column]
-                .map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
-                .astype(bool)
-            )
-        elif kind == "int":
-            out[column] = out[column].astype("int64")
-        else:
-            out[column] = out[column].astype("float64")
-    return out
-
-
-SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def item_table_problems(
-    table: pd.DataFrame, images: int, finished_without_row: int
-) -> tuple[str, ...]:
-    """What is wrong with an item table (read typed or as text) of a store whose ``images``
-    holds ``images`` items: every column present, one row per index in order, statuses known,
-    source hashes whole. Fewer rows than images is harmless when none of the indices without a
-    row is finished (a registration cut short between growing the arrays and writing the
-    table: the next ingest registers them again); ``finished_without_row`` > 0 means the table
-    was cut (a copy stopped midway, ``head -c``), which must not read as a smaller store."""
-    found: list[str] = []
-    missing = [c for c in ITEM_DTYPES if c not in table.columns]
-    if missing:
-        found.append(f"items.csv lacks columns {missing}")
-    rows = len(table)
-    if rows > images or finished_without_row:
-        found.append(
-            f"items.csv has {rows} rows; images holds {images} items"
-            + (f", {finished_without_row} finished without a row" if finished_without_row else "")
-        )
-    if "index" in table.columns:
-        indices = pd.to_numeric(table["index"], errors="coerce")
-        if indices.isna().any() or not np.array_equal(indices.to_numpy(), np.arange(rows)):
-            found.append("items.csv's index column is not 0, 1, 2, ... in order")
-    if "status" in table.columns:
-        unknown = sorted(set(table["status"].astype(str)) - {s.value for s in ItemStatus})
-        if unknown:
-            found.append(f"items.csv has unknown statuses {unknown[:5]}")
-    if "source_sha256" in table.columns:
-        hashes = table["source_sha256"].astype(str)
-        cut = hashes[(hashes != "") & ~hashes.str.fullmatch(SHA256_HEX)]
-        if len(cut):
-            found.append(f"items.csv has {len(cut)} malformed source_sha256 value(s)")
-    return tuple(found)
-
-
-def write_item_runs(array: zarr.Array, indices: Indices, data: np.ndarray) -> None:
-    """Write ``data[i]`` at item ``indices[i]``; consecutive indices go in one slice write."""
-    order = np.argsort(np.asarray(indices))
-    idx = np.asarray(indices, dtype=np.int64)[order]
-    ordered = np.asarray(data)[order]
-    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-    for run_idx, run_data in zip(np.split(idx, breaks), np.split(ordered, breaks), strict=True):
-        if len(run_idx):
-            array[int(run_idx[0]) : int(run_idx[-1]) + 1] = run_data
-
-
-def pixel_compressors() -> tuple[BloscCodec, Crc32cCodec]:
-    """Codecs after ``bytes`` for image and heatmap chunks: Blosc-zstd, then a CRC-32C of the
-    compressed chunk, checked on every read (a flipped bit raises instead of returning wrong
-    pixels; ``daug verify`` looks for such chunks). With Zarr sharding these are the inner
-    chunks' codecs; the shard index carries its own CRC-32C (Zarr's default)."""
-    return BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle), Crc32cCodec()
-
-
-def flag_compressors() -> tuple[ZstdCodec, Crc32cCodec]:
-    """Codecs after ``bytes`` for the ``done`` flag arrays: zstd (Zarr's default), CRC-32C."""
-    return ZstdCodec(), Crc32cCodec()
-
-
-def set_flags(array: zarr.Array, indices: Indices) -> None:
-    """Set a (N,) bool array to True at ``indices``."""
-    idx = np.asarray(indices, dtype=np.int64)
-    if len(idx):
-        array.set_coordinate_selection((idx,), np.ones(len(idx), dtype=bool))
-
-
-def clear_flags(array: zarr.Array, indices: Indices) -> None:
-    """Set a (N,) bool array to False at ``indices``, rewriting each touched chunk whole
-    (read, modify, write) so the chunk's other flags are kept. The caller holds the store's
-    lease (storage/store/lease.py): no other run writes the chunk meanwhile."""
-    idx = np.unique(np.asarray(indices, dtype=np.int64))
-    step = int(array.chunks[0])
-    for chunk in np.unique(idx // step):
-        start, stop = int(chunk) * step, min((int(chunk) + 1) * step, int(array.shape[0]))
-        flags = np.asarray(array[start:stop], dtype=bool)
-        flags[idx[idx // step == chunk] - start] = False
-        array[start:stop] = flags
-
-
-def read_items(array: zarr.Array, indices: Indices) -> np.ndarray:
-    """Items at ``indices`` (any order) as float32."""
-    idx = np.asarray(indices, dtype=np.int64)
-    return np.asarray(array.get_orthogonal_selection((idx,)), dtype=np.float32)
+IMAGE_STORE = GroupFormat("daug-image-store", 1)
 
 
 def _creation_state(root: Location) -> str:
@@ -221,7 +80,7 @@ def _creation_state(root: Location) -> str:
             attrs = json.loads(meta.read_text()).get("attributes", {})
         except ValueError:
             attrs = {}
-        if attrs.get("format") == STORE_FORMAT:
+        if attrs.get("format") == IMAGE_STORE.name:
             return "store"
     chunks = [root.child(name).child("c") for name in ("images", "done")]
     if root.child("items.csv").exists() or any(c.exists() for c in chunks):
@@ -235,13 +94,7 @@ class ImageStore:
     def __init__(self, group: zarr.Group, tables: TableBackend, root: Location | None) -> None:
         location = root.url if root is not None else "<memory>"
         attrs = group.attrs.asdict()
-        if attrs.get("format") != STORE_FORMAT:
-            raise StoreFormatError(f"{location} is not a {STORE_FORMAT} (attrs: {attrs})")
-        if attrs.get("format_version") != STORE_FORMAT_VERSION:
-            raise StoreFormatError(
-                f"{location}: format version {attrs.get('format_version')}, "
-                f"this code reads {STORE_FORMAT_VERSION}"
-            )
+        IMAGE_STORE.check(attrs, location)
         self.group = group
         self.tables = tables
         self.root = root  # where the store lives; None in memory
@@ -304,8 +157,7 @@ class ImageStore:
         )
         group.attrs.update(
             {
-                "format": STORE_FORMAT,
-                "format_version": STORE_FORMAT_VERSION,
+                **IMAGE_STORE.attrs(),
                 "size": size,
                 "shard_items": shard_items,
                 "sharded": sharded,

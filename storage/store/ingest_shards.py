@@ -21,7 +21,8 @@ from storage.errors import ItemError, QuarantineReason, StoreFormatError
 from storage.geometry import FitMode, fit_to_square
 from storage.release.ingest_config import IngestConfig
 from storage.release.reader import ReleaseReader
-from storage.store.image import ImageStore, ItemStatus
+from storage.store.image import ImageStore
+from storage.store.items import ItemStatus
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import pandas as pd
 from daug_core.strict_json import float_or_nan, strict
 from storage.release.update import release_history
 from storage.store.heatmaps import HeatmapStore
-from storage.store.image import ImageStore, ItemStatus
+from storage.store.image import ImageStore
+from storage.store.items import ItemStatus
 from storage.store.location import Location
 
 LAST_EVALUATION_ATTR = "last_evaluation"

@@ -42,13 +42,10 @@ from zarr.codecs import Crc32cCodec, ShardingCodec
 from daug_core.strict_json import strict
 from storage.errors import StoreFormatError
 from storage.provenance import code_version
+from storage.store.arrays import clear_flags
 from storage.store.heatmaps import HEATMAPS_GROUP, HeatmapStore
-from storage.store.image import (
-    ITEMS_TABLE,
-    ImageStore,
-    clear_flags,
-    item_table_problems,
-)
+from storage.store.image import ImageStore
+from storage.store.items import ITEMS_TABLE, item_table_problems
 from storage.store.lease import StoreLease
 
 log = logging.getLogger(__name__)

@@ -52,6 +52,19 @@ def micro_config(**translation: object) -> DiffusionConfig:
     )
 
 
+def make_models(cfg: DiffusionConfig, seed: int) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """An untrained UNet and classifier of ``cfg`` (eval mode) and 3 images in [-1, 1], all from
+    ``seed``."""
+    from daug_core.diffusion.classifier.factory import build_classifier
+    from daug_core.diffusion.generator import build_unet
+
+    g = torch.Generator().manual_seed(seed)
+    unet = build_unet(cfg.generator, generator=g).eval()
+    classifier = build_classifier(cfg.classifier, generator=g).eval()
+    x0 = torch.rand(3, 1, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
+    return unet, classifier, x0
+
+
 def disc_batch(
     batch: int, size: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from daug_core.compute import ComputeSettings
+from daug_core.compute import Compute, ComputeSettings
 from daug_core.diffusion.generator import init_generator_state, train_generator
 from daug_core.diffusion.presets import preset
 from daug_core.settings import ConfigError
+
+CPU = torch.device("cpu")
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 
@@ -48,7 +50,7 @@ def test_fp32_autocast_and_scaler_leave_training_unchanged():
     results = []
     for _ in range(2):
         state = init_generator_state(config, generator=torch.Generator().manual_seed(0))
-        train_generator(state, [images, images], until_step=2, precision="fp32")
+        train_generator(state, [images, images], until_step=2, compute=Compute(device=CPU))
         results.append(torch.cat([p.detach().flatten() for p in state.unet.parameters()]))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
@@ -60,7 +62,7 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_with_float32_weights():
     block = state.unet.conv_in
     handle = block.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     images = torch.rand(2, 1, config.image_size, config.image_size) * 2 - 1
-    train_generator(state, [images], until_step=1, precision="bf16")
+    train_generator(state, [images], until_step=1, compute=Compute(device=CPU, precision="bf16"))
     handle.remove()
     assert seen == [torch.bfloat16]
     assert all(p.dtype == torch.float32 for p in state.unet.parameters())

@@ -12,14 +12,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from daug_core.contrastive.config import contrastive_preset
 from daug_core.contrastive.losses import HybridContrastiveLoss
-from daug_core.contrastive.model import build_tokenizer
+from daug_core.contrastive.model import build_model, build_tokenizer
+from daug_core.contrastive.presets import contrastive_preset
 from daug_core.contrastive.training import (
     ClipBatch,
     ContrastiveForward,
     PromptTokens,
-    build_model,
     make_optimizer,
     make_scheduler,
     train_epoch,

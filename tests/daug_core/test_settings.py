@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from daug_core.contrastive.config import ClipTrainSettings, contrastive_preset
+from daug_core.contrastive.presets import ClipTrainSettings, contrastive_preset
 from daug_core.diffusion.config import (
     InferenceConfig,
     TranslationConfig,
@@ -40,11 +40,14 @@ from daug_core.settings import ConfigError
 )
 def test_heatmap_settings_refuse_bad_numbers_naming_them(changes, match):
     with pytest.raises(ConfigError, match=match):
-        HeatmapSettings(**changes)
+        if "preset" in changes:
+            HeatmapSettings(**changes)
+        else:
+            HeatmapSettings.build(translation=changes)
 
 
 def test_heatmap_settings_apply_only_what_is_given():
-    settings = HeatmapSettings(scale=0.0, steps=5)
+    settings = HeatmapSettings.build(translation={"scale": 0.0, "steps": 5})
     tiny = preset("tiny")
     config = settings.config()
     assert config.translation.scale == 0.0  # no guidance is a choice, not a silent default
@@ -71,9 +74,38 @@ def test_targets_are_checked_canonicalised_and_default_to_all_classes():
 
 def test_settings_of_a_translation_reproduce_it():
     translation = TranslationConfig(level=200, steps=7, scale=3.5, difference="raw")
-    settings = HeatmapSettings.of("tiny", ("+No Finding",), translation)
+    settings = HeatmapSettings(preset="tiny", targets=("+No Finding",), translation=translation)
     assert settings.translation == translation
     assert settings.config().inference == preset("tiny").inference  # not part of the settings
+
+
+def test_preset_plus_changes_is_one_mechanism_for_python_cli_and_parameters():
+    """build (Python, the CLI) and complete (a deployment's JSON parameters, before pydantic
+    validates them) both start from the preset's whole translation and replace what is given."""
+    from pydantic import TypeAdapter
+
+    built = HeatmapSettings.build(preset="paper", translation={"scale": 30.0})
+    expected = dataclasses.replace(preset("paper").translation, scale=30.0)
+    assert built.translation == expected
+    validated = TypeAdapter(HeatmapSettings).validate_python(
+        {"preset": "paper", "translation": {"scale": 30.0}}
+    )
+    assert validated == built
+    assert TypeAdapter(HeatmapSettings).validate_python({"preset": "paper"}).translation == (
+        preset("paper").translation
+    )
+    # the resolved settings travel whole: their JSON form validates back to themselves
+    dumped = TypeAdapter(HeatmapSettings).dump_python(built, mode="json")
+    assert TypeAdapter(HeatmapSettings).validate_python(dumped) == built
+    assert built.changed(translation={"mode": "sigmoid"}).translation == dataclasses.replace(
+        expected, mode="sigmoid"
+    )
+    with pytest.raises(ConfigError, match=r"unknown keys \['scale'\].*translation"):
+        HeatmapSettings.complete({"preset": "paper", "scale": 30.0})  # the old flat spelling
+    with pytest.raises(
+        ConfigError, match=r"HeatmapSettings.translation: unknown fields \['scal'\]"
+    ):
+        HeatmapSettings.build(translation={"scal": 30.0})
 
 
 def test_max_batch_is_not_a_translation_number_and_old_configs_still_load():
@@ -88,7 +120,7 @@ def test_max_batch_is_not_a_translation_number_and_old_configs_still_load():
     old["translation"]["max_batch"] = 16
     assert config_from_dict(old).inference.max_batch == 16
     with pytest.raises(ConfigError, match="max_batch"):
-        InferenceConfig(max_batch=0)
+        InferenceConfig(max_batch=-1)
 
 
 def test_diffusion_train_settings_set_the_step_counts():

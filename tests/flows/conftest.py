@@ -13,9 +13,7 @@ from storage.release.ingest_config import IngestConfig, ReaderConfig
 from storage.store.heatmaps import HeatmapStore
 from storage.store.image import ImageStore
 from storage.synthetic import SynthConfig, write_synthetic_release
-from tests.factories import fake_heatmap_provenance
-
-HEATMAP_TARGETS = ("+No Finding", "+Pleural", "+Lung Lesion")
+from tests.factories import HEATMAP_TARGETS, fake_heatmap_provenance
 
 
 def write_heatmaps(store: Path) -> None:

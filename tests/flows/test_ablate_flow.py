@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from flows.ablate import ablate_flow
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

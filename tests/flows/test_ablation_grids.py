@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from flows.ablation_grids import GRIDS, grid_variants, variant_settings
 from tests.factories import run_daug as daug
 

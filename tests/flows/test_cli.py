@@ -94,8 +94,7 @@ def test_bad_format_option(tmp_path):
 def test_delete_heatmaps_asks_then_deletes_only_that_version(tmp_path):
     from storage.store.heatmaps import HeatmapStore
     from storage.store.image import ImageStore
-    from tests.factories import with_translation
-    from tests.storage.store.test_heatmaps import PROVENANCE
+    from tests.factories import PROVENANCE, with_translation
 
     images = ImageStore.create(tmp_path / "store", 16, shard_items=4)
     images.register(pd.DataFrame({"dicom_id": ["a", "b"], "split": ["train", "test"]}))
@@ -126,7 +125,7 @@ def test_train_and_evaluate_refuse_bad_options_before_starting_prefect(tmp_path)
     assert no_store.returncode == 2 and "error:" in no_store.stderr
     assert "Traceback" not in no_store.stderr
     no_ckpt = daug("evaluate", "--checkpoint", str(tmp_path), "--store", str(tmp_path))
-    assert no_ckpt.returncode == 2 and "holds no clip.json" in no_ckpt.stderr
+    assert no_ckpt.returncode == 2 and "holds no contrastive checkpoint" in no_ckpt.stderr
 
 
 def test_a_device_this_machine_lacks_is_one_error_before_any_work(tmp_path):
@@ -238,8 +237,19 @@ def test_settings_options_come_from_the_fields_with_their_help_and_choices():
     precompute = _commands()["precompute"]
     assert precompute.__settings__ == {"heatmaps": HeatmapSettings, "pool": PoolSettings}
     generated = set(inspect.signature(precompute).parameters)
-    fields = {f.name for f in dataclasses.fields(HeatmapSettings)}
-    fields |= {f.name for f in dataclasses.fields(PoolSettings)}
+
+    def leaves(cls: type, prefix: str = "") -> set[str]:
+        found: set[str] = set()
+        for f in dataclasses.fields(cls):
+            nested = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(nested):
+                found |= leaves(nested, f"{prefix}{f.name}_")  # nested configs, flattened
+            else:
+                found.add(prefix + f.name)
+        return found
+
+    fields = leaves(HeatmapSettings) | leaves(PoolSettings)
+    assert "translation_scale" in fields and "inference_max_batch" in fields
     assert fields <= generated and "heatmaps" not in generated
 
     def clash(heatmaps: HeatmapSettings, again: HeatmapSettings) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from daug_core.diffusion.config import TranslationConfig
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.cli import app
 from flows.cli.reference import DOC, configuration_markdown
@@ -31,7 +32,12 @@ def test_every_generated_option_is_documented():
 
 def test_each_heatmap_field_has_a_row_with_its_help():
     text = configuration_markdown()
-    for field in dataclasses.fields(HeatmapSettings):
-        assert f"| `{field.name}` |" in text, field.name
+    rows = [("preset", HeatmapSettings), ("targets", HeatmapSettings)] + [
+        (f"translation.{f.name}", TranslationConfig) for f in dataclasses.fields(TranslationConfig)
+    ]
+    for path, owner in rows:
+        field = {f.name: f for f in dataclasses.fields(owner)}[path.split(".")[-1]]
+        assert f"| `{path}` |" in text, path
         first_words = " ".join(str(field.metadata["help"]).split()[:4]).replace("|", "\\|")
-        assert first_words in text, field.name
+        assert first_words in text, path
+    assert "| `translation.scale` | float | the preset's |" in text

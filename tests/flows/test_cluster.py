@@ -29,7 +29,9 @@ from tests.loopback import SLOT, LoopbackCluster, node_processes
 
 pytestmark = pytest.mark.slow
 
-FAST = HeatmapSettings(targets=("+No Finding", "+Pleural"), level=50, steps=3)
+FAST = HeatmapSettings.build(
+    targets=("+No Finding", "+Pleural"), translation={"level": 50, "steps": 3}
+)
 POOL = PoolSettings(
     actors=2, cpus_per_actor=1.0, resources=(f"{SLOT}=1",), batch_size=2, placement_timeout=120
 )

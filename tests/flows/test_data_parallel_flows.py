@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from daug_core.checkpoints import load_classifier_checkpoint, load_generator_checkpoint
-from daug_core.contrastive.config import ClipTrainSettings
-from daug_core.contrastive.training import load_clip_checkpoint
+from daug_core.checkpoints.contrastive import load_clip_checkpoint
+from daug_core.checkpoints.diffusion import load_classifier_checkpoint, load_generator_checkpoint
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.diffusion.presets import DiffusionTrainSettings
 from flows.ingest import ingest_flow
 from flows.runtime.ray_train import ScalingSettings

@@ -11,14 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daug_core.checkpoints import (
-    MANIFEST,
-    CheckpointError,
-    checkpoint_sha256,
-    load_unet,
-    verify_checkpoint_files,
-)
+from daug_core.checkpoints.diffusion import load_unet
+from daug_core.checkpoints.layout import checkpoint_sha256, verify_checkpoint_files
+from daug_core.checkpoints.names import MANIFEST
 from daug_core.labels import SUPER_CLASS_COLUMNS
+from daug_core.settings import CheckpointError
 from flows.demo_checkpoints import (
     ASSET_FILE,
     DEMO_CHECKPOINTS,

@@ -55,6 +55,24 @@ def test_a_bad_number_in_a_deployment_is_refused_naming_it():
     (precompute,) = [d for d in DEPLOYMENTS if d["name"] == "precompute"]
     path, name = precompute["entrypoint"].split(":")
     flow = load_flow_from_entrypoint(f"{ROOT / path}:{name}")
-    bad = precompute["parameters"] | {"heatmaps": {"preset": "paper", "scale": -1.0}}
+    bad = precompute["parameters"] | {"heatmaps": {"preset": "paper", "translation": {"scale": -1}}}
     with pytest.raises(ParameterTypeError, match="scale must be a finite number"):
         flow.validate_parameters(bad)
+    flat = precompute["parameters"] | {"heatmaps": {"preset": "paper", "scale": 30.0}}
+    with pytest.raises(ParameterTypeError, match=r"unknown keys \['scale'\]"):
+        flow.validate_parameters(flat)  # never dropped silently
+
+
+def test_a_deployment_names_only_what_it_changes_of_the_preset():
+    import dataclasses
+
+    from daug_core.diffusion.presets import preset
+
+    (precompute,) = [d for d in DEPLOYMENTS if d["name"] == "precompute"]
+    path, name = precompute["entrypoint"].split(":")
+    flow = load_flow_from_entrypoint(f"{ROOT / path}:{name}")
+    changed = precompute["parameters"] | {
+        "heatmaps": {"preset": "paper", "translation": {"scale": 30.0}}
+    }
+    translation = flow.validate_parameters(changed)["heatmaps"].translation
+    assert translation == dataclasses.replace(preset("paper").translation, scale=30.0)

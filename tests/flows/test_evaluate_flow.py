@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from daug_core.contrastive.config import ClipTrainSettings
-from daug_core.contrastive.training import load_clip_checkpoint
+from daug_core.checkpoints.contrastive import load_clip_checkpoint
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.labels import CHEXPERT_LABELS
 from flows.evaluate import evaluate, evaluate_flow
-from flows.train import train_contrastive
+from flows.runtime.contrastive import train_contrastive
 from storage.store.image import ImageStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

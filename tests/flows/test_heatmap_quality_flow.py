@@ -32,7 +32,7 @@ from storage.synthetic.ground_truth import GroundTruthMasks, MaskStore
 from tests.factories import run_daug, write_random_checkpoints
 
 SPLITS = ["test", "validate"]
-FAST = HeatmapSettings(level=50, steps=3, inversion_refinements=0)
+FAST = HeatmapSettings.build(translation={"level": 50, "steps": 3, "inversion_refinements": 0})
 ONE_ACTOR = PoolSettings(actors=1)
 TARGETS = list(compared_settings(FAST).targets)
 

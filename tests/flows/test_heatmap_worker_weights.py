@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from daug_core.checkpoints import load_unet
+from daug_core.checkpoints.diffusion import load_unet
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.demo_checkpoints import DEMO_CHECKPOINTS
 from flows.runtime.actors import HeatmapWorker, WorkerSpec
@@ -28,7 +28,7 @@ def _worker(settings: HeatmapSettings, targets: tuple[str, ...] = ("+No Finding"
 
 
 def _worker_unet(generator_ema: bool | None) -> torch.nn.Module:
-    return _worker(HeatmapSettings(generator_ema=generator_ema)).unet
+    return _worker(HeatmapSettings.build(translation={"generator_ema": generator_ema})).unet
 
 
 def _flat(module: torch.nn.Module) -> torch.Tensor:
@@ -45,15 +45,25 @@ def test_worker_loads_ema_weights_by_default_and_raw_weights_when_asked():
 
 
 def test_the_official_switches_together_give_other_finite_heatmaps():
-    official = HeatmapSettings(
-        mode="official", clip_denoised=True, generator_ema=False, input_range="minmax", steps=4
+    official = HeatmapSettings.build(
+        translation={
+            "mode": "official",
+            "clip_denoised": True,
+            "generator_ema": False,
+            "input_range": "minmax",
+            "steps": 4,
+        }
     )
     targets = ("+No Finding", "+Pleural", "-Pleural")
     images = np.random.default_rng(0).uniform(0.2, 0.8, size=(2, 64, 64)).astype(np.float32)
     threads = torch.get_num_threads()
     try:
         theirs = _worker(official, targets).compute(images).heatmaps
-        ours = _worker(HeatmapSettings(steps=4), targets).compute(images).heatmaps
+        ours = (
+            _worker(HeatmapSettings.build(translation={"steps": 4}), targets)
+            .compute(images)
+            .heatmaps
+        )
     finally:
         torch.set_num_threads(threads)
     assert theirs.shape == ours.shape == (2, 3, 64, 64)
@@ -78,7 +88,7 @@ def test_the_worker_feeds_the_models_the_input_range_of_its_settings(monkeypatch
     threads = torch.get_num_threads()
     try:
         for input_range in ("minmax", "signed"):
-            settings = HeatmapSettings(steps=2, input_range=input_range)
+            settings = HeatmapSettings.build(translation={"steps": 2, "input_range": input_range})
             _worker(settings, ("+No Finding",)).compute(images)
     finally:
         torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.ingest import ingest_flow
 from storage.release.ingest_config import IngestConfig
 from storage.store.image import ImageStore
-from tests.storage.store.test_ingest_shards import BAD, bad_release
+from tests.factories import BAD, bad_release
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
@@ -33,7 +33,7 @@ from tests.factories import write_random_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-HEAT = HeatmapSettings(targets=("+No Finding",), level=50, steps=3)
+HEAT = HeatmapSettings.build(targets=("+No Finding",), translation={"level": 50, "steps": 3})
 TRAINING = ClipTrainSettings(epochs=1, batch_size=8, seed=3)
 
 

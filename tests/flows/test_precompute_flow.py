@@ -16,9 +16,7 @@ import pytest
 import torch
 import zarr
 
-from daug_core.checkpoints import (
-    checkpoint_sha256,
-)
+from daug_core.checkpoints.layout import checkpoint_sha256
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
 from flows.precompute import heatmap_provenance, precompute_flow, worker_spec
@@ -35,7 +33,9 @@ from tests.factories import write_random_checkpoints
 pytestmark = pytest.mark.slow
 
 TARGETS = ["+No Finding", "+Pleural", "+Lung Lesion"]
-FAST = HeatmapSettings(targets=tuple(TARGETS), level=50, steps=3, inversion_refinements=0)
+FAST = HeatmapSettings.build(
+    targets=tuple(TARGETS), translation={"level": 50, "steps": 3, "inversion_refinements": 0}
+)
 POOL = PoolSettings(batch_size=4, actors=1)
 RUN: dict[str, Any] = {"heatmaps": FAST, "pool": POOL, "examples": 3}
 NAN_ITEM = 2
@@ -100,7 +100,7 @@ def test_rerun_computes_nothing_new(setup, first_run):
 
 def test_other_provenance_refuses_and_a_new_version_works(setup, first_run):
     args = {"store": str(setup["store"]), "checkpoints": str(setup["ckpt"])}
-    other = RUN | {"heatmaps": dataclasses.replace(FAST, scale=30.0)}
+    other = RUN | {"heatmaps": FAST.changed(translation={"scale": 30.0})}
     with pytest.raises(ProvenanceMismatchError, match=r"scale: 10\.0 -> 30\.0"):
         precompute_flow(**args, **other)
     v2 = precompute_flow(**args, **other, heatmap_version="v2", splits=["test"])

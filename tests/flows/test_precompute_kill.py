@@ -84,8 +84,9 @@ def test_killed_precompute_resumes_to_the_same_heatmaps(
     precompute_flow(
         store=str(reference),
         checkpoints=str(ckpt),
-        heatmaps=HeatmapSettings(
-            targets=tuple(TARGETS), level=50, steps=3, inversion_refinements=0
+        heatmaps=HeatmapSettings.build(
+            targets=tuple(TARGETS),
+            translation={"level": 50, "steps": 3, "inversion_refinements": 0},
         ),
         pool=PoolSettings(batch_size=2, actors=1),
     )

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from flows.ingest import ingest_flow
 from flows.precompute import precompute_flow
@@ -35,7 +35,9 @@ from tests.factories import write_random_checkpoints
 
 pytestmark = pytest.mark.slow
 
-HEAT = HeatmapSettings(targets=("+No Finding",), level=50, steps=3, inversion_refinements=0)
+HEAT = HeatmapSettings.build(
+    targets=("+No Finding",), translation={"level": 50, "steps": 3, "inversion_refinements": 0}
+)
 POOL = {"pool": PoolSettings(actors=1, batch_size=8)}
 CHANGES = ReleaseChangeConfig(
     new_fraction=0.1,

@@ -14,8 +14,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from daug_core.contrastive.config import ClipModelConfig, contrastive_preset
+from daug_core.contrastive.config import ClipModelConfig
 from daug_core.contrastive.model import ModelLoadError, build_clip_model
+from daug_core.contrastive.presets import contrastive_preset
 from flows.ingest import ingest_flow
 from storage.release.ingest_config import IngestConfig, ReaderConfig
 

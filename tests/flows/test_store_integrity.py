@@ -17,9 +17,8 @@ from storage.store.image import ImageStore
 from storage.store.lease import LEASE_FOLDER, StoreLease, StoreLockedError, latest_record
 from storage.store.location import Location
 from storage.store.verify import verify_store
+from tests.factories import corrupt_item, fill_images
 from tests.factories import run_daug as daug
-from tests.storage.store.test_heatmaps import fill_images
-from tests.storage.store.test_verify import corrupt_item
 
 SHARD = 8
 

@@ -21,8 +21,9 @@ from prefect.settings import get_current_settings
 from daug_core.compute import ComputeSettings
 from daug_core.evaluation.study_statistics import HEADLINE
 from flows.runtime.pool import PoolSettings
-from flows.study import HEATMAP_VERSION, study_flow
+from flows.study import study_flow
 from flows.study_settings import StudySettings
+from storage.store.heatmap_versions import DEFAULT_VERSION
 from storage.store.heatmaps import HeatmapStore
 from storage.store.image import ImageStore
 
@@ -124,7 +125,7 @@ def test_study_killed_mid_ablation_resumes_and_reports_the_evaluations_numbers(
     assert "softmax − unguided" in markdown and "**ours grid**" in markdown
     assert "Not yet" not in markdown
     images = ImageStore.open(out / "store", read_only=True)
-    assert HeatmapStore(images, HEATMAP_VERSION).provenance.translation.precision == "bf16"
+    assert HeatmapStore(images, DEFAULT_VERSION).provenance.translation.precision == "bf16"
     assert all(f"| {v} |" in markdown for v in VARIANTS)
     assert (out / "study.png").stat().st_size > 0
     assert json.loads((out / "study.json").read_text())["seconds"] > 0

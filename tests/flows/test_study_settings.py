@@ -2,7 +2,7 @@
 
 import pytest
 
-from daug_core.contrastive.config import ClipTrainSettings
+from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.settings import ConfigError
 from flows.ablation_grids import grid_variants
 from flows.study_settings import STUDY_PREVALENCES, StudySettings

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from daug_core.contrastive.config import ClipTrainSettings
-from daug_core.contrastive.training import load_clip_checkpoint
-from flows.train import train_contrastive, train_flow
-from tests.flows.conftest import HEATMAP_TARGETS
+from daug_core.checkpoints.contrastive import load_clip_checkpoint
+from daug_core.contrastive.presets import ClipTrainSettings
+from flows.runtime.contrastive import train_contrastive
+from flows.train import train_flow
+from tests.factories import HEATMAP_TARGETS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from daug_core.checkpoints import checkpoint_sha256, load_generator_checkpoint
+from daug_core.checkpoints.diffusion import load_generator_checkpoint
+from daug_core.checkpoints.layout import checkpoint_sha256
 from daug_core.diffusion.presets import DiffusionTrainSettings
 from flows.ingest import ingest_flow
 from flows.train_generator import train_generator_flow
@@ -50,6 +51,8 @@ def test_trains_checkpoints_and_resumes(tmp_path, synthetic_pair, prefect_server
     assert (gen2["steps_before"], gen2["steps_after"]) == (2, 4)
     assert (cls2["steps_before"], cls2["steps_after"]) == (3, 3)  # already trained: no work
     assert cls2["sha256"] == cls["sha256"]
+    # Resumed with nothing left to train: the checkpoint's last recorded loss, not NaN.
+    assert cls2["final_loss"] == pd.read_csv(out / "classifier_losses.csv")["loss"].iloc[-1]
     assert load_generator_checkpoint(out / "generator").step == 4
     losses = pd.read_csv(out / "generator_losses.csv")
     assert losses["step"].tolist() == [1, 2, 3, 4]

@@ -8,14 +8,13 @@ pos_weight = negatives / positives and NaN labels masked
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from daug_core.compute import Compute, Precision
+from daug_core.compute import Compute
 from daug_core.diffusion.classifier.factory import build_classifier
 from daug_core.diffusion.classifier.loss import masked_bce_with_logits
 from daug_core.diffusion.classifier.model import NoiseAwareClassifier
@@ -24,15 +23,12 @@ from daug_core.diffusion.schedule import make_noise_scheduler, q_sample
 from daug_core.distributed import SINGLE, Ranks
 from daug_core.training import (
     OnStep,
-    StepReport,
-    StopReason,
     TrainingResult,
     check_images,
     check_labels,
     make_optimizer,
     noise_draws,
-    optimizer_step,
-    set_learning_rate,
+    train_steps,
 )
 
 if TYPE_CHECKING:  # imported where built: it loads open_clip
@@ -81,21 +77,21 @@ def train_classifier(
     *,
     until_step: int | None = None,
     on_step: OnStep | None = None,
-    precision: Precision = "fp32",
+    compute: Compute | None = None,
     ranks: Ranks = SINGLE,
 ) -> TrainingResult:
     """Train ``state`` in place until ``state.step == until_step`` (default: the config's
     ``num_steps``), the iterator ends, or ``on_step`` returns True.
 
     ``batches`` yields (images (B, 1, S, S) in [-1, 1], labels (B, C) in {0, 1, NaN}).
-    ``precision``: the forward pass's autocast (weights and optimiser stay float32).
+    ``compute``: the device the state lives on and the forward pass's autocast (default CPU,
+    float32) (weights and optimiser stay float32).
     Data-parallel (``ranks.distributed``): ``batches`` yield this rank's rows of each global
     batch, the classifier runs under DDP and the loss is taken over the logits gathered from
     all ranks (:mod:`daug_core.distributed`): the single-process update on the global batch.
     """
     cfg = state.config
     train_cfg = cfg.classifier_training
-    target = train_cfg.num_steps if until_step is None else until_step
     scheduler = make_noise_scheduler(cfg.schedule)
     t_max = (
         cfg.schedule.num_train_timesteps - 1
@@ -103,44 +99,36 @@ def train_classifier(
         else train_cfg.max_noise_timestep
     )
     num_classes = cfg.classifier.num_classes
-    device, gen = state.device, state.generator
-    amp = Compute(device=device, precision=precision)
-    scaler = amp.grad_scaler()
-    start_step, losses = state.step, []
-    started = time.perf_counter()
-    stop: StopReason = "reached_num_steps"
-    state.classifier.train()
-    model = ranks.wrap(state.classifier, device)
-    iterator = iter(batches)
-    while state.step < target:
-        try:
-            images, labels = next(iterator)
-        except StopIteration:
-            stop = "data_exhausted"
-            break
-        step = state.step + 1
+
+    def loss_of(
+        batch: tuple[torch.Tensor, torch.Tensor],
+        *,
+        step: int,
+        model: torch.nn.Module,
+        compute: Compute,
+    ) -> torch.Tensor:
+        images, labels = batch
         x0 = check_images(images, image_size=cfg.image_size, step=step)
         y = check_labels(labels, batch=x0.shape[0], num_classes=num_classes, step=step)
-        x0 = x0.to(device=device, dtype=torch.float32)
-        y = y.to(device=device, dtype=torch.float32)
-        t, noise = noise_draws(gen, x0, t_max + 1, ranks)
+        x0 = x0.to(device=compute.device, dtype=torch.float32)
+        y = y.to(device=compute.device, dtype=torch.float32)
+        t, noise = noise_draws(state.generator, x0, t_max + 1, ranks)
         x_t = q_sample(scheduler, x0, noise, t)  # Ho et al. 2020 eq. 4
-        with amp.autocast():
+        with compute.autocast():
             logits = model(x_t, t)
         # The masked mean over the global batch (ranks' shares may mask different counts).
-        loss = masked_bce_with_logits(
+        return masked_bce_with_logits(
             ranks.gather(logits.float()), ranks.gather_values(y), state.pos_weight
         )
-        clip = (state.classifier.parameters(), train_cfg.grad_clip_norm)
-        set_learning_rate(state.optimizer, train_cfg, state.step)
-        optimizer_step(loss, state.optimizer, scaler, clip)
-        state.step += 1
-        losses.append(float(loss.detach()))
-        report = StepReport(state.step, losses[-1], time.perf_counter() - started)
-        if on_step is not None and on_step(report) and state.step < target:
-            stop = "callback"
-            break
-    state.classifier.eval()
-    return TrainingResult(
-        tuple(losses), start_step, state.step, time.perf_counter() - started, stop
+
+    return train_steps(
+        state,
+        state.classifier,
+        batches,
+        loss_of,
+        config=train_cfg,
+        until_step=until_step,
+        on_step=on_step,
+        compute=compute,
+        ranks=ranks,
     )

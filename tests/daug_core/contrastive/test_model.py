@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from daug_core.contrastive.config import ClipModelConfig, HeatmapMode, contrastive_preset
+from daug_core.contrastive.config import ClipModelConfig, HeatmapMode
 from daug_core.contrastive.model import (
     HeatmapClip,
     HeatmapInputError,
@@ -25,6 +25,7 @@ from daug_core.contrastive.model import (
     resolve_checkpoint,
     widen_patch_embedding,
 )
+from daug_core.contrastive.presets import contrastive_preset
 
 TARGETS = ("+No Finding", "+Cardiomediastinal", "+Lung Lesion")
 SIZE = 64

@@ -10,18 +10,18 @@ import math
 import pytest
 import torch
 
-from daug_core.checkpoints import CheckpointError
-from daug_core.contrastive.config import contrastive_preset
+from daug_core.checkpoints.contrastive import load_clip_checkpoint, save_clip_checkpoint
+from daug_core.compute import Compute
+from daug_core.contrastive.model import build_model
+from daug_core.contrastive.presets import contrastive_preset
 from daug_core.contrastive.training import (
     ClipBatch,
-    build_model,
     clamp_logit_scale,
     fit_batch,
-    load_clip_checkpoint,
     make_optimizer,
     make_scheduler,
-    save_clip_checkpoint,
 )
+from daug_core.settings import CheckpointError
 
 
 def test_fit_batch_resizes_images_and_heatmaps_together():
@@ -161,7 +161,7 @@ def _train_tiny_clip(precision: str, steps: int) -> list[float]:
         optimizer,
         scheduler,
         on_step=lambda step, loss: losses.append(loss),
-        precision=precision,  # type: ignore[arg-type]
+        compute=Compute(device=torch.device("cpu"), precision=precision),  # type: ignore[arg-type]
     )
     return losses
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from daug_core.checkpoints import (
-    checkpoint_sha256,
+from daug_core.checkpoints.diffusion import (
     load_generator_checkpoint,
     load_unet,
     save_generator_checkpoint,
 )
+from daug_core.checkpoints.layout import checkpoint_sha256
 from daug_core.diffusion.generator import ema_unet, init_generator_state, train_generator
 from daug_core.training import BatchError, StepReport
 from tests.daug_core.helpers import disc_batches, micro_config, same_weights

@@ -138,16 +138,12 @@ def test_the_cli_writes_a_generator_checkpoint_heatmaps_decode_with(tmp_path):
     wrong layout is one error line; the checkpoint refuses to resume training."""
     from safetensors.torch import save_file
 
-    from daug_core.checkpoints import (
-        CheckpointError,
-        checkpoint_sha256,
-        load_generator_checkpoint,
-        load_unet,
-    )
+    from daug_core.checkpoints.diffusion import load_generator_checkpoint, load_unet
+    from daug_core.checkpoints.layout import checkpoint_sha256
     from daug_core.diffusion.heatmaps import compute_heatmaps
     from daug_core.diffusion.targets import all_targets
-    from tests.daug_core.diffusion.test_heatmaps import make_models
-    from tests.daug_core.helpers import micro_config
+    from daug_core.settings import CheckpointError
+    from tests.daug_core.helpers import make_models, micro_config
     from tests.factories import run_daug
 
     raw, ema = _reference(SMALL, seed=4), _reference(SMALL, seed=5)

@@ -25,7 +25,7 @@ from daug_core.diffusion.heatmaps import (
 from daug_core.diffusion.presets import preset
 from daug_core.diffusion.schedule import alphas_cumprod
 from daug_core.diffusion.targets import Target, all_targets
-from tests.daug_core.helpers import micro_config
+from tests.daug_core.helpers import make_models, micro_config
 
 
 def test_heatmap_definition():
@@ -97,14 +97,6 @@ def test_compute_heatmaps_applies_the_configured_definition():
     official_heat = heatmap(signed_difference(x0, official.counterfactuals))
     torch.testing.assert_close(official.heatmaps, official_heat)
     assert raw.heatmaps.min() >= 0 and raw.heatmaps.max() <= 1
-
-
-def make_models(cfg, seed):
-    g = torch.Generator().manual_seed(seed)
-    unet = build_unet(cfg.generator, generator=g).eval()
-    classifier = build_classifier(cfg.classifier, generator=g).eval()
-    x0 = torch.rand(3, 1, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-    return unet, classifier, x0
 
 
 @pytest.mark.parametrize(
@@ -305,8 +297,38 @@ def test_paper_preset_runs_one_guided_step_at_512px(name):
     assert p.shape == (1,) and 0 <= float(p) <= 1
 
 
-def test_presets_differ_only_in_numbers():
-    tiny, paper = preset("tiny"), preset("paper")
-    assert dataclasses.fields(tiny) == dataclasses.fields(paper)
-    assert tiny.class_names == paper.class_names
-    assert tiny.translation.mode == paper.translation.mode == "softmax"
+def config_leaves(config: object, path: str = "") -> dict[str, object]:
+    """A nested config's values by dotted field path."""
+    if not dataclasses.is_dataclass(config):
+        return {path: config}
+    found: dict[str, object] = {}
+    for field in dataclasses.fields(config):
+        found |= config_leaves(getattr(config, field.name), f"{path}.{field.name}".lstrip("."))
+    return found
+
+
+def numeric(value: object) -> bool:
+    if isinstance(value, tuple):
+        return all(numeric(v) for v in value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def test_presets_differ_in_numbers_and_named_choices_only():
+    # One code path: the same fields holding values of the same types; apart from numbers
+    # (sizes, counts, rates) only the name, the UNets' block layouts and the tiny preset's raw
+    # heatmap difference (presets._tiny) differ.
+    tiny, paper = config_leaves(preset("tiny")), config_leaves(preset("paper"))
+    assert tiny.keys() == paper.keys()
+    assert [k for k in tiny if type(tiny[k]) is not type(paper[k])] == []
+    not_numbers = {
+        k for k in tiny if tiny[k] != paper[k] and not (numeric(tiny[k]) and numeric(paper[k]))
+    }
+    assert not_numbers == {
+        "name",
+        "generator.down_block_types",
+        "generator.up_block_types",
+        "classifier.down_block_types",
+        "translation.difference",
+    }
+    assert preset("tiny").class_names == preset("paper").class_names
+    assert tiny["translation.mode"] == paper["translation.mode"] == "softmax"

@@ -13,17 +13,15 @@ import pytest
 import torch
 
 from daug_core.labels import LABEL_COLUMNS
+from storage.datasets.augment import AugmentConfig, augment_rng, augment_theta
 from storage.datasets.batches import EmptySelectionError
 from storage.datasets.contrastive import (
-    AugmentConfig,
     ContrastiveDataset,
     CorruptItemError,
     EpochShuffle,
     HeatmapTargetError,
     MissingHeatmapsError,
     PackedStrings,
-    augment_rng,
-    augment_theta,
     make_loader,
 )
 from storage.errors import StoreFormatError

@@ -22,26 +22,16 @@ from storage.store.heatmap_shards import (
 )
 from storage.store.heatmaps import HeatmapProvenance, HeatmapStore, ProvenanceMismatchError
 from storage.store.image import ImageStore
-from tests.factories import fake_heatmap_provenance, with_translation
+from tests.factories import (
+    HEATMAP_TARGETS,
+    PROVENANCE,
+    fill_images,
+    with_translation,
+)
+from tests.factories import STORE_SHARD as SHARD
+from tests.factories import STORE_SIZE as SIZE
 
-SIZE, SHARD, K, S = 16, 4, 3, 8
-PROVENANCE = fake_heatmap_provenance(("+No Finding", "+Pleural", "+Lung Lesion"), S)
-
-
-def fill_images(store: ImageStore, n: int, bad: Sequence[int] = ()) -> None:
-    """``n`` items: splits alternate train/test; items in ``bad`` are quarantined."""
-    store.register(
-        pd.DataFrame(
-            {"dicom_id": [f"d{i}" for i in range(n)], "split": ["train", "test"] * (n // 2)}
-        )
-    )
-    store.write_images(np.arange(n), np.random.default_rng(0).random((n, SIZE, SIZE)))
-    for shard in range(-(-n // SHARD)):
-        idx = np.arange(shard * SHARD, min(n, (shard + 1) * SHARD))
-        status = ["quarantined" if i in bad else "ok" for i in idx]
-        store.write_part(shard, pd.DataFrame({"index": idx, "status": status}))
-    store.mark_done([i for i in range(n) if i not in bad])
-    store.consolidate()
+K, S = len(HEATMAP_TARGETS), PROVENANCE.image_size
 
 
 @pytest.fixture(params=["directory", "directory-sharded", "memory"])

@@ -9,7 +9,8 @@ import pytest
 import zarr
 
 from storage.errors import StoreFormatError
-from storage.store.image import ImageStore, ItemStatus
+from storage.store.image import ImageStore
+from storage.store.items import ItemStatus
 from storage.store.status import last_evaluation, record_evaluation
 
 SIZE = 16

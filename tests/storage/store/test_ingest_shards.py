@@ -1,8 +1,5 @@
 """Ingest as plain functions: the bad-input matrix, resume after a crash, no PHI leakage."""
 
-import math
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,67 +9,19 @@ from storage.release.reader import ReleaseReader
 from storage.store.image import ImageStore
 from storage.store.ingest_shards import ingest_shard, plan_ingest
 from tests.factories import (
+    BAD,
     MiniItem,
+    bad_release,
     call_within,
     dicom_bytes,
     dicom_id,
+    good,
     gradient,
-    replace_with_fifo,
-    retag,
+    subject,
     write_mini_release,
 )
 
 SIZE = 16
-
-
-def subject(n: int) -> dict[str, str]:
-    return {"subject_id": f"1{n % 10}{n:06d}", "study_id": f"5{n:07d}"}
-
-
-def good(n: int) -> MiniItem:
-    return MiniItem(
-        dicom_id(n),
-        **subject(n),
-        labels={"Cardiomegaly": 1.0},
-        content=dicom_bytes(gradient(top=1000 + 37 * n)),
-    )
-
-
-BAD = {
-    "truncated": dicom_bytes(gradient())[:-300],
-    "not_dicom": b"<html>not a dicom</html>" * 20,
-    "no_pixel_data": dicom_bytes(gradient(), with_pixels=False),
-    "unsupported_transfer_syntax": dicom_bytes(
-        gradient(),
-        transfer_syntax="1.2.840.10008.1.2.4.80",
-        pixel_data=b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0\x04\x00\x00\x00abcd",
-    ),
-    "degenerate_size": dicom_bytes(np.full((1, 1), 5, np.uint16)),
-    "constant_image": dicom_bytes(np.full((8, 8), 5, np.uint16)),
-    "pixel_data_size_mismatch": retag(dicom_bytes(gradient()), Rows=20),
-    "image_too_large": retag(dicom_bytes(gradient()), Rows=65535, Columns=65535),
-    "non_finite_pixels": dicom_bytes(gradient(), rescale=(math.nan, 0.0)),
-    "not_a_file": b"replaced by a FIFO in bad_release",
-}
-
-
-def source_file(root: Path, n: int) -> Path:
-    ids = subject(n)
-    sid = ids["subject_id"]
-    return root / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{ids['study_id']}" / f"{dicom_id(n)}.dcm"
-
-
-def bad_release(root: Path) -> Path:
-    items = [good(n) for n in range(6)]
-    for k, content in enumerate(BAD.values()):
-        items.append(MiniItem(dicom_id(100 + k), **subject(100 + k), content=content))
-    items.append(MiniItem(dicom_id(200), **subject(200), content=None))  # missing file
-    items.append(MiniItem(dicom_id(201), **subject(201), content=good(1).content, report=None))
-    items.append(MiniItem(dicom_id(3), **subject(3), content=good(3).content))  # duplicate
-    items.append(MiniItem("../../../../../escape", **subject(202), content=None))
-    write_mini_release(root, items)
-    replace_with_fifo(source_file(root, 100 + list(BAD).index("not_a_file")))
-    return root
 
 
 def run_all(store: ImageStore, reader: ReleaseReader, config: IngestConfig) -> None:

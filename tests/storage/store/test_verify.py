@@ -13,40 +13,14 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ShardingCodec
 
 from storage.errors import StoreFormatError
 from storage.store.heatmaps import HeatmapStore
-from storage.store.image import STORE_FORMAT, STORE_FORMAT_VERSION, ImageStore
+from storage.store.image import IMAGE_STORE, ImageStore
 from storage.store.lease import StoreLease, StoreLockedError
 from storage.store.verify import PROBLEM_COLUMNS, has_checksums, verify_store
-from tests.storage.store.test_heatmaps import PROVENANCE, SHARD, SIZE, fill_images
+from tests.factories import PROVENANCE, corrupt_item, fill_images, flip_byte
+from tests.factories import STORE_SHARD as SHARD
+from tests.factories import STORE_SIZE as SIZE
 
 N, BAD = 10, 1  # items; item BAD is quarantined (never done)
-INDEX_BYTES = 16  # one (offset, nbytes) uint64 pair per inner chunk in a shard index
-
-
-def flip_byte(path: Path, offset: int | None = None) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2 if offset is None else offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def inner_chunk_middle(shard_file: Path, position: int, chunks: int) -> int:
-    """Offset of the middle byte of inner chunk ``position`` (Zarr v3 sharding: the index of
-    ``chunks`` (offset, nbytes) pairs plus its 4-byte CRC sits at the end of the file)."""
-    data = shard_file.read_bytes()
-    index = np.frombuffer(data[-(chunks * INDEX_BYTES + 4) : -4], dtype="<u8").reshape(-1, 2)
-    offset, nbytes = (int(v) for v in index[position])
-    return offset + nbytes // 2
-
-
-def corrupt_item(array_dir: Path, index: int, shard_items: int | None, trailing: int) -> None:
-    """Flip one byte inside item ``index``'s chunk of the array stored in ``array_dir``
-    (Zarr-sharded by ``shard_items`` items, or not when None); ``trailing`` is the number of
-    zero chunk coordinates after the item's (2 for images, 3 for heatmaps)."""
-    rest = ["0"] * trailing
-    if shard_items is None:
-        flip_byte(array_dir.joinpath("c", str(index), *rest))
-        return
-    shard_file = array_dir.joinpath("c", str(index // shard_items), *rest)
-    flip_byte(shard_file, inner_chunk_middle(shard_file, index % shard_items, shard_items))
 
 
 @pytest.fixture(params=["directory", "directory-sharded"])
@@ -173,8 +147,7 @@ def old_store(path: Path) -> ImageStore:
     group = zarr.create_group(zarr.storage.LocalStore(path))
     group.attrs.update(
         {
-            "format": STORE_FORMAT,
-            "format_version": STORE_FORMAT_VERSION,
+            **IMAGE_STORE.attrs(),
             "size": SIZE,
             "shard_items": SHARD,
             "sharded": False,

@@ -147,13 +147,13 @@ def test_converted_official_models_feed_a_heatmap_worker(tmp_path):
     script's ``{"state_dict": ...}`` file) write a checkpoint folder a heatmap worker loads and
     computes heatmaps with, under the official translation switches; the classifier's logits
     equal openai's; an existing classifier/ is kept unless --overwrite; resuming is refused."""
-    from daug_core.checkpoints import (
-        CheckpointError,
+    from daug_core.checkpoints.diffusion import (
         convert_guided_diffusion,
         load_classifier,
         load_classifier_checkpoint,
     )
     from daug_core.diffusion.guided_diffusion_config import GuidedDiffusionConfig
+    from daug_core.settings import CheckpointError
     from flows.runtime.actors import HeatmapWorker, WorkerSpec
     from tests.daug_core.helpers import micro_config
     from tests.factories import run_daug

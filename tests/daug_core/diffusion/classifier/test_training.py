@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from daug_core.checkpoints import (
-    checkpoint_sha256,
+from daug_core.checkpoints.diffusion import (
     load_classifier,
     load_classifier_checkpoint,
     save_classifier_checkpoint,
 )
+from daug_core.checkpoints.layout import checkpoint_sha256
 from daug_core.diffusion.classifier.evaluation import evaluate_classifier
 from daug_core.diffusion.classifier.loss import masked_bce_with_logits, pos_weight_from_labels
 from daug_core.diffusion.classifier.training import init_classifier_state, train_classifier
@@ -101,7 +101,7 @@ def test_checkpoint_round_trip_and_stable_sha(tmp_path):
     sha = checkpoint_sha256(path)
     assert checkpoint_sha256(save_classifier_checkpoint(state, tmp_path / "b")) == sha
     # The directory hash covers exactly its weight files: here the single classifier file.
-    assert checkpoint_sha256(path / "classifier.safetensors") == sha
+    assert checkpoint_sha256(path / "model.safetensors") == sha
     loaded = load_classifier(path)
     assert same_weights(loaded, state.classifier)
     assert loaded.config == state.classifier.config
