@@ -6,13 +6,13 @@ import functools
 import importlib
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.logging import RichHandler
 
-from flows.cli.console import console, run_flow
+from flows.cli.console import console, log_handler, run_flow
 from flows.cli.options import settings_command
 
 app = typer.Typer(
@@ -28,14 +28,21 @@ def main(
         bool, typer.Option("--verbose", "-v", help="debug logging (per-epoch records in full)")
     ] = False,
 ) -> None:
+    from flows.runtime.notices import VERBOSE_ENV, quiet_notices
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[log_handler(verbose)],
     )
     # Prefect's client logs every HTTP request, and each task run its final state, at INFO.
     for noisy in ("httpx", "httpcore", "prefect.task_runs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Library notices (open_clip's model-name parsing, diffusers' dtype, ...) go unless -v;
+    # the Ray actors this command starts inherit the choice through the environment.
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_notices()
 
 
 def load_flow(entrypoint: str) -> Callable[..., dict[str, Any]]:

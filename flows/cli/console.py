@@ -1,5 +1,5 @@
 """The terminal side of a run: progress bars drawn from the flows' progress records, stage
-rules, and running a flow with both."""
+rules, log lines, and running a flow with them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,8 +19,66 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
+
+from flows.runtime.notices import RUN_LOG_ONLY
 
 console = Console(stderr=True)
+
+
+# Prefect's engine narrates every flow, subflow and task run at INFO (begun, finished in
+# Completed, its URL) and the temporary server's start and stop: the run's page has them; the
+# terminal at default verbosity does not (a failed state is logged at ERROR and stays).
+RUN_CHATTER: tuple[str, ...] = (
+    "Beginning flow run",
+    "Beginning subflow run",
+    "Finished in state Completed",
+    "View at ",
+    "Created task run",
+    "Created subflow run",
+    "Executing ",
+    "Starting temporary server",
+    "Stopping temporary server",
+)
+
+
+class QuietRuns(logging.Filter):
+    """Drops Prefect's :data:`RUN_CHATTER` and the records a flow marks for its run's log only
+    (:data:`~flows.runtime.notices.RUN_LOG_ONLY`: a stage heading the terminal draws as a
+    rule)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(getattr(record, key, None) == value for key, value in RUN_LOG_ONLY.items()):
+            return False
+        chatter = record.levelno <= logging.INFO and record.name.startswith("prefect")
+        return not (chatter and str(record.msg).startswith(RUN_CHATTER))
+
+
+class LineHandler(logging.Handler):
+    """A record as one line above the progress bars, never wrapped (one line in a log file; the
+    terminal wraps it on screen), warnings and errors prefixed with their level. (Its name has
+    no leading underscore: Prefect keeps the root logger's handlers only when they look like a
+    user's.)"""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = Text(self.format(record))
+            if record.levelno >= logging.WARNING:
+                style = "bold red" if record.levelno >= logging.ERROR else "bold yellow"
+                line = Text.assemble((f"{record.levelname.lower()}: ", style), line)
+            console.print(line, soft_wrap=True, highlight=False)
+        except Exception:
+            self.handleError(record)
+
+
+def log_handler(verbose: bool) -> logging.Handler:
+    """The terminal's log handler: with ``verbose`` (``daug -v``) rich's, every record with its
+    time and level; else one unwrapped line per record, without Prefect's run chatter."""
+    if verbose:
+        return RichHandler(console=console, show_path=False)
+    handler = LineHandler()
+    handler.addFilter(QuietRuns())
+    return handler
 
 
 def progress_bars() -> Progress:

@@ -17,17 +17,21 @@ PANEL = "Demo"
 
 
 def show_results(result: dict[str, Any]) -> None:
-    """The demo's closing summary: where everything is, heatmap quality, the ablation."""
+    """The demo's closing summary: where everything is, heatmap quality, the ablation, and
+    last the path of its HTML report."""
     console.rule("results")
+    # soft_wrap: a long path or table row stays one line (the terminal wraps it on screen).
     for name, path in result["paths"].items():
-        console.print(f"{name + ':':<17}{path}")
+        console.print(f"{name + ':':<17}{path}", soft_wrap=True, highlight=False)
     console.print()
     console.print(result["quality_headline"])
     console.print()
     console.print(result["modes_table"])
     console.print()
-    console.print(result["ablation_markdown"])
-    console.print(f"demo finished in {result['seconds']:.0f} s")
+    console.print(result["ablation_markdown"], soft_wrap=True)
+    console.print(f"demo finished in {result['seconds']:.0f} s; the report, one page to open:")
+    # The last line is the report's path alone (never wrapped): `daug demo 2>&1 | tail -1`.
+    console.print(result["report"], soft_wrap=True, highlight=False)
 
 
 @command(PANEL, "demo", flow="flows.demo:demo_flow", show=show_results)

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from daug_core.checkpoints import checkpoint_sha256, load_classifier, load_unet
+from daug_core.checkpoints.diffusion import load_classifier, load_unet
+from daug_core.checkpoints.layout import checkpoint_sha256
 from daug_core.diffusion.config import DiffusionConfig, Precision
 from daug_core.diffusion.heatmaps import HeatmapResult, compute_heatmaps, prepare_model
 from daug_core.diffusion.targets import Target
 from daug_core.model_input import to_model_space
+from flows.runtime.notices import quiet_notices
 from storage.store.checkpoint_cache import cached_checkpoint
 from storage.store.heatmap_shards import (
     BatchOutcome,
@@ -63,6 +65,7 @@ class HeatmapWorker:
     per-item reason for those that do not (a bad item never fails its batch)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
+        quiet_notices()  # a Ray actor is a process of its own (flows.runtime.notices)
         torch.set_num_threads(max(1, spec.torch_threads))
         self.spec = spec
         self.device = torch.device(spec.device)
