@@ -151,7 +151,7 @@ def test_block_means_of_a_size_the_grid_does_not_divide():
 
 def test_tampered_weights_are_refused(tmp_path, stores):
     asset_dir = fake_asset(tmp_path, stores["dicom"])
-    weights = asset_dir / "classifier" / "classifier.safetensors"
+    weights = asset_dir / "classifier" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))

@@ -28,7 +28,8 @@ def _worker(settings: HeatmapSettings, targets: tuple[str, ...] = ("+No Finding"
 
 
 def _worker_unet(generator_ema: bool | None) -> torch.nn.Module:
-    return _worker(HeatmapSettings.build(translation={"generator_ema": generator_ema})).unet
+    changes = {} if generator_ema is None else {"generator_ema": generator_ema}  # None: preset's
+    return _worker(HeatmapSettings.build(translation=changes)).unet
 
 
 def _flat(module: torch.nn.Module) -> torch.Tensor:

@@ -196,9 +196,7 @@ def precompute_run(server, tmp_path_factory) -> dict[str, Any]:
             "heatmaps": {
                 "preset": "tiny",
                 "targets": ["+No Finding", "+Pleural"],
-                "level": 50,
-                "steps": 3,
-                "inversion_refinements": 0,
+                "translation": {"level": 50, "steps": 3, "inversion_refinements": 0},
             },
             "pool": {"actors": 1, "cpus_per_actor": 1.0, "gpus_per_actor": 0.0, "batch_size": 4},
         },

@@ -28,7 +28,7 @@ from storage.store.lease import (
 )
 from storage.store.location import Location
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(params=["local", "s3"])
