@@ -86,7 +86,14 @@ def connect_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
+        # address="local": a new cluster of our own. Without it Ray joins any local cluster it
+        # finds (another process's, e.g. a test run beside the demo) and then refuses num_cpus.
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+        )
     return True
 
 
