@@ -95,13 +95,13 @@ def verbose() -> bool:
 
 
 def quiet_notices() -> None:
-    """Drop :data:`NOTICES` in this process, unless ``daug -v`` asked for everything
-    (idempotent: a logger holds the filter once)."""
-    if verbose():
-        return
+    """Drop :data:`NOTICES` in this process, or show them again when ``daug -v`` asked for
+    everything (idempotent: a logger holds the filter once)."""
     for name in dict.fromkeys(n.logger for n in NOTICES):
         logger = logging.getLogger() if name == "root" else logging.getLogger(name)
-        if _FILTER not in logger.filters:
+        if verbose():
+            logger.removeFilter(_FILTER)  # an earlier call in this process may have added it
+        elif _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
 
 
