@@ -76,7 +76,7 @@ def test_two_workers_train_the_single_process_model(one_worker: Path, two_worker
 
 def _kill_a_worker_after_the_first_epoch(out: Path, killed: list[int]) -> None:
     deadline = time.monotonic() + 300
-    while not (out / "last" / "clip.json").is_file():
+    while not (out / "last" / "model.json").is_file():
         if time.monotonic() > deadline:
             return
         time.sleep(0.05)
