@@ -75,7 +75,7 @@ def checkpoint_digest(where: Location) -> str:
 def check_precision(settings: HeatmapSettings, pool: PoolSettings) -> None:
     """fp16 heatmaps need GPU actors (float16 convolutions on a CPU are neither fast nor
     supported everywhere): a ConfigError before any actor starts."""
-    precision = settings.config().translation.precision
+    precision = settings.translation.precision
     if precision == "fp16" and pool.device != "cuda":
         raise ConfigError(
             "precision fp16 needs GPU actors (--gpus-per-actor > 0); on CPUs use fp32 or bf16"
