@@ -200,6 +200,8 @@ class PresetParts:
 def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in changes.items():
+        if value is None and base.get(key) is not None:
+            raise ConfigError(f"{key}: null given; leave it out to keep the preset's")
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
             out[key] = _merged(base[key], value)
         else:
@@ -217,6 +219,9 @@ def replace_nested(config: Any, changes: Mapping[str, Any], owner: str) -> Any:
     direct = {}
     for key, value in changes.items():
         current = getattr(config, key)
+        if value is None and current is not None:
+            # None is not "the preset's" here: leave the field out to keep the preset's value.
+            raise ConfigError(f"{owner}.{key}: None given; leave it out to keep the preset's")
         if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
             direct[key] = replace_nested(current, value, f"{owner}.{key}")
         else:

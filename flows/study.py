@@ -113,8 +113,10 @@ def study_flow(
             and heatmaps; a rerun must keep it: the heatmap versions hold one precision).
     """
     started = time.perf_counter()
+    # heatmap_steps None keeps the preset's steps.
+    steps = {} if study.heatmap_steps is None else {"steps": study.heatmap_steps}
     heatmap_settings = HeatmapSettings.build(
-        preset="tiny", translation={"steps": study.heatmap_steps, "precision": compute.precision}
+        preset="tiny", translation={**steps, "precision": compute.precision}
     )
     compute.resolve()  # an impossible device or precision fails before anything is written
     check_precision(heatmap_settings, pool)

@@ -106,6 +106,10 @@ def test_preset_plus_changes_is_one_mechanism_for_python_cli_and_parameters():
         ConfigError, match=r"HeatmapSettings.translation: unknown fields \['scal'\]"
     ):
         HeatmapSettings.build(translation={"scal": 30.0})
+    with pytest.raises(ConfigError, match=r"translation.steps: None given"):
+        HeatmapSettings.build(translation={"steps": None})
+    with pytest.raises(ConfigError, match=r"steps: null given"):
+        HeatmapSettings.complete({"translation": {"steps": None}})
 
 
 def test_max_batch_is_not_a_translation_number_and_old_configs_still_load():
