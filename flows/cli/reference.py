@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import sys
 import typing
 from enum import Enum
@@ -124,5 +125,6 @@ def configuration_markdown() -> str:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     DOC.write_text(configuration_markdown())
-    print(DOC)
+    logging.getLogger(__name__).info("wrote %s", DOC)
