@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from daug_core.settings import ConfigError, PresetParts
+from daug_core.settings import ConfigError, PresetParts, replace_nested
 
 # ---- plain options shared by several commands (one spelling per concept) --------------------
 StoreOption = Annotated[
@@ -161,26 +161,29 @@ def _leaf_options(
         yield SettingOption((*path, field.name), name, parameter, spellings, from_preset, default)
 
 
-def _build(
-    cls: type, options: list[SettingOption], values: dict[str, Any], path: tuple[str, ...] = ()
-):
+def _build(cls: type, options: list[SettingOption], values: dict[str, Any]) -> Any:
     """An instance of ``cls`` from the given option values (fields not given: defaults; for
     :class:`~daug_core.settings.PresetParts` settings, the preset's)."""
+    given = _given(cls, options, values)
     if issubclass(cls, PresetParts):
-        return cls.build(**_given(cls, options, values))
+        return cls.build(**given)
+    return _construct(cls, given)
+
+
+def _construct(cls: type, given: dict[str, Any]) -> Any:
+    """``cls`` from its nested JSON form: a nested settings field given in part is its default
+    object (or the nested class's defaults) with those fields replaced."""
     hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(typing.cast(Any, cls)):
-        hint = hints[field.name]
-        here = (*path, field.name)
-        if is_settings(hint):
-            if any(o.path[: len(here)] == here for o in options):
-                kwargs[field.name] = _build(hint, options, values, here)
-            continue
-        for option in options:
-            if option.path == here and values.get(option.name) is not None:
-                value = values[option.name]
-                kwargs[field.name] = tuple(value) if isinstance(value, list) else value
+    defaults = {f.name: f.default for f in dataclasses.fields(typing.cast(Any, cls))}
+    kwargs = dict(given)
+    for name, value in given.items():
+        if isinstance(value, dict):
+            default = defaults[name]
+            kwargs[name] = (
+                replace_nested(default, value, f"{cls.__name__}.{name}")
+                if dataclasses.is_dataclass(default)
+                else _construct(hints[name], value)
+            )
     return cls(**kwargs)
 
 
