@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -150,6 +151,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _give_normal_modes(tmp)
         _write_manifest(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -161,6 +163,26 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+def _give_normal_modes(directory: Path) -> None:
+    """Every file below ``directory`` gets the mode ``open()`` gives a new file under the
+    process umask (0644 under umask 022), every folder the mode ``directory`` got from
+    ``mkdir()``: safetensors writes its files 0600, which would leave the weights unreadable to
+    the others on a shared cluster who can read the rest of the checkpoint. The umask is read
+    from a probe file because ``os.umask`` can only be read by changing it, which races the
+    other threads of this process."""
+    probe = directory / f".mode-probe-{uuid.uuid4().hex[:8]}"
+    probe.touch()
+    try:
+        file_mode = stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink()
+    folder_mode = stat.S_IMODE(directory.stat().st_mode)
+    for path in directory.rglob("*"):
+        if path.is_symlink():
+            continue
+        path.chmod(folder_mode if path.is_dir() else file_mode)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
