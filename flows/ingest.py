@@ -183,7 +183,9 @@ def _ingest_locked(
 
     image_store.consolidate()
     summary = summarise_store(image_store)
+    # Items refused at decode plus those refused from the tables, new in this run.
     quarantined_now = sum(sum(r.quarantined.values()) for r in results)
+    quarantined_now += plan.counts["rejected_now"]
     run = {
         "release": Location.of(release).url,
         "reader": config.reader.as_dict(),

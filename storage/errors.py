@@ -12,7 +12,9 @@ class QuarantineReason(StrEnum):
     MISSING_ID = "missing_id"
     NOT_A_FILE = "not_a_file"  # a FIFO, device, socket or folder: never opened
     PATH_ESCAPES_ROOT = "path_escapes_root"
-    DUPLICATE_DICOM_ID = "duplicate_dicom_id"
+    DUPLICATE_DICOM_ID = "duplicate_dicom_id"  # metadata rows of one dicom_id that disagree
+    CONFLICTING_SPLIT = "conflicting_split"  # split.csv puts the image in two splits
+    CONFLICTING_LABELS = "conflicting_labels"  # the label table has two rows for its key
     NOT_DICOM = "not_dicom"
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED = "truncated"

@@ -236,14 +236,16 @@ def source_file(root: Path, n: int) -> Path:
 
 
 def bad_release(root: Path) -> Path:
-    """A release of 6 good items, one item per :data:`BAD` file, a missing file, an item without
-    a report, a duplicate and a dicom_id that would escape the release folder."""
+    """A release of 6 good items (one of them, item 3, listed twice with rows that disagree),
+    one item per :data:`BAD` file, a missing file, an item without a report and a dicom_id that
+    would escape the release folder."""
     items = [good(n) for n in range(6)]
     for k, content in enumerate(BAD.values()):
         items.append(MiniItem(dicom_id(100 + k), **subject(100 + k), content=content))
     items.append(MiniItem(dicom_id(200), **subject(200), content=None))  # missing file
     items.append(MiniItem(dicom_id(201), **subject(201), content=good(1).content, report=None))
-    items.append(MiniItem(dicom_id(3), **subject(3), content=good(3).content))  # duplicate
+    # a second metadata row of item 3 that disagrees (another view): item 3 is refused
+    items.append(MiniItem(dicom_id(3), **subject(3), view="AP", content=good(3).content))
     items.append(MiniItem("../../../../../escape", **subject(202), content=None))
     write_mini_release(root, items)
     replace_with_fifo(source_file(root, 100 + list(BAD).index("not_a_file")))

@@ -27,6 +27,7 @@ from daug_core.labels import (
     super_class_targets,
 )
 from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
+from storage.release.conflicts import conflicting_metadata, conflicts, rejects
 from storage.release.decode import READER_TYPES, ImageReader
 from storage.release.ingest_config import ReaderConfig
 from storage.release.reports import ReportSections, decode_report, parse_report
@@ -151,6 +152,12 @@ class ReleaseReader:
             _check_values(table, "split", set(SPLITS), path)
         return table
 
+    def labels_path(self) -> Location:
+        """Where the labels come from: ``config.labels``, else the release's labeler CSV."""
+        if self.config.labels is None:
+            return self.csv_path(self.config.labeler)
+        return Location.of(self.config.labels)
+
     def read_labels(self) -> tuple[pd.DataFrame, str]:
         """The label table and its key column: the release's ``labeler`` CSV (per study), or
         the external file of ``config.labels`` (per image when it has ``dicom_id``, else per
@@ -260,6 +267,7 @@ class ReleaseReader:
         split = self.read_table("split")
         labels, label_key = self.read_labels()
         n_rows = len(meta)
+        csv_columns = [c for c in meta.columns if c != "dicom_id"]
 
         meta = meta.assign(
             dicom_id=meta["dicom_id"].fillna("").astype(str).str.strip(),
@@ -273,13 +281,32 @@ class ReleaseReader:
         meta["source_path"] = prefix + "/s" + meta["study_id"] + "/" + meta["dicom_id"] + suffix
         meta["report_path"] = prefix + "/s" + meta["study_id"] + ".txt"
 
+        split = split.assign(dicom_id=split["dicom_id"].astype(str).str.strip())
+        labels = labels.assign(**{label_key: labels[label_key].astype(str).str.strip()})
+        split_conflicts = conflicts(split, "dicom_id", ["split"])
+        label_conflicts = conflicts(labels, label_key, CHEXPERT_LABELS)
         rejected = [
             self._blank_id_rows(meta),
             self._escaping_rows(meta),
-            self._duplicate_rows(meta),
+            conflicting_metadata(meta, csv_columns),
+            rejects(
+                meta,
+                meta["dicom_id"],
+                split_conflicts,
+                QuarantineReason.CONFLICTING_SPLIT,
+                self.csv_path("split").name,
+            ),
+            rejects(
+                meta,
+                meta[label_key],
+                label_conflicts,
+                QuarantineReason.CONFLICTING_LABELS,
+                self.labels_path().name,
+            ),
         ]
         bad = pd.concat(rejected, ignore_index=True).drop_duplicates("row")
-        meta = meta[~meta.index.isin(bad["row"])]
+        # Identical repeats of a row are one row; rows that disagree were refused above.
+        meta = meta[~meta.index.isin(bad["row"])].drop_duplicates("dicom_id")
 
         if self.config.views:
             keep = meta["view"].isin(self.config.views)
@@ -288,12 +315,10 @@ class ReleaseReader:
         else:
             filtered = 0
 
-        split = split.assign(dicom_id=split["dicom_id"].astype(str).str.strip())
         split = split.drop_duplicates("dicom_id")[["dicom_id", "split"]]
         items = meta.merge(split, on="dicom_id", how="left", validate="one_to_one")
         items["split"] = items["split"].fillna(UNASSIGNED_SPLIT)
 
-        labels = labels.assign(**{label_key: labels[label_key].astype(str).str.strip()})
         labels = labels.drop_duplicates(label_key)[[label_key, *CHEXPERT_LABELS]]
         items = items.merge(labels, on=label_key, how="left", validate="many_to_one")
         items["labels_missing"] = items[list(CHEXPERT_LABELS)].isna().all(axis=1) & ~items[
@@ -363,20 +388,6 @@ class ReleaseReader:
                 "dicom_id": bad["dicom_id"],
                 "source_path": bad["source_path"],
                 "reason": pd.Series(reasons, index=bad.index, dtype=object),
-            }
-        )
-
-    @staticmethod
-    def _duplicate_rows(meta: pd.DataFrame) -> pd.DataFrame:
-        """Second and later rows of a dicom_id: the first one is kept."""
-        bad = meta[meta["dicom_id"].duplicated(keep="first")]
-        return pd.DataFrame(
-            {
-                "row": bad.index,
-                "dicom_id": bad["dicom_id"],
-                "source_path": bad["source_path"],
-                "reason": QuarantineReason.DUPLICATE_DICOM_ID.value
-                + ": dicom_id already listed earlier in the metadata",
             }
         )
 

@@ -338,12 +338,14 @@ class ImageStore:
         )
         return rows.assign(index=indices.astype("int64"))
 
-    def add_rejects(self, rejected: pd.DataFrame) -> None:
-        """Record items refused before they got an index (duplicates, escaping paths)."""
+    def add_rejects(self, rejected: pd.DataFrame) -> int:
+        """Record items refused before they got an index (conflicting rows, escaping paths);
+        returns how many were not recorded before."""
         old = self.tables.read(REJECTS_TABLE, QUARANTINE_DTYPES)
         merged = pd.concat([old, rejected] if old is not None else [rejected], ignore_index=True)
         merged = _normalise(merged, QUARANTINE_DTYPES).drop_duplicates()
         self.tables.write(REJECTS_TABLE, merged)
+        return len(merged) - (0 if old is None else len(old))
 
     # ---- pixels -------------------------------------------------------------------------
     def write_images(self, indices: Indices, images: np.ndarray) -> None:

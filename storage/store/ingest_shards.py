@@ -84,7 +84,7 @@ def plan_ingest(store: ImageStore, reader: ReleaseReader, config: IngestConfig) 
     """
     store.consolidate()
     index = reader.index()
-    store.add_rejects(index.rejected)
+    rejected_now = store.add_rejects(index.rejected)
     registered = store.register(index.items)
     finished = store.finished_mask(config.retry_quarantined)
     todo = registered[~finished[registered["index"].to_numpy()]].sort_values("index")
@@ -101,6 +101,7 @@ def plan_ingest(store: ImageStore, reader: ReleaseReader, config: IngestConfig) 
     counts = dict(index.counts) | {
         "already_finished": int(len(registered) - len(todo)),
         "to_ingest": len(todo),
+        "rejected_now": rejected_now,
     }
     return IngestPlan(index.image_format, shards, counts)
 
@@ -152,8 +153,14 @@ def ingest_shard(
                 "impression": read.report.impression,
             }
         rows.append(row)
-    if ok_indices:
-        store.write_images(ok_indices, np.stack(pixels))
+    # A refused item's pixels are NaN (the store's fill) again, so that what an interrupted
+    # earlier attempt wrote there does not stay behind.
+    by_index = dict(zip(ok_indices, pixels, strict=True))
+    blank = np.full((store.size, store.size), np.nan, dtype=np.float32)
+    store.write_images(
+        [item.index for item in work.items],
+        np.stack([by_index.get(item.index, blank) for item in work.items]),
+    )
     store.write_part(work.shard, pd.DataFrame(rows))
     store.mark_done(ok_indices)
     missing = sum(1 for r in rows if r.get("report_missing") is True)

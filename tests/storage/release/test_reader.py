@@ -44,7 +44,10 @@ def mini(tmp_path: Path, gzip: bool = False) -> Path:
             content=GOOD,
             report=None,
         ),
-        MiniItem(dicom_id(1), study_id="50414268", content=GOOD),  # duplicate dicom_id
+        # the same row twice is one item; two rows of one dicom_id that disagree are refused
+        MiniItem(dicom_id(1), labels={"Cardiomegaly": 1.0, "Edema": -1.0}, content=GOOD),
+        MiniItem(dicom_id(7), content=GOOD),
+        MiniItem(dicom_id(7), study_id="50414268", content=GOOD),
         MiniItem("../../../../etc", subject_id="13000001", study_id="53000001", content=None),
         MiniItem(dicom_id(5), subject_id="14000001", study_id="54000001", view="", content=GOOD),
     ]
@@ -74,9 +77,16 @@ def test_index_joins_filters_and_rejects(tmp_path, gzip):
     assert items.loc[dicom_id(1), "y_edema"] == 0.0  # u-zeros
     assert items.loc[dicom_id(1), "super_cardiomediastinal"] == 1.0
     assert items.loc[dicom_id(3), "super_no_finding"] == 1.0
-    reasons = dict(zip(index.rejected["dicom_id"], index.rejected["reason"], strict=True))
-    assert reasons[dicom_id(1)].startswith("duplicate_dicom_id")
-    assert reasons["../../../../etc"].startswith("path_escapes_root")
+    reasons = index.rejected.groupby("dicom_id")["reason"].apply(list).to_dict()
+    assert reasons == {
+        # both rows of the dicom_id whose metadata rows disagree, the disagreement named
+        dicom_id(7): [
+            "duplicate_dicom_id: metadata lines 7, 8 disagree "
+            "(study_id: '50414267' vs '50414268')"
+        ]
+        * 2,
+        "../../../../etc": ["path_escapes_root: ids make a path outside the release root"],
+    }
 
 
 def test_all_views_and_u_ones(tmp_path):

@@ -51,7 +51,8 @@ def test_bad_input_goes_to_quarantine_and_good_items_survive(tmp_path):
 
     items = store.items().set_index("dicom_id")
     ok = items[items["status"] == "ok"]
-    assert sorted(ok.index) == sorted([dicom_id(n) for n in range(6)] + [dicom_id(201)])
+    assert sorted(ok.index) == sorted([dicom_id(n) for n in (0, 1, 2, 4, 5, 201)])
+    assert not set(ok.index) & set(quarantine["dicom_id"])  # never both ingested and refused
     assert items.loc[dicom_id(201), "report_missing"]
     assert items.loc[dicom_id(0), "findings"] == "Normal heart."
     assert len(items.loc[dicom_id(0), "source_sha256"]) == 64
