@@ -81,8 +81,7 @@ def test_index_joins_filters_and_rejects(tmp_path, gzip):
     assert reasons == {
         # both rows of the dicom_id whose metadata rows disagree, the disagreement named
         dicom_id(7): [
-            "duplicate_dicom_id: metadata lines 7, 8 disagree "
-            "(study_id: '50414267' vs '50414268')"
+            "duplicate_dicom_id: metadata lines 7, 8 disagree (study_id: '50414267' vs '50414268')"
         ]
         * 2,
         "../../../../etc": ["path_escapes_root: ids make a path outside the release root"],
