@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 
 from daug_core.checkpoints.layout import (
     Pretrained,
-    file_sha256,
     flat_weights,
     load_pretrained,
     load_trainer_state,
@@ -31,6 +30,7 @@ from daug_core.checkpoints.layout import (
     save_pretrained,
     trainer_state_writer,
 )
+from daug_core.checkpoints.manifest import file_sha256
 from daug_core.checkpoints.names import TRAINER_STATE, UNET_DIR, UNET_EMA_DIR
 from daug_core.diffusion.classifier.factory import classifier_module
 from daug_core.diffusion.classifier.model import NoiseAwareClassifier

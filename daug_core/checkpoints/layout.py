@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from daug_core import strict_json
+from daug_core.checkpoints.manifest import verify_checkpoint_files, write_manifest
 from daug_core.checkpoints.names import (
-    MANIFEST,
     MODEL_JSON,
     MODEL_WEIGHTS,
     TRAINER_STATE,
@@ -97,47 +97,6 @@ def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# --- file manifest: every file's sha256, checked before a checkpoint is used ------------------
-
-
-def _write_manifest(directory: Path) -> None:
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
-    sums = {p.relative_to(directory).as_posix(): file_sha256(p) for p in files}
-    write_json(directory / MANIFEST, {"sha256": sums})
-
-
-def verify_checkpoint_files(directory: str | os.PathLike[str]) -> bool:
-    """Check every file of a checkpoint directory against the sha256 recorded when it was
-    written (``SHA256SUMS.json``): a changed, replaced (a pickle named like the weights) or
-    missing file is a :class:`CheckpointError` before anything is loaded. True when checked;
-    False for a checkpoint written before manifests existed (nothing to check against)."""
-    root = Path(directory)
-    manifest = root / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        sums: dict[str, str] = json.loads(manifest.read_text())["sha256"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(root, f"{MANIFEST} is damaged: {exc}") from None
-    for name, recorded in sums.items():
-        path = root / name
-        if not path.is_file():
-            raise CheckpointError(root, f"{name} is missing (listed in {MANIFEST})")
-        if file_sha256(path) != recorded:
-            raise CheckpointError(
-                root, f"{name} differs from the file written with the checkpoint (sha256)"
-            )
-    return True
-
-
 # --- atomic directory writes, JSON ----------------------------------------------------------
 
 
@@ -152,7 +111,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         _give_normal_modes(tmp)
-        _write_manifest(tmp)
+        write_manifest(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
