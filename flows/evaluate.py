@@ -44,11 +44,11 @@ from daug_core.labels import CHEXPERT_LABELS
 from flows.reports import evaluation as report
 from flows.reports.artifacts import artifact_key, run_namer
 from flows.reports.files import RunFolder, write_json
+from flows.reports.html import format_cell
 from flows.runtime.contrastive import prompt_tokens
 from storage.datasets.contrastive import ContrastiveDataset, make_loader
-from storage.store.image import ImageStore
 from storage.store.location import Location
-from storage.store.status import record_evaluation
+from storage.store.status import remember_evaluation
 
 log = logging.getLogger(__name__)
 CLASS_KS = (1, 3, 5, 10)
@@ -114,16 +114,17 @@ class Evaluation:
     database: SplitEmbedding
 
     def headline(self) -> dict[str, float]:
-        """The numbers a results table shows (k = 5 for class retrieval)."""
-        x2x, r2x = self.image_to_image.at(5), self.report_to_image.at(5)
+        """The numbers a results table shows (k = 5 for class retrieval): NaN (``null`` in
+        metrics.json) where a number is undefined, e.g. @5 with a database under 5 items."""
+        x2x, r2x = self.image_to_image.get(5), self.report_to_image.get(5)
         recall = dict(zip(self.pairs.ks, self.pairs.image_to_report, strict=True))
         return {
             "auc_macro": self.classification.macro,
             "auc_weighted": self.classification.weighted,
-            "x2x_map5": x2x.map_official,
-            "x2x_wmap5": x2x.wmap,
-            "r2x_map5": r2x.map_official,
-            "r2x_wmap5": r2x.wmap,
+            "x2x_map5": x2x.map_official if x2x else math.nan,
+            "x2x_wmap5": x2x.wmap if x2x else math.nan,
+            "r2x_map5": r2x.map_official if r2x else math.nan,
+            "r2x_wmap5": r2x.wmap if r2x else math.nan,
             "i2r_recall5": recall.get(5, math.nan),
         }
 
@@ -295,14 +296,12 @@ def evaluate_flow(
     key = artifact_key("evaluate", Location.of(checkpoint).parent.name)
     report.publish(key, checkpoint, target.local, metrics)
     # The store remembers its last evaluation (`daug status`, reprocess metric deltas).
-    record_evaluation(ImageStore.open(store), target.location.child("metrics.json").url, metrics)
+    remember_evaluation(store, target.location.child("metrics.json").url, metrics)
     headline = metrics["headline"]
     logger.info(
-        "evaluation of %s: AUC macro %.3f, x2x mAP@5 %.3f, r2x mAP@5 %.3f",
+        "evaluation of %s: AUC macro %s, x2x mAP@5 %s, r2x mAP@5 %s",
         checkpoint,
-        headline["auc_macro"],
-        headline["x2x_map5"],
-        headline["r2x_map5"],
+        *(format_cell(headline[name]) for name in ("auc_macro", "x2x_map5", "r2x_map5")),
     )
     logger.debug("evaluation headline: %s", headline)
     return metrics

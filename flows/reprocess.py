@@ -62,7 +62,7 @@ from storage.store.status import (
     current_heatmap_version,
     last_evaluation,
     metric_deltas,
-    record_evaluation,
+    remember_evaluation,
 )
 
 log = logging.getLogger(__name__)
@@ -340,10 +340,7 @@ def _evaluate_phase(
         log.warning("evaluate: no model to evaluate (no retrain, no earlier evaluation)")
         return None, None
     metrics = evaluate_checkpoint(checkpoint, store, target, plots=False)
-    with StoreLease(store, owner="reprocess"):
-        evaluation = record_evaluation(
-            ImageStore.open(store), target.child("metrics.json").url, metrics
-        )
+    evaluation = remember_evaluation(store, target.child("metrics.json").url, metrics)
     return evaluation, metric_deltas(
         previous["headline"] if previous else None, metrics["headline"]
     )

@@ -166,10 +166,15 @@ class ClassRetrieval:
     results: tuple[ClassRetrievalAtK, ...]  # one per k, in the order asked
 
     def at(self, k: int) -> ClassRetrievalAtK:
-        for result in self.results:
-            if result.k == k:
-                return result
-        raise KeyError(f"k = {k} not computed (have {[r.k for r in self.results]})")
+        found = self.get(k)
+        if found is None:
+            raise KeyError(f"k = {k} not computed (have {[r.k for r in self.results]})")
+        return found
+
+    def get(self, k: int) -> ClassRetrievalAtK | None:
+        """The result at ``k``, or None where it was not computed (a database smaller than
+        ``k`` items)."""
+        return next((result for result in self.results if result.k == k), None)
 
     def rows(self) -> list[dict[str, object]]:
         """One flat dict per (k, class): ready for a table artifact."""

@@ -156,6 +156,14 @@ def _selection_value(row: dict[str, float]) -> float:
     return auc if not math.isnan(auc) else -row["val_loss"]
 
 
+def _selection_key(row: dict[str, float]) -> tuple[bool, float]:
+    """How ``model_selection="validate"`` ranks epochs: one with a defined validation macro
+    AUC outranks any without (an AUC is undefined when no validate class has both positives
+    and negatives, e.g. a small store); among those, the higher AUC wins, and among epochs
+    without one, the lower validation loss."""
+    return not math.isnan(row["val_macro_auc"]), _selection_value(row)
+
+
 def train_contrastive(
     store: str | Path,
     out: str | Path,
@@ -210,6 +218,7 @@ def train_contrastive(
     forward = ranks.wrap(ContrastiveForward(model), compute.device)
 
     best: dict[str, float] | None = None
+    undefined_auc_said = False
     for done in history:  # the epoch selected so far (a resumed run)
         if best is None or _better(done, best, training.model_selection):
             best = done
@@ -247,6 +256,16 @@ def train_contrastive(
             row = _metrics_row(epoch, trained, validated.stats, auc.macro, scheduler, epoch_start)
         row = ranks.broadcast(row)
         assert row is not None
+        if ranks.primary and math.isnan(row["val_macro_auc"]) and not undefined_auc_said:
+            undefined_auc_said = True
+            log.warning(
+                "validation macro AUC is undefined (%d validate item(s); no class has both "
+                "positives and negatives there): %s",
+                len(val_set),
+                "epochs are selected by validation loss"
+                if training.model_selection == "validate"
+                else "the last epoch is kept (model_selection 'last')",
+            )
         history.append(row)
         if best is None or _better(row, best, training.model_selection):
             best = row
@@ -333,9 +352,15 @@ def _resume(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "history": list(saved.info["history"]),
+        "history": [_restored(row) for row in saved.info["history"]],
         "starts": list(saved.info.get("starts", [1])),
     }
+
+
+def _restored(row: dict[str, Any]) -> dict[str, float]:
+    """A metrics row read back from a checkpoint: an undefined number (written as ``null``,
+    e.g. the AUC of a validate split without positives) is NaN again."""
+    return {key: math.nan if value is None else value for key, value in row.items()}
 
 
 def load_train_result(out: Path) -> TrainResult:
@@ -349,7 +374,7 @@ def load_train_result(out: Path) -> TrainResult:
         out=out,
         epochs_run=int(summary["epochs_run"]),
         best_epoch=int(summary["best_epoch"]),
-        best_metric=float(summary["best_metric"]),
+        best_metric=strict_json.float_or_nan(summary["best_metric"]),
         history=history,
         train_items=int(summary["train_items"]),
         validate_items=int(summary["validate_items"]),
@@ -366,7 +391,7 @@ def _rule(row: dict[str, float], selection: ModelSelection) -> str:
 
 def _better(row: dict[str, float], best: dict[str, float], selection: ModelSelection) -> bool:
     """Whether ``row``'s epoch replaces ``best``'s as the selected one."""
-    return selection == "last" or _selection_value(row) > _selection_value(best)
+    return selection == "last" or _selection_key(row) > _selection_key(best)
 
 
 def _metrics_row(

@@ -8,6 +8,8 @@ not in the latest release).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +23,10 @@ from storage.release.update import release_history
 from storage.store.heatmaps import HeatmapStore
 from storage.store.image import ImageStore
 from storage.store.items import ItemStatus
+from storage.store.lease import StoreLease, StoreLockedError
 from storage.store.location import Location
+
+log = logging.getLogger(__name__)
 
 LAST_EVALUATION_ATTR = "last_evaluation"
 CURRENT_HEATMAPS_ATTR = "current_heatmap_version"
@@ -173,6 +178,25 @@ def record_evaluation(
     }
     store.group.attrs.update(strict({LAST_EVALUATION_ATTR: entry}))
     return entry
+
+
+def remember_evaluation(
+    store: str | os.PathLike[str], metrics_path: str | os.PathLike[str], metrics: dict[str, Any]
+) -> dict[str, Any] | None:
+    """:func:`record_evaluation` under the store's lease, like every write to a store. A store
+    this run cannot write (read-only to it, or leased by a running writer) keeps its earlier
+    record: the evaluation itself stands, the reason is logged, and None is returned."""
+    try:
+        with StoreLease(store, owner="evaluate"):
+            return record_evaluation(ImageStore.open(store), metrics_path, metrics)
+    except StoreLockedError as exc:
+        reason = str(exc)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        reason = f"the store is not writable ({exc.strerror or exc})"
+    log.warning("the evaluation is not recorded in %s (daug status): %s", store, reason)
+    return None
 
 
 def last_evaluation(store: ImageStore) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -45,6 +46,28 @@ def contrastive_store(tmp_path_factory, prefect_server) -> Path:
     )
     splits = ImageStore.open(path).items()["split"].value_counts()
     assert splits["train"] >= 16 and splits["validate"] >= 4 and splits["test"] >= 4, splits
+    write_heatmaps(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory, prefect_server) -> Path:
+    """A 64 px store as small as a first real release can be: 3 train images (one without
+    heatmaps), 1 validate image (every validation AUC undefined) and the rest test, so the
+    retrieval database (train + validate, with heatmaps) holds 3 images, fewer than the k = 5
+    of mAP@5."""
+    root = tmp_path_factory.mktemp("small")
+    release = write_synthetic_release(root / "synth", SynthConfig(studies=8, size=64), seed=8)
+    split_csv = release.release_dir / "mimic-cxr-2.0.0-split.csv"
+    split = pd.read_csv(split_csv, dtype=str)
+    split["split"] = ["train"] * 3 + ["validate"] + ["test"] * (len(split) - 4)
+    split.to_csv(split_csv, index=False)
+    path = root / "store"
+    ingest_flow(
+        release=str(release.release_dir),
+        store=str(path),
+        ingest=IngestConfig(size=64, reader=ReaderConfig(views=())),
+    )
     write_heatmaps(path)
     return path
 
