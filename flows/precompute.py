@@ -11,6 +11,7 @@ computed, one :class:`~flows.runtime.actors.PoolSettings`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -23,7 +24,7 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from daug_core.checkpoints.layout import checkpoint_sha256
-from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR
+from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR, UNET_DIR
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from daug_core.settings import ConfigError
 from flows.reports import precompute as report
@@ -32,6 +33,7 @@ from flows.reports.files import RunFolder
 from flows.runtime.actors import WorkerSpec, start_actors
 from flows.runtime.dispatch import DispatchReport, dispatch
 from flows.runtime.pool import PoolSettings, actor_count, connect_ray
+from storage.errors import StoreFormatError
 from storage.provenance import code_version
 from storage.store.checkpoint_cache import cached_checkpoint
 from storage.store.heatmap_shards import ShardTask, plan_heatmaps
@@ -49,6 +51,7 @@ def heatmap_provenance(
 ) -> HeatmapProvenance:
     """Provenance of heatmaps computed with ``settings`` from the checkpoints at
     ``checkpoints`` (a train-generator output folder or its URL: generator/, classifier/)."""
+    check_sizes(settings, checkpoints)
     config = settings.config()
     root = Location.of(checkpoints)
     return HeatmapProvenance(
@@ -70,6 +73,32 @@ def checkpoint_digest(where: Location) -> str:
         digest = checkpoint_sha256(where.get_to(Path(tmp) / where.name))
     cached_checkpoint(where, digest, checkpoint_sha256)
     return digest
+
+
+def check_sizes(
+    settings: HeatmapSettings, checkpoints: str | os.PathLike[str], store: str | None = None
+) -> None:
+    """The preset's image size against the generator's (a UNet runs at any size, so a 64 px
+    model under the 512 px paper preset would run, for hours, on upsampled images) and the
+    store's (smaller images would be upsampled): a ConfigError / StoreFormatError before any
+    work, as ``train-generator`` refuses a store smaller than its preset."""
+    size = settings.config().image_size
+    unet = Location.of(checkpoints).child(GENERATOR_DIR, UNET_DIR, "config.json")
+    if unet.exists():
+        trained = int(json.loads(unet.read_text())["sample_size"])
+        if trained != size:
+            raise ConfigError(
+                f"{Location.of(checkpoints).child(GENERATOR_DIR)} holds a {trained} px generator; "
+                f"the {settings.preset} preset computes heatmaps at {size} px: pass the preset "
+                "the checkpoints were trained with"
+            )
+    if store is not None:
+        stored = ImageStore.open(store, read_only=True).size
+        if stored < size:
+            raise StoreFormatError(
+                f"store {store} holds {stored} px images; the {settings.preset} preset "
+                f"computes heatmaps at {size} px"
+            )
 
 
 def check_precision(settings: HeatmapSettings, pool: PoolSettings) -> None:
@@ -142,6 +171,7 @@ def precompute_flow(
         examples: items shown in the example overlay grid.
     """
     started = time.perf_counter()
+    check_sizes(heatmaps, checkpoints, store)
     provenance = heatmap_provenance(heatmaps, checkpoints)
     with StoreLease(store, owner=f"precompute:{heatmap_version}") as lease:
         new = heatmap_version not in HeatmapStore.versions(ImageStore.open(store))

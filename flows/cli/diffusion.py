@@ -106,11 +106,12 @@ def precompute(
         check_version_name(heatmap_version)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--heatmap-version") from None
-    from flows.precompute import check_precision
+    from flows.precompute import check_precision, check_sizes
 
     check_precision(heatmaps, pool)
     require_store(store)
     require_checkpoints(checkpoints)
+    check_sizes(heatmaps, checkpoints, store)
 
 
 @command(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -44,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
+from daug_core.settings import ConfigError
 from storage.errors import StoreFormatError
 from storage.store.location import Location
 
@@ -51,6 +53,10 @@ log = logging.getLogger(__name__)
 
 LEASE_FOLDER = "_lease"
 DEFAULT_TTL = 120.0
+TTL_ENV = "DAUG_LEASE_TTL"
+# A heartbeat renews every ttl / 4: below 10 s a slow object store's round trip (or a GC
+# pause) would let a live writer's lease expire under it.
+MIN_ENV_TTL = 10.0
 # Backends whose exclusive create is known: the local disk, S3 (s3fs), GCS (gcsfs).
 EXCLUSIVE_PROTOCOLS = ("file", "s3", "s3a", "gs", "gcs")
 
@@ -65,6 +71,25 @@ class LeaseLostError(StoreFormatError):
 
 class LeaseUnsupportedError(StoreFormatError):
     """The store's backend cannot create an object exclusively, so no lease can be held."""
+
+
+def env_ttl() -> float:
+    """The lease's time to live: ``DAUG_LEASE_TTL`` seconds (default 120), a finite number of
+    at least :data:`MIN_ENV_TTL`; anything else is a
+    :class:`~daug_core.settings.ConfigError` naming the variable and its value."""
+    text = os.environ.get(TTL_ENV)
+    if text is None:
+        return DEFAULT_TTL
+    try:
+        ttl = float(text)
+    except ValueError:
+        ttl = math.nan
+    if not (math.isfinite(ttl) and ttl >= MIN_ENV_TTL):
+        raise ConfigError(
+            f"{TTL_ENV}={text!r}: the store lease's time to live must be a number of seconds "
+            f">= {MIN_ENV_TTL:g} (default {DEFAULT_TTL:g})"
+        )
+    return ttl
 
 
 def _machine() -> str:
@@ -204,7 +229,9 @@ class StoreLease:
         self.must_exist = must_exist  # False for the run that creates the store (ingest)
         self.folder = None if self.root is None else self.root.child(LEASE_FOLDER)
         self.owner = owner
-        self.ttl = ttl or float(os.environ.get("DAUG_LEASE_TTL", DEFAULT_TTL))
+        self.ttl = ttl or env_ttl()
+        if not (math.isfinite(self.ttl) and self.ttl > 0):
+            raise ValueError(f"a lease ttl must be a positive number of seconds, got {self.ttl}")
         self.holder = uuid.uuid4().hex
         self._record: LeaseRecord | None = None
         self._lost: str | None = None

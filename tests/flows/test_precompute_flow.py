@@ -18,11 +18,13 @@ import zarr
 
 from daug_core.checkpoints.layout import checkpoint_sha256
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.settings import ConfigError
 from flows.ingest import ingest_flow
-from flows.precompute import heatmap_provenance, precompute_flow, worker_spec
+from flows.precompute import check_sizes, heatmap_provenance, precompute_flow, worker_spec
 from flows.runtime.actors import HeatmapWorker, PlacementError, WorkerSpec, start_actors
 from flows.runtime.dispatch import dispatch
 from flows.runtime.pool import PoolSettings, actor_count
+from storage.errors import StoreFormatError
 from storage.release.ingest_config import IngestConfig
 from storage.store.heatmap_shards import ImageBatch, ShardTask, plan_heatmaps
 from storage.store.heatmaps import HeatmapStore, ProvenanceMismatchError
@@ -310,3 +312,19 @@ def pleural_spec(checkpoints: Path) -> WorkerSpec:
         config=FAST.config(),
         targets=("+Pleural",),
     )
+
+
+def test_a_preset_the_checkpoints_and_store_do_not_fit_is_refused_before_any_work(setup):
+    """A UNet runs at any size: without the check, the 512 px paper preset would run 64 px
+    models on upsampled images for hours. Nothing is created in the store."""
+    versions = HeatmapStore.versions(ImageStore.open(setup["store"]))
+    paper = RUN | {"heatmaps": HeatmapSettings(preset="paper")}
+    with pytest.raises(ConfigError, match=r"holds a 64 px generator; the paper preset .* 512 px"):
+        precompute_flow(store=str(setup["store"]), checkpoints=str(setup["ckpt"]), **paper)
+    assert HeatmapStore.versions(ImageStore.open(setup["store"])) == versions
+
+
+def test_a_store_smaller_than_the_preset_is_refused(tmp_path, setup):
+    small = ImageStore.create(tmp_path / "store32", 32, shard_items=8)
+    with pytest.raises(StoreFormatError, match=r"holds 32 px images; the tiny preset .* 64 px"):
+        check_sizes(FAST, setup["ckpt"], str(small.root))

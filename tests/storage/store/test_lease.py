@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from daug_core.settings import ConfigError
 from storage.store.image import ImageStore
 from storage.store.lease import (
     LEASE_FOLDER,
@@ -230,3 +231,21 @@ def test_check_holder_reads_the_newest_record(tmp_path):
     folder = Location.of(tmp_path).child(LEASE_FOLDER)
     newest = folder.child(folder.list()[-1])
     assert json.loads(newest.read_bytes())["released"] is True
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "ten", "9.5"])
+def test_a_lease_ttl_that_keeps_no_heartbeat_is_refused_naming_the_variable(
+    tmp_path, monkeypatch, value
+):
+    monkeypatch.setenv("DAUG_LEASE_TTL", value)
+    with pytest.raises(ConfigError, match=rf"DAUG_LEASE_TTL='{value}': .* >= 10"):
+        StoreLease(tmp_path, owner="ingest", must_exist=False)
+    assert not (tmp_path / "_lease").exists()
+
+
+def test_a_valid_lease_ttl_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAUG_LEASE_TTL", "30")
+    with StoreLease(tmp_path, owner="ingest", must_exist=False) as lease:
+        assert lease.ttl == 30.0
+        record = json.loads(next((tmp_path / "_lease").iterdir()).read_text())
+    assert record["expires"] - record["renewed"] == pytest.approx(30.0)
