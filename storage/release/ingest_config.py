@@ -117,6 +117,14 @@ class IngestConfig:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     retry_quarantined: bool = described(False, "try quarantined items again (files fixed)")
 
+    def policy(self) -> dict[str, object]:
+        """What makes a store's items alike: their labels (labeler, external file, uncertainty
+        policy), views and fit. One store holds one
+        (:meth:`~storage.store.image.ImageStore.hold_policy`)."""
+        reader = self.reader.as_dict()
+        labels = {key: reader[key] for key in ("labeler", "labels", "uncertainty", "views")}
+        return {**labels, "fit": self.fit.value}
+
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 4096:
             raise ConfigError(f"IngestConfig.size must be in [8, 4096] px, got {self.size}")

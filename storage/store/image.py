@@ -68,6 +68,7 @@ from storage.store.tables import MemoryTables, TableBackend, tables_at
 log = logging.getLogger(__name__)
 
 IMAGE_STORE = GroupFormat("daug-image-store", 1)
+POLICY_ATTR = "ingest_policy"
 
 
 def _creation_state(root: Location) -> str:
@@ -248,6 +249,29 @@ class ImageStore:
             sharded=bool(self.attrs.get("sharded", False)),
             reader=ReaderConfig.from_dict(last.get("reader", {})),
         )
+
+    def hold_policy(self, config: IngestConfig) -> None:
+        """Refuse an ingest whose :meth:`~storage.release.ingest_config.IngestConfig.policy`
+        differs from the store's (a StoreFormatError naming both): one store mixing targets
+        made under two label policies would train them as one. The first ingest records the
+        policy (a store from before the record: its last ingest's)."""
+        asked = config.policy()
+        held = self.attrs.get(POLICY_ATTR)
+        if held is None and self.attrs.get("ingests"):
+            held = self.ingest_config().policy()
+        if held is None:
+            self.group.attrs.update(strict({POLICY_ATTR: asked}))
+            return
+        differ = [key for key in asked if strict(asked[key]) != held.get(key)]
+        if differ:
+            raise StoreFormatError(
+                f"{self.location} holds items ingested with "
+                + ", ".join(f"{key} {held.get(key)!r}" for key in differ)
+                + "; this ingest asks for "
+                + ", ".join(f"{key} {strict(asked[key])!r}" for key in differ)
+                + ". One store holds one label policy: ingest into a new store, or pass the "
+                "store's settings"
+            )
 
     def record_ingest(self, entry: dict[str, Any]) -> None:
         """Append one ingest's provenance (release, reader config, counts) to the attrs."""

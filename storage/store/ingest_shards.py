@@ -82,6 +82,7 @@ def plan_ingest(store: ImageStore, reader: ReleaseReader, config: IngestConfig) 
     Leftover results of an interrupted run are folded in first, so that what was
     finished is not redone.
     """
+    store.hold_policy(config)
     store.consolidate()
     index = reader.index()
     rejected_now = store.add_rejects(index.rejected)

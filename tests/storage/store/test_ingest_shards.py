@@ -1,9 +1,13 @@
 """Ingest as plain functions: the bad-input matrix, resume after a crash, no PHI leakage."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from daug_core.labels import UncertaintyPolicy
+from storage.errors import StoreFormatError
 from storage.release.ingest_config import IngestConfig, ReaderConfig
 from storage.release.reader import ReleaseReader
 from storage.store.image import ImageStore
@@ -169,3 +173,27 @@ def test_the_summary_counts_positives_per_super_class_overall_and_per_split(tmp_
     assert {g for g, _ in counts if g.startswith("positive, ")} == {
         f"positive, {s}" for s in set(splits.values())
     }
+
+
+def test_one_store_holds_one_label_policy(tmp_path):
+    release = write_mini_release(tmp_path / "r1", [good(0), good(1)])
+    store = ImageStore.create(tmp_path / "store", SIZE, shard_items=4)
+    config = IngestConfig(size=SIZE, shard_items=4)
+    run_all(store, ReleaseReader(release), config)
+    items = store.items()
+    other = IngestConfig(
+        size=SIZE,
+        shard_items=4,
+        reader=ReaderConfig(views=(), uncertainty=UncertaintyPolicy.U_ONES),
+    )
+    with pytest.raises(StoreFormatError) as refused:
+        plan_ingest(store, ReleaseReader(release, other.reader), other)
+    assert str(refused.value) == (
+        f"{store.location} holds items ingested with uncertainty 'u-zeros', views "
+        "['PA', 'AP', 'AP AXIAL']; this ingest asks for uncertainty 'u-ones', views []. One "
+        "store holds one label policy: ingest into a new store, or pass the store's settings"
+    )
+    pd.testing.assert_frame_equal(store.items(), items)  # nothing registered
+    # The same settings again (a new release, a retry) are fine.
+    again = dataclasses.replace(config, retry_quarantined=True)
+    assert plan_ingest(store, ReleaseReader(release), again).pending == 0
