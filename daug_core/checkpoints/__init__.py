@@ -12,7 +12,8 @@ A checkpoint is a directory::
 ``load_pretrained``, as diffusers' ``ModelMixin`` does for one model) and reads the first
 layouts (``classifier.json``, ``encoder.json``, ``eps.json``, ``clip.json``, a generator's
 config in its trainer state) as the same header; :mod:`~daug_core.checkpoints.manifest` writes
-and checks ``SHA256SUMS.json`` (torch-free); :mod:`~daug_core.checkpoints.diffusion` and
+and checks ``SHA256SUMS.json`` (torch-free); :mod:`~daug_core.checkpoints.foreign` reads and
+checks the weights files the converters take in; :mod:`~daug_core.checkpoints.diffusion` and
 :mod:`~daug_core.checkpoints.contrastive` turn headers and weights into models. No pickle is
 written or read; loading is local-only (works with HF_HUB_OFFLINE=1).
 """

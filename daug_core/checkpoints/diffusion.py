@@ -20,6 +20,7 @@ import torch
 from diffusers.models.unets.unet_2d import UNet2DModel
 from safetensors.torch import load_file
 
+from daug_core.checkpoints.foreign import convert_foreign_weights
 from daug_core.checkpoints.layout import (
     Pretrained,
     flat_weights,
@@ -46,7 +47,6 @@ from daug_core.diffusion.guided_diffusion_convert import (
     ConditionedEps,
     GuidedDiffusionConfig,
     convert_unet,
-    read_weights,
 )
 from daug_core.settings import CheckpointError, ConfigError, dataclass_from_dict
 from daug_core.training import make_optimizer
@@ -125,8 +125,10 @@ def convert_guided_diffusion(
     """A guided-diffusion generator (``weights``: its ``model*.pt``; ``ema_weights``: its
     ``ema_*.pt``, else the raw weights serve as both) as our generator checkpoint at
     ``directory``; the official DAug code decodes with the raw weights."""
-    raw = convert_unet(model, read_weights(weights))
-    ema = convert_unet(model, read_weights(ema_weights)) if ema_weights is not None else raw
+    raw = convert_foreign_weights(weights, lambda state: convert_unet(model, state))
+    ema = raw
+    if ema_weights is not None:
+        ema = convert_foreign_weights(ema_weights, lambda state: convert_unet(model, state))
     sources = {"weights": file_sha256(Path(weights))}
     if ema_weights is not None:
         sources["ema_weights"] = file_sha256(Path(ema_weights))
@@ -224,7 +226,9 @@ def convert_guided_diffusion_classifier(
     ``directory``, atomically."""
     from daug_core.diffusion.classifier.guided_diffusion import convert_classifier
 
-    classifier = convert_classifier(model, read_weights(weights, key="state_dict"))
+    classifier = convert_foreign_weights(
+        weights, lambda state: convert_classifier(model, state), key="state_dict"
+    )
     header = {
         "config": dataclasses.asdict(model),
         "sources": {"weights": file_sha256(Path(weights))},

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from daug_core.settings import ConfigError
+from daug_core.checkpoints.foreign import check_fits, convert_foreign_weights
+from daug_core.settings import CheckpointError, ConfigError
 
 # Shared by both towers: per-layer HF suffix -> open_clip suffix (q/k/v handled apart).
 _LAYER_NAMES = {
@@ -142,19 +143,41 @@ def convert_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _fitting(
+    state: dict[str, torch.Tensor], architecture: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """``state`` once it is known to fit open_clip's model of ``architecture`` tensor for
+    tensor (built on the meta device: shapes only, no memory)."""
+    import open_clip
+
+    with torch.device("meta"):
+        model = open_clip.model.CLIP(**architecture)
+    check_fits(state, model.state_dict())
+    return state
+
+
 def convert_hf_clip(source: Path, destination: Path) -> dict[str, Any]:
     """Convert the Hugging Face CLIPModel folder ``source`` (``config.json`` and
     ``model.safetensors``; pickled ``.bin`` weights are refused) into the open_clip checkpoint
-    ``destination`` (safetensors, written aside then renamed). Returns the open_clip
-    architecture (:func:`open_clip_architecture`)."""
+    ``destination`` (safetensors, written aside then renamed). The weights are read and
+    checked as every converter's are (:mod:`daug_core.checkpoints.foreign`: a damaged file,
+    NaN, or a tensor open_clip's model of that architecture does not have in that shape is a
+    CheckpointError naming the file). Returns the open_clip architecture
+    (:func:`open_clip_architecture`)."""
     config_path, weights = source / "config.json", source / "model.safetensors"
     if not config_path.is_file() or not weights.is_file():
         pickled = (
             " (pytorch_model.bin is a pickle: not loaded)" if any(source.glob("*.bin")) else ""
         )
         raise ClipConversionError(f"{source} needs config.json and model.safetensors{pickled}")
-    architecture = open_clip_architecture(json.loads(config_path.read_text()))
-    state = convert_state_dict(load_file(str(weights)))
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(config_path, f"not JSON ({exc})") from None
+    architecture = open_clip_architecture(hf_config)
+    state = convert_foreign_weights(
+        weights, lambda hf: _fitting(convert_state_dict(hf), architecture)
+    )
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
     save_file(state, str(partial), metadata={"source": "transformers CLIPModel"})

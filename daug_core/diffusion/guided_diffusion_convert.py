@@ -30,14 +30,12 @@ Timesteps use guided-diffusion's [cos, sin] sinusoid without frequency shift
 
 from __future__ import annotations
 
-import os
-import pickle
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from daug_core.checkpoints.foreign import load_fitting
 from daug_core.diffusion.guided_diffusion_config import GuidedDiffusionConfig, GuidedDiffusionError
 
 
@@ -100,15 +98,31 @@ def _take(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         raise GuidedDiffusionError(f"the checkpoint lacks {name!r}") from None
 
 
+def _conv1x1(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The 1x1 ``conv1d`` weight ``name`` ([out, in, 1]) as a linear layer's [out, in]."""
+    weight = _take(state, name)
+    if weight.dim() != 3 or weight.shape[-1] != 1:
+        raise GuidedDiffusionError(
+            f"tensor {name!r} has shape {tuple(weight.shape)}, a 1x1 conv1d weight "
+            "[out, in, 1] expected"
+        )
+    return weight[..., 0]
+
+
 def _attention(state: dict[str, torch.Tensor], source: str, target: str) -> dict[str, torch.Tensor]:
     out = {
         f"{target}.group_norm.weight": _take(state, f"{source}.norm.weight"),
         f"{target}.group_norm.bias": _take(state, f"{source}.norm.bias"),
-        f"{target}.to_out.0.weight": _take(state, f"{source}.proj_out.weight")[..., 0],
+        f"{target}.to_out.0.weight": _conv1x1(state, f"{source}.proj_out.weight"),
         f"{target}.to_out.0.bias": _take(state, f"{source}.proj_out.bias"),
     }
-    weight = _take(state, f"{source}.qkv.weight")[..., 0]
+    weight = _conv1x1(state, f"{source}.qkv.weight")
     bias = _take(state, f"{source}.qkv.bias")
+    if weight.shape[0] % 3 or bias.shape != weight.shape[:1]:
+        raise GuidedDiffusionError(
+            f"tensors '{source}.qkv.weight' / '.bias' have shapes {tuple(weight.shape)} / "
+            f"{tuple(bias.shape)}: not q, k and v stacked"
+        )
     for name, w, b in zip(("q", "k", "v"), weight.chunk(3), bias.chunk(3), strict=True):
         out[f"{target}.to_{name}.weight"], out[f"{target}.to_{name}.bias"] = w, b
     return out
@@ -192,39 +206,15 @@ def convert_state_dict(
 
 
 def convert_unet(model: GuidedDiffusionConfig, state: dict[str, torch.Tensor]) -> nn.Module:
-    """A diffusers ``UNet2DModel`` carrying the guided-diffusion weights ``state`` (strict)."""
+    """A diffusers ``UNet2DModel`` carrying the guided-diffusion weights ``state`` (strict; a
+    tensor of another shape than the settings give is a one-line
+    :class:`~daug_core.checkpoints.foreign.WeightsMismatchError`)."""
     from diffusers import UNet2DModel
 
     unet = UNet2DModel(**unet_config(model))
     module: nn.Module = unet  # type: ignore[assignment]  # diffusers' stubs hide nn.Module
-    module.load_state_dict(convert_state_dict(model, state), strict=True)
+    load_fitting(module, convert_state_dict(model, state))
     return module.eval()
-
-
-def read_weights(path: str | os.PathLike[str], key: str | None = None) -> dict[str, torch.Tensor]:
-    """A guided-diffusion state dict from ``.safetensors``, or from the ``.pt`` files
-    guided-diffusion writes, read with ``torch.load(weights_only=True)``: tensors and plain
-    containers only, nothing in the file is executed (a file that needs more is refused). A
-    ``.pt`` holding a dict with ``key`` (e.g. ``"state_dict"``) gives that entry."""
-    source = Path(path)
-    if not source.is_file():
-        raise GuidedDiffusionError(f"{source} is not a file")
-    try:
-        if source.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(source))
-        if source.suffix not in (".pt", ".pth"):
-            raise GuidedDiffusionError(f"{source}: expected a .pt, .pth or .safetensors file")
-        state = torch.load(source, map_location="cpu", weights_only=True)
-        if key is not None and isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError) as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise GuidedDiffusionError(f"{source}: not a readable state dict ({detail})") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise GuidedDiffusionError(f"{source}: not a state dict of tensors")
-    return state
 
 
 class ConditionedEps(nn.Module):

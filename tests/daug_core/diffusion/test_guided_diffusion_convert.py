@@ -183,13 +183,14 @@ class _Payload:
 
 
 def test_weight_files_are_read_without_running_pickled_code(tmp_path):
-    from daug_core.diffusion.guided_diffusion_convert import read_weights
+    from daug_core.checkpoints.foreign import read_foreign_weights
+    from daug_core.settings import CheckpointError
 
     torch.save({"w": torch.ones(2), "payload": _Payload()}, tmp_path / "model.pt")
-    with pytest.raises(GuidedDiffusionError, match=r"model\.pt: not a readable state dict"):
-        read_weights(tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match=r"model\.pt: truncated or unreadable \(Weights"):
+        read_foreign_weights(tmp_path / "model.pt")
     torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
-    assert read_weights(tmp_path / "ok.pt")["w"].tolist() == [1.0, 1.0]
-    with pytest.raises(GuidedDiffusionError, match=r"expected a \.pt, \.pth or \.safetensors"):
+    assert read_foreign_weights(tmp_path / "ok.pt")["w"].tolist() == [1.0, 1.0]
+    with pytest.raises(CheckpointError, match=r"expected a \.pt, \.pth, \.safetensors file"):
         (tmp_path / "model.ckpt").write_bytes(b"x")
-        read_weights(tmp_path / "model.ckpt")
+        read_foreign_weights(tmp_path / "model.ckpt")
