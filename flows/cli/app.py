@@ -7,13 +7,34 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+import typer.rich_utils
+from rich.text import Text
 
-from flows.cli.console import console, log_handler, run_flow
+from daug_core import strict_json
+from flows.cli.console import log_handler, run_flow
 from flows.cli.options import settings_command
+
+
+def _folding(highlighter: Any) -> Any:
+    """``highlighter`` whose text folds onto the next line where typer's help table is too
+    narrow for it, instead of ending in an ellipsis (``--inversion-refi…`` at 80 columns)."""
+
+    class Folding(type(highlighter)):  # type: ignore[misc]
+        def __call__(self, text: str | Text) -> Text:
+            highlighted: Text = super().__call__(text)
+            highlighted.overflow = "fold"
+            return highlighted
+
+    return Folding()
+
+
+typer.rich_utils.highlighter = _folding(typer.rich_utils.highlighter)
+typer.rich_utils.negative_highlighter = _folding(typer.rich_utils.negative_highlighter)
 
 app = typer.Typer(
     help="DAug on chest X-rays: synthesise or ingest MIMIC-CXR, train, precompute heatmaps.",
@@ -87,4 +108,6 @@ def command(
 
 
 def print_json(result: dict[str, Any]) -> None:
-    console.print_json(data=result, default=str)
+    """A command's result as strict JSON (undefined numbers ``null``) on stdout, where a
+    program reads it (``daug ingest ... > summary.json``); logs and progress go to stderr."""
+    sys.stdout.write(strict_json.dumps(result, indent=2, default=str) + "\n")

@@ -47,6 +47,7 @@ from daug_core.contrastive.training import (
 from daug_core.distributed import SINGLE, Ranks
 from daug_core.evaluation.classification import classification_auc
 from daug_core.labels import CHEXPERT_LABELS
+from daug_core.settings import ConfigError
 from flows.reports import training as report
 from flows.reports.files import RunFolder
 from flows.runtime.ray_train import worker_compute
@@ -193,6 +194,15 @@ def train_contrastive(
     batch_size -= batch_size % ranks.world_size
     if batch_size < 2:
         raise ValueError(f"{store}: {len(train_set)} training item(s); need at least 2")
+    if batch_size != training.batch_size and ranks.primary:
+        log.warning(
+            "batch size %d with %d training item(s) on %d worker(s): batches of %d "
+            "(train.json records it as global_batch)",
+            training.batch_size,
+            len(train_set),
+            ranks.world_size,
+            batch_size,
+        )
     total_steps = steps_per_epoch(len(train_set), batch_size) * training.epochs
     prompts = prompt_tokens(config)
     loss_fn = HybridContrastiveLoss(config.loss)
@@ -343,8 +353,13 @@ def _resume(
     if clip_header(out / LAST) is None:
         return None
     saved = load_clip_checkpoint(out / LAST)
-    if contrastive_config_to_dict(saved.config) != contrastive_config_to_dict(config):
-        raise ValueError(f"{out / LAST} was trained with another config; use a new output folder")
+    changed = _changes(contrastive_config_to_dict(saved.config), contrastive_config_to_dict(config))
+    if changed:
+        raise ConfigError(
+            f"{out} holds a run trained with other settings ({', '.join(changed)}): a run "
+            "resumes only with its own (a learning-rate schedule ends at its epochs). To train "
+            "with these settings, pass a new output folder"
+        )
     model.load_state_dict(saved.model.state_dict())
     restore_trainer_state(out / LAST, optimizer, scheduler)
     log.info("resuming %s after epoch %d", out, int(saved.info["epoch"]))
@@ -361,6 +376,18 @@ def _restored(row: dict[str, Any]) -> dict[str, float]:
     """A metrics row read back from a checkpoint: an undefined number (written as ``null``,
     e.g. the AUC of a validate split without positives) is NaN again."""
     return {key: math.nan if value is None else value for key, value in row.items()}
+
+
+def _changes(before: Any, after: Any, name: str = "") -> list[str]:
+    """``name old -> new`` for every leaf of two config dicts that differs."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = list(dict.fromkeys([*before, *after]))
+        return [
+            change
+            for key in keys
+            for change in _changes(before.get(key), after.get(key), f"{name}.{key}".strip("."))
+        ]
+    return [] if before == after else [f"{name} {before!r} -> {after!r}"]
 
 
 def load_train_result(out: Path) -> TrainResult:

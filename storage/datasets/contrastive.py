@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
 import numpy as np
+import pandas as pd
 import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -84,22 +85,28 @@ class ExclusionCounts:
     ``quarantined``: not ingested (see quarantine.csv); ``not_done_image``: pending, retired
     (not in the latest release, see storage/release/update.py) or its ``done`` flag unset (an
     interrupted ingest, a changed image waiting for re-ingest); ``no_heatmap``: image fine but
-    the heatmap version has no ``heatmaps_done`` for it.
+    the heatmap version has no ``heatmaps_done`` for it; ``no_labels``: its study is in no
+    label table (read as all negative, it would teach and score 14 negatives nobody stated);
+    ``no_report``: no report text to pair the image with (MIMIC-CXR has studies of both kinds).
     """
 
     quarantined: int = 0
     not_done_image: int = 0
     no_heatmap: int = 0
+    no_labels: int = 0
+    no_report: int = 0
 
     @property
     def total(self) -> int:
-        return self.quarantined + self.not_done_image + self.no_heatmap
+        return sum(self.as_dict().values())
 
     def as_dict(self) -> dict[str, int]:
         return {
             "quarantined": self.quarantined,
             "not_done_image": self.not_done_image,
             "no_heatmap": self.no_heatmap,
+            "no_labels": self.no_labels,
+            "no_report": self.no_report,
         }
 
 
@@ -209,12 +216,25 @@ class ContrastiveDataset(Dataset[ContrastiveItem]):
                     "missing_heatmaps='exclude'"
                 )
 
+        texts = pd.Series(
+            [
+                ReportSections(f, i, "").text
+                for f, i in zip(items["findings"], items["impression"], strict=True)
+            ],
+            index=items.index,
+            dtype=object,
+        )
+        no_labels = image_ok & ~no_heatmap & items["labels_missing"].to_numpy(dtype=bool)
+        no_report = image_ok & ~no_heatmap & ~no_labels & (texts.str.strip() == "").to_numpy()
         self.excluded = ExclusionCounts(
             quarantined=int(quarantined.sum()),
             not_done_image=int(not_done.sum()),
             no_heatmap=int(no_heatmap.sum()),
+            no_labels=int(no_labels.sum()),
+            no_report=int(no_report.sum()),
         )
-        chosen = items[image_ok & ~no_heatmap].sort_values("index")
+        keep = image_ok & ~no_heatmap & ~no_labels & ~no_report
+        chosen = items[keep].sort_values("index")
         if chosen.empty:
             raise EmptySelectionError(
                 f"{self.store_path}: no usable items in {list(self.splits)} "
@@ -223,12 +243,7 @@ class ContrastiveDataset(Dataset[ContrastiveItem]):
         # Everything __getitem__ needs, as arrays: per-item pandas lookups cost ~10 us each.
         self._indices = chosen["index"].to_numpy(dtype=np.int64)
         self._labels = chosen[list(LABEL_COLUMNS)].to_numpy(dtype=np.float32, copy=True)
-        self._texts = PackedStrings(
-            [
-                ReportSections(f, i, "").text
-                for f, i in zip(chosen["findings"], chosen["impression"], strict=True)
-            ]
-        )
+        self._texts = PackedStrings(texts.loc[chosen.index].tolist())
         self._dicom_ids = PackedStrings(chosen["dicom_id"].tolist())
         self._study_ids = PackedStrings(chosen["study_id"].tolist())
         self._split_codes = np.array([self.splits.index(s) for s in chosen["split"]], dtype=np.int8)

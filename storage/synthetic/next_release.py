@@ -252,7 +252,9 @@ def write_next_release(
     for final in (release_dir, truth_dir):
         if final.exists():
             if not overwrite:
-                raise ReleaseExistsError(f"{final} exists; pass overwrite=True to replace it")
+                raise ReleaseExistsError(
+                    f"{final} exists; --overwrite (overwrite=True) replaces it"
+                )
             shutil.rmtree(final)
     partial_release, partial_truth = out / "release.partial", out / "ground_truth.partial"
     for partial, source in ((partial_release, base_release), (partial_truth, base_truth)):

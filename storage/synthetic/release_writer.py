@@ -325,7 +325,9 @@ def write_synthetic_release(
     for final in (release_dir, truth_dir):
         if final.exists():
             if not overwrite:
-                raise ReleaseExistsError(f"{final} exists; pass overwrite=True to replace it")
+                raise ReleaseExistsError(
+                    f"{final} exists; --overwrite (overwrite=True) replaces it"
+                )
             shutil.rmtree(final)
     partial_release = out / "release.partial"
     partial_truth = out / "ground_truth.partial"

@@ -2,6 +2,10 @@
 
 import dataclasses
 import inspect
+import json
+import os
+import subprocess
+import sys
 import types
 import typing
 from pathlib import Path
@@ -22,11 +26,33 @@ def test_synth_writes_a_release_and_refuses_to_overwrite(tmp_path):
 
     again = daug("synth", str(out), "--studies", "3", "--size", "48")
     assert again.returncode == 2
-    assert "error:" in again.stderr and "exists" in again.stderr
+    assert "error:" in again.stderr and "exists; --overwrite" in again.stderr
     assert "Traceback" not in again.stderr
 
     replaced = daug("synth", str(out), "--studies", "2", "--size", "48", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
+
+
+def test_a_result_is_strict_json_on_stdout_and_the_log_on_stderr(tmp_path, prefect_server):
+    """``daug ingest ... > summary.json`` holds the summary, parseable by any JSON reader."""
+    assert daug("synth", str(tmp_path / "synth"), "--studies", "3", "--size", "48").returncode == 0
+    run = daug("ingest", str(tmp_path / "synth" / "release"), "--store", str(tmp_path / "store"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout, parse_constant=lambda word: pytest.fail(f"{word} in JSON"))
+    assert summary["ingested"] > 0 and summary["quarantined"] == 0
+    assert "ingest finished" in run.stderr and "ingest finished" not in run.stdout
+
+
+def test_help_folds_long_option_names_instead_of_cutting_them():
+    helped = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "precompute", "--help"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "80", "TERMINAL_WIDTH": ""},
+        timeout=120,
+    )
+    assert helped.returncode == 0 and "--inversion-refin" in helped.stdout
+    assert "…" not in helped.stdout
 
 
 def test_ingest_of_a_missing_release_is_one_clear_error(tmp_path):

@@ -48,6 +48,9 @@ def test_a_run_with_undefined_validation_auc_resumes_and_selects_by_loss(
     assert result.best_metric == pytest.approx(-losses.min())
     summary = json.loads((out / "train.json").read_text())
     assert summary["selected_by"] == "val_loss"
+    # 8 asked, 2 training images with heatmaps: what ran is recorded and said
+    assert (summary["config"]["training"]["batch_size"], summary["global_batch"]) == (8, 2)
+    assert "batch size 8 with 2 training item(s) on 1 worker(s): batches of 2" in caplog.text
     # once a run, not once an epoch
     said = [r.getMessage() for r in caplog.records if "AUC is undefined" in r.getMessage()]
     assert said == [

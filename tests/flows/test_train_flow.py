@@ -13,6 +13,7 @@ import torch
 
 from daug_core.checkpoints.contrastive import load_clip_checkpoint
 from daug_core.contrastive.presets import ClipTrainSettings
+from daug_core.settings import ConfigError
 from flows.runtime.contrastive import train_contrastive
 from flows.train import train_flow
 from tests.factories import HEATMAP_TARGETS
@@ -98,8 +99,14 @@ def test_every_mode_trains_one_epoch(contrastive_store, tmp_path, mode):
 
 def test_another_config_in_the_same_folder_is_refused(contrastive_store, tmp_path):
     train_contrastive(contrastive_store, tmp_path / "run", small(epochs=1))
-    with pytest.raises(ValueError, match="another config"):
-        train_contrastive(contrastive_store, tmp_path / "run", small(epochs=1, learning_rate=2e-3))
+    with pytest.raises(ConfigError) as refused:
+        train_contrastive(contrastive_store, tmp_path / "run", small(epochs=3, learning_rate=2e-3))
+    assert str(refused.value) == (
+        f"{tmp_path / 'run'} holds a run trained with other settings (training.learning_rate "
+        "0.001 -> 0.002, training.epochs 1 -> 3): a run resumes only with its own (a "
+        "learning-rate schedule ends at its epochs). To train with these settings, pass a new "
+        "output folder"
+    )
     shutil.rmtree(tmp_path / "run")
 
 

@@ -53,7 +53,9 @@ def labels_of(i: int) -> list[float]:
     return y
 
 
-def build_store(root: Path) -> Path:
+def build_store(
+    root: Path, no_labels: tuple[int, ...] = (), no_report: tuple[int, ...] = ()
+) -> Path:
     path = root / "store"
     store = ImageStore.create(path, SIZE, shard_items=SHARD)
     rows = pd.DataFrame(
@@ -64,6 +66,7 @@ def build_store(root: Path) -> Path:
         }
     )
     rows[list(LABEL_COLUMNS)] = np.array([labels_of(i) for i in range(N)])
+    rows["labels_missing"] = [i in no_labels for i in range(N)]
     store.register(rows)
     images = np.random.default_rng(0).random((N, SIZE, SIZE))
     images[0] = 0.0
@@ -77,8 +80,8 @@ def build_store(root: Path) -> Path:
                 {
                     "index": idx,
                     "status": ["quarantined" if i == QUARANTINED else "ok" for i in idx],
-                    "findings": ["" if i == 2 else f"Finding {i}." for i in idx],
-                    "impression": [f"Impression {i}." for i in idx],
+                    "findings": ["" if i in (2, *no_report) else f"Finding {i}." for i in idx],
+                    "impression": ["" if i in no_report else f"Impression {i}." for i in idx],
                 }
             ),
         )
@@ -103,6 +106,19 @@ def store_path(tmp_path_factory) -> Path:
     return build_store(tmp_path_factory.mktemp("contrastive"))
 
 
+def test_images_without_labels_or_report_text_are_left_out_and_counted(tmp_path):
+    """Read as all negative, an unlabeled study would teach and score 14 negatives nobody
+    stated; an image without report text has nothing to pair with."""
+    path = build_store(tmp_path, no_labels=(9,), no_report=(5,))
+    train = ContrastiveDataset(path, "train", heatmap_version="v1")
+    assert train.indices.tolist() == [0]
+    assert (train.excluded.no_labels, train.excluded.no_report) == (1, 0)
+    test = ContrastiveDataset(path, "test", heatmap_version="v1")
+    assert test.indices.tolist() == [2, 8]
+    assert (test.excluded.no_labels, test.excluded.no_report) == (0, 1)
+    assert [test[i]["text"] for i in range(2)] == ["Impression 2.", "Finding 8. Impression 8."]
+
+
 def stored_images(path: Path, indices) -> np.ndarray:
     return ImageStore.open(path, read_only=True).read_images(indices)
 
@@ -112,11 +128,23 @@ def test_selection_by_split_with_exclusions_counted_by_reason(store_path):
     train = ContrastiveDataset(store_path, "train", heatmap_version="v1")
     # train = 0, 3, 6, 9: 3 and 6 lack heatmaps.
     assert train.indices.tolist() == [0, 9]
-    assert train.excluded.as_dict() == {"quarantined": 0, "not_done_image": 0, "no_heatmap": 2}
+    assert train.excluded.as_dict() == {
+        "quarantined": 0,
+        "not_done_image": 0,
+        "no_heatmap": 2,
+        "no_labels": 0,
+        "no_report": 0,
+    }
     validate = ContrastiveDataset(store_path, ["validate"], heatmap_version="v1")
     # validate = 1, 4 (quarantined), 7 (ok, done unset), 10 (pending).
     assert validate.indices.tolist() == [1]
-    assert validate.excluded.as_dict() == {"quarantined": 1, "not_done_image": 2, "no_heatmap": 0}
+    assert validate.excluded.as_dict() == {
+        "quarantined": 1,
+        "not_done_image": 2,
+        "no_heatmap": 0,
+        "no_labels": 0,
+        "no_report": 0,
+    }
     assert validate.excluded.total == 3
     both = ContrastiveDataset(store_path, ("train", "test"), heatmap_version="v1")
     assert both.indices.tolist() == [0, 2, 5, 8, 9]  # test = 2, 5, 8, 11 (no heatmap)
