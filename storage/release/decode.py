@@ -86,9 +86,22 @@ def _rescale_unit(pixels: np.ndarray, item_id: str) -> np.ndarray:
     return (pixels - lo) / (hi - lo)
 
 
+# Chest films and detectors run from square (43 x 43 cm) to about 1 : 1.3 (35 x 43 cm, 24 x 30
+# cm); a frame far longer than wide is a line scan, a stitched long-leg or spine view, or a
+# broken header, and squared it would be a one-pixel stripe.
+MAX_ASPECT = 4.0
+
+
 def _check_size(rows: int, cols: int, item_id: str) -> None:
     if rows < 2 or cols < 2:
         raise ItemError(item_id, QuarantineReason.DEGENERATE_SIZE, f"{rows}x{cols} pixels")
+    if max(rows, cols) > MAX_ASPECT * min(rows, cols):
+        raise ItemError(
+            item_id,
+            QuarantineReason.DEGENERATE_SIZE,
+            f"{rows}x{cols} pixels: an aspect ratio over {MAX_ASPECT:g} : 1, which no chest "
+            "film has",
+        )
 
 
 class DicomReader(ImageReader):

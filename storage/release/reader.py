@@ -44,6 +44,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "negbio": ("subject_id", "study_id", *CHEXPERT_LABELS),
 }
 UNASSIGNED_SPLIT = "unassigned"
+MAX_REPORT_BYTES = 64 * 1024
 SPLITS: tuple[str, ...] = ("train", "validate", "test")  # the split CSV's values
 
 
@@ -244,13 +245,15 @@ class ReleaseReader:
         except ValueError as exc:
             raise ItemError(item_id, QuarantineReason.PATH_ESCAPES_ROOT, str(exc)) from exc
 
-    def read_file(self, relative: str, item_id: str) -> bytes:
-        """The bytes of a release file, after :meth:`resolve`'s checks. Only a regular file is
-        opened: a FIFO (whose open blocks forever), a device, a socket or a folder is an
-        :class:`ItemError` ``not_a_file``; a missing file is ``missing_file``."""
+    def read_file(self, relative: str, item_id: str, limit: int = -1) -> bytes:
+        """The bytes of a release file (at most ``limit``; -1: all), after :meth:`resolve`'s
+        checks. Only a regular file is opened: a FIFO (whose open blocks forever), a device, a
+        socket or a folder is an :class:`ItemError` ``not_a_file``; a missing file is
+        ``missing_file``."""
         path = self.resolve(relative, item_id)
         try:
-            return path.read_regular_bytes()
+            with path.open_regular() as handle:
+                return handle.read(limit)
         except NotRegularFileError as exc:
             raise ItemError(
                 item_id, QuarantineReason.NOT_A_FILE, f"{relative} is a {exc.kind}"
@@ -259,6 +262,29 @@ class ReleaseReader:
             raise ItemError(
                 item_id, QuarantineReason.MISSING_FILE, f"{relative} is not a file"
             ) from exc
+
+    def _report_bytes(self, report_path: str, dicom_id: str) -> bytes:
+        """A report's bytes, at most :data:`MAX_REPORT_BYTES` (a MIMIC-CXR report is 1-3 KB;
+        a runaway file would otherwise go whole into items.csv and every ingest's memory), cut
+        before a character the limit would split (logged)."""
+        data = self.read_file(report_path, dicom_id, MAX_REPORT_BYTES + 1)
+        if len(data) <= MAX_REPORT_BYTES:
+            return data
+        log.warning(
+            "report of %s (%s) is over %d KiB: its first %d KiB are kept",
+            dicom_id,
+            report_path,
+            MAX_REPORT_BYTES // 1024,
+            MAX_REPORT_BYTES // 1024,
+        )
+        data = data[:MAX_REPORT_BYTES]
+        for end in range(len(data), len(data) - 4, -1):  # a UTF-8 character is 1-4 bytes
+            try:
+                data[:end].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            return data[:end]
+        return data  # not UTF-8: read as cp1252 / Latin-1, one byte a character
 
     # ---- index --------------------------------------------------------------------------
     def index(self) -> ReleaseIndex:
@@ -410,7 +436,7 @@ class ReleaseReader:
         data = self.read_file(source_path, dicom_id)
         pixels = self.image_readers[image_format].decode(data, dicom_id)
         try:
-            report = decode_report(self.read_file(report_path, dicom_id))
+            report = decode_report(self._report_bytes(report_path, dicom_id))
         except ItemError as exc:
             if exc.reason is QuarantineReason.NOT_A_FILE:
                 log.warning("report of %s ignored: %s", dicom_id, exc.detail)

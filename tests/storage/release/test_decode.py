@@ -75,8 +75,21 @@ def test_window_clips_in_closed_form():
         (dicom_bytes(np.full((1, 1), 7, np.uint16)), QuarantineReason.DEGENERATE_SIZE),
         (dicom_bytes(np.full((1, 30), 7, np.uint16)), QuarantineReason.DEGENERATE_SIZE),
         (dicom_bytes(np.full((20, 30), 7, np.uint16)), QuarantineReason.CONSTANT_IMAGE),
+        # squared, these would be one-pixel stripes stored as ok images
+        (dicom_bytes(gradient(rows=2, cols=3000)), QuarantineReason.DEGENERATE_SIZE),
+        (dicom_bytes(gradient(rows=3000, cols=3)), QuarantineReason.DEGENERATE_SIZE),
     ],
-    ids=["not-dicom", "truncated", "no-pixels", "jpeg-ls", "1px", "1-row", "constant"],
+    ids=[
+        "not-dicom",
+        "truncated",
+        "no-pixels",
+        "jpeg-ls",
+        "1px",
+        "1-row",
+        "constant",
+        "2x3000",
+        "3000x3",
+    ],
 )
 def test_bad_dicoms_raise_item_errors_with_reasons(data, reason):
     with pytest.raises(ItemError) as info:

@@ -7,7 +7,7 @@ import pytest
 from daug_core.labels import UncertaintyPolicy
 from storage.errors import ItemError, QuarantineReason, ReleaseFormatError
 from storage.release.ingest_config import ReaderConfig
-from storage.release.reader import ReleaseReader
+from storage.release.reader import MAX_REPORT_BYTES, ReleaseReader
 from tests.factories import (
     MiniItem,
     call_within,
@@ -203,6 +203,20 @@ def test_reports_keep_their_letters_whatever_the_encoding(
     assert item.report.findings == findings
     warned = f"report of {dicom_id(1)}" in caplog.text and f"read as {encoding}" in caplog.text
     assert warned == (encoding != "utf-8")
+
+
+def test_a_runaway_report_is_cut_at_the_limit_between_characters(tmp_path, caplog):
+    reader = ReleaseReader(mini(tmp_path))
+    row = reader.index().items.set_index("dicom_id").loc[dicom_id(1)]
+    # "é" is two bytes in UTF-8: the limit falls inside one of them
+    text = "FINDINGS: " + "x" + "é" * (MAX_REPORT_BYTES // 2 + 10) + "\n" + "y" * 5_000_000
+    (reader.root.local_path() / row["report_path"]).write_text(text, encoding="utf-8")
+    item = reader.read_item(dicom_id(1), row["source_path"], row["report_path"], "dicom")
+    assert item.report_encoding == "utf-8"
+    kept = item.report.findings
+    assert kept.startswith("xé") and set(kept[1:]) == {"é"}
+    assert MAX_REPORT_BYTES - 12 <= len(kept.encode()) <= MAX_REPORT_BYTES
+    assert f"report of {dicom_id(1)}" in caplog.text and "first 64 KiB are kept" in caplog.text
 
 
 def _edit_csv(root: Path, kind: str, edit) -> None:
