@@ -1,5 +1,5 @@
 """Evaluate flow: classification AUC, class-based retrieval and pair retrieval of a trained
-contrastive checkpoint, exactly as ../shared/EVALUATION.md defines them.
+contrastive checkpoint, exactly as docs/metrics.md defines them.
 
 Queries are the test split; the retrieval database is train + validate images. Writes, into
 ``OUT`` (default: the checkpoint's folder)::
@@ -145,7 +145,7 @@ def evaluate(
     heatmap_version: str | None,
     compute: Compute | None = None,
 ) -> Evaluation:
-    """Every metric of EVALUATION.md for one checkpoint on one store (on the model's device)."""
+    """Every metric of docs/metrics.md for one checkpoint on one store (on the model's device)."""
     test = embed_split(loaded, store, ["test"], heatmap_version, compute=compute)
     database = embed_split(loaded, store, ["train", "validate"], heatmap_version, compute=compute)
     t, d = test.embedded, database.embedded

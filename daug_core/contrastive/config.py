@@ -30,7 +30,7 @@ from daug_core.labels import CHEXPERT_LABELS
 from daug_core.settings import ConfigError, check_choices, dataclass_from_dict
 
 # One prompt per label, in CHEXPERT_LABELS order ("A chest x-ray image of <finding>.", a healthy
-# sentence for No Finding; EVALUATION.md "Class prompts"). The official code writes
+# sentence for No Finding; docs/metrics.md "Class prompts"). The official code writes
 # "chest-xray" and "other pleural diseases"; the wording here is the project's own.
 DEFAULT_CLASS_PROMPTS: tuple[str, ...] = (
     "A chest x-ray image of atelectasis.",

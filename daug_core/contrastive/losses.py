@@ -122,7 +122,7 @@ def class_probabilities(
     bias: torch.Tensor | float = 0.0,
     mode: ClassLossMode = "bce",
 ) -> torch.Tensor:
-    """P(label c | image), (B, C), for the classification AUC (EVALUATION.md).
+    """P(label c | image), (B, C), for the classification AUC (docs/metrics.md).
 
     ``bce``: σ(s · x · p_c + b); ``paired``: the positive entry of the pair softmax
     (``negative_emb`` required, ``bias`` unused). Per-class ranks, hence AUC, do not depend on s

@@ -82,7 +82,7 @@ class EpochStats:
 @dataclass(frozen=True)
 class Embedded:
     """Everything evaluation needs from one split: L2-normalised embeddings, class
-    probabilities (EVALUATION.md "Classification AUC") and the losses of the pass."""
+    probabilities (docs/metrics.md "Classification AUC") and the losses of the pass."""
 
     image: np.ndarray  # (N, D)
     text: np.ndarray  # (N, D)

@@ -1,6 +1,6 @@
 """Classification metrics as small pure functions on numpy arrays, ROC AUC from scikit-learn.
 
-The AUC itself is ``sklearn.metrics.roc_auc_score`` (EVALUATION.md, "Classification AUC":
+The AUC itself is ``sklearn.metrics.roc_auc_score`` (docs/metrics.md, "Classification AUC":
 per-class ``average=None``, the macro mean and ``average="weighted"``). What this module adds
 is what sklearn refuses to do for a multi-label test split:
 
@@ -8,7 +8,7 @@ is what sklearn refuses to do for a multi-label test split:
   scored on its own labelled rows only, so classes see different row subsets;
 - a class whose labelled rows hold a single label value has no ROC curve. sklearn raises for
   the whole matrix; here that class is *undefined* (NaN), reported by name and left out of
-  both means, as EVALUATION.md asks. It is never scored 0.5.
+  both means, as docs/metrics.md defines. It is never scored 0.5.
 
 The weighted mean reproduces sklearn's ``average="weighted"`` (weights = positives per class)
 restricted to the defined classes; with no NaN and every class defined it is exactly
@@ -85,7 +85,7 @@ def nanmean_or_nan(values: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class ClassificationAuc:
-    """Per-class ROC AUC of a test split and its two means (EVALUATION.md).
+    """Per-class ROC AUC of a test split and its two means (docs/metrics.md).
 
     ``per_class`` and ``positives`` follow ``class_names`` order. ``macro`` is the plain mean
     and ``weighted`` the positives-weighted mean, both over the *defined* classes only;
@@ -117,8 +117,8 @@ class ClassificationAuc:
 def classification_auc(
     probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
 ) -> ClassificationAuc:
-    """ROC AUC per class, macro and positives-weighted means (EVALUATION.md, "Classification
-    AUC"), from (N, C) probabilities and (N, C) labels in {0, 1, NaN}.
+    """ROC AUC per class, macro and positives-weighted means (docs/metrics.md,
+    "Classification AUC"), from (N, C) probabilities and (N, C) labels in {0, 1, NaN}.
 
     Per class, rows with a NaN label are dropped before sklearn's ``roc_auc_score``; the weight
     of class c in ``weighted`` is its number of positive rows, as sklearn's

@@ -1,13 +1,13 @@
-"""Retrieval metrics of an image-text model (EVALUATION.md), pure torch.
+"""Retrieval metrics of an image-text model (docs/metrics.md), pure torch.
 
 Two metrics, both on L2-normalised embeddings compared by cosine similarity:
 
 - :func:`class_retrieval`: class-based mAP@k and wmAP@k of the DAug paper, for image->image
   (x->x) and report->image (r->x) retrieval: queries are the test split's image (or report)
-  embeddings, the database is the train + validate images (EVALUATION.md, "Class-based
-  retrieval mAP@k, wmAP@k").
+  embeddings, the database is the train + validate images (docs/metrics.md, "Class-based
+  retrieval: mAP@k and wmAP@k").
 - :func:`pair_recall`: CXR-CLIP style image->report and report->image Recall@k on the test
-  split, where the relevant items are the query's own pair at study level (EVALUATION.md,
+  split, where the relevant items are the query's own pair at study level (docs/metrics.md,
   "Pair retrieval").
 
 Ranking. For each query the database is ranked by similarity, highest first; equal
@@ -35,7 +35,7 @@ EmbeddingLike = torch.Tensor | np.ndarray
 
 
 def _embeddings(x: EmbeddingLike, name: str) -> torch.Tensor:
-    """(N, D) float embeddings, L2-normalised here (EVALUATION.md: similarity = cosine).
+    """(N, D) float embeddings, L2-normalised here (docs/metrics.md: similarity = cosine).
 
     float64 inputs stay float64 (exact ties stay ties); anything else becomes float32.
     """
@@ -56,8 +56,8 @@ def _embeddings(x: EmbeddingLike, name: str) -> torch.Tensor:
 def _binary_labels(y: EmbeddingLike, rows: int, name: str) -> torch.Tensor:
     """(N, C) labels -> bool "has the label". NaN (uncertain, masked by the store's ``ignore``
     policy) counts as *not* having it: such a query is not a positive query of the class and
-    such a database item is not a hit. This matches the binary labels EVALUATION.md asks for
-    ("binary after the store's uncertainty policy") with masked entries read as negatives."""
+    such a database item is not a hit. This is how docs/metrics.md reads the labels for retrieval
+    (binary after the store's uncertainty policy, masked entries read as negatives)."""
     t = torch.as_tensor(y, dtype=torch.float64)
     if t.ndim != 2 or t.shape[0] != rows:
         raise ValueError(f"{name} must be ({rows}, C), got shape {tuple(t.shape)}")
@@ -108,7 +108,7 @@ def _check_ks(ks: Sequence[int], database_size: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class ClassRetrievalAtK:
-    """Class-based retrieval at one cut-off k (EVALUATION.md).
+    """Class-based retrieval at one cut-off k (docs/metrics.md).
 
     ``ap`` per class is NaN for a class that no query has (AP undefined). Two means:
     ``map_official`` counts such classes as AP = 0, as the official DAug implementation does
@@ -196,7 +196,7 @@ def class_retrieval(
     ks: Sequence[int] = DEFAULT_CLASS_KS,
     query_chunk: int | None = None,
 ) -> ClassRetrieval:
-    """Class-based retrieval mAP@k and wmAP@k (EVALUATION.md), queries against a database.
+    """Class-based retrieval mAP@k and wmAP@k (docs/metrics.md), queries against a database.
 
     For class c and a query q with y_q[c] = 1, over the top-k items d_1..d_k:
     hits = ranks r with d_r having label c; AP_c(q) = (1/|hits|) sum_j j / r_j (precision at
@@ -250,7 +250,7 @@ def class_retrieval(
 
 @dataclass(frozen=True)
 class PairRecall:
-    """Recall@k of image->report and report->image retrieval (EVALUATION.md, extra), one
+    """Recall@k of image->report and report->image retrieval (docs/metrics.md), one
     value per k in ``ks`` order: the share of queries whose top k hold an item of the query's
     own study."""
 

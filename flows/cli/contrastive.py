@@ -76,7 +76,7 @@ def evaluate(
         str | None, typer.Option(help="synthetic ground truth folder, for the example grid")
     ] = None,
 ) -> None:
-    """Classification AUC, class-based retrieval mAP@k and pair Recall@k (EVALUATION.md)."""
+    """Classification AUC, class-based retrieval mAP@k and pair Recall@k (docs/metrics.md)."""
     if clip_header(checkpoint) is None:
         raise typer.BadParameter(
             f"{checkpoint} holds no contrastive checkpoint (no {' or '.join(CLIP_HEADERS)})",

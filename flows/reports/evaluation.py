@@ -18,6 +18,7 @@ from daug_core.checkpoints.contrastive import ClipCheckpoint
 from daug_core.labels import CHEXPERT_LABELS
 from flows.reports.artifacts import image_markdown, markdown_artifact, table_artifact
 from flows.reports.files import save_figure
+from flows.reports.html import format_cell
 from storage.datasets.contrastive import ContrastiveDataset
 from storage.store.image import ImageStore
 from storage.store.ingest_shards import store_fit_mode
@@ -126,7 +127,8 @@ def headline_markdown(headline: dict[str, float]) -> str:
         "i2r_recall5": "image→report Recall@5",
     }
     lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {names[k]} | {v:.4f} |" for k, v in headline.items()]
+    # An undefined number (NaN, or null read back from metrics.json) shows as n/a.
+    lines += [f"| {names[k]} | {format_cell(v, 4)} |" for k, v in headline.items()]
     return "\n".join(lines)
 
 

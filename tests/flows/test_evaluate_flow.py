@@ -13,6 +13,7 @@ from daug_core.checkpoints.contrastive import load_clip_checkpoint
 from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.labels import CHEXPERT_LABELS
 from flows.evaluate import evaluate, evaluate_flow
+from flows.reports.evaluation import headline_markdown
 from flows.runtime.contrastive import train_contrastive
 from storage.store.image import ImageStore
 
@@ -86,3 +87,12 @@ def test_numbers_match_independent_computations(contrastive_store, trained):
         assert recall == pytest.approx(hits.mean())
     # The test images embedded here are the store's test split, minus items without heatmaps.
     assert len(evaluation.test.indices) == len(set(evaluation.test.dicom_ids))
+
+
+def test_headline_table_writes_undefined_numbers_as_na():
+    """An undefined headline number (NaN in memory, null read back from metrics.json) is
+    ``n/a`` in the printed table, as docs/metrics.md says."""
+    table = headline_markdown({"auc_macro": 0.51234, "x2x_map5": float("nan"), "r2x_map5": None})
+    assert "| classification AUC, macro | 0.5123 |" in table
+    assert "| image→image mAP@5 (official: absent classes = 0) | n/a |" in table
+    assert "| report→image mAP@5 (official) | n/a |" in table

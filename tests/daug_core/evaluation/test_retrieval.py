@@ -1,5 +1,5 @@
 """Class-based mAP@k / wmAP@k and pair Recall@k against a brute-force Python reference and
-hand-worked cases (EVALUATION.md)."""
+hand-worked cases (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from daug_core.evaluation.retrieval import class_means, class_retrieval, pair_re
 nan = float("nan")
 
 
-# ---- brute-force references: a literal reading of EVALUATION.md --------------------------
+# ---- brute-force references: a literal reading of docs/metrics.md -----------------------
 def ranked(query, database):
     """Database rows by cosine similarity, best first, ties by row (the documented order)."""
     q = np.asarray(query, dtype=np.float64)
