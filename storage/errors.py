@@ -48,3 +48,8 @@ class StoreFormatError(Exception):
 
 class EmptySelectionError(ValueError):
     """No usable item matches the requested split."""
+
+
+class LocationError(Exception):
+    """A place cannot be used at all: an unknown protocol, no such bucket, an endpoint that does
+    not answer, a full disk. Another try does not help (nothing retries it)."""

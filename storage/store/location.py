@@ -14,10 +14,17 @@ There is no rename on object stores, and nothing here relies on one.
 Credentials and endpoints come from each library's usual configuration (for S3: the
 ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` / ``FSSPEC_S3_ENDPOINT_URL``, ``~/.aws``; for GCS:
 ``GOOGLE_APPLICATION_CREDENTIALS`` or the metadata server); nothing here reads or logs them.
+
+A place that cannot be used at all is a :class:`~storage.errors.LocationError`: an unknown
+protocol when the URL becomes a Location, a missing bucket or an unreachable endpoint when a
+lookup would otherwise read as "nothing there"; :func:`location_error` names the same causes
+(and a full disk) in the errors the libraries raise, for the command line and the retry policy.
 """
 
 from __future__ import annotations
 
+import copy
+import errno
 import os
 import posixpath
 import stat
@@ -26,11 +33,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from storage.errors import LocationError
+
 LOCAL_PROTOCOLS = ("file", "local")
+# Object stores whose path starts with a bucket; a missing one is named, not read as empty.
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs")
+S3_PROTOCOLS = ("s3", "s3a")
+# botocore's default ("legacy", 5 attempts, s3fs's own retries on top) spent 28 s on an
+# endpoint that refuses connections and minutes on a server killed mid-ingest; "standard" with
+# 3 attempts backs off over a few seconds. fsspec's configuration (FSSPEC_S3_CONFIG_KWARGS) and
+# AWS_MAX_ATTEMPTS / AWS_RETRY_MODE win over it. (s3fs already sets 5 s connect, 15 s read.)
+S3_RETRIES = {"max_attempts": 3, "mode": "standard"}
+_buckets_found: set[str] = set()  # "protocol://bucket" seen to exist, once per process
 
 
 class NotRegularFileError(OSError):
@@ -64,7 +83,26 @@ def _split(url: str) -> tuple[str, str]:
     protocol, rest = url.split("://", 1)
     if protocol in LOCAL_PROTOCOLS:
         return "file", str(Path(rest).resolve())
+    if protocol not in fsspec.available_protocols():
+        raise LocationError(
+            f"{url}: unknown protocol {protocol!r} (a local path, or a URL such as "
+            "s3://bucket/key, gs://bucket/key, file:///path)"
+        )
     return protocol, rest.rstrip("/")
+
+
+def storage_options(protocol: str) -> dict[str, Any]:
+    """Options for fsspec's file system of ``protocol``: bounded retries on S3 (the rest of
+    the configuration is fsspec's and botocore's own)."""
+    if protocol not in S3_PROTOCOLS:
+        return {}
+    configured: dict[str, Any] = {}
+    for name in S3_PROTOCOLS:
+        configured |= fsspec.config.conf.get(name, {}).get("config_kwargs", {})
+    retries_set = "AWS_MAX_ATTEMPTS" in os.environ or "AWS_RETRY_MODE" in os.environ
+    defaults = {} if retries_set else {"retries": S3_RETRIES}
+    # A copy: botocore rewrites the retries dict it is given in place.
+    return {"config_kwargs": copy.deepcopy(defaults | configured)}
 
 
 @dataclass(frozen=True)
@@ -129,16 +167,40 @@ class Location:
         if self.protocol == "memory":
             return fsspec.filesystem("memory")
         # No listing cache: a lease and the tables list objects that other processes write.
-        return fsspec.filesystem(self.protocol, use_listings_cache=False)
+        return fsspec.filesystem(
+            self.protocol, use_listings_cache=False, **storage_options(self.protocol)
+        )
 
     def exists(self) -> bool:
-        return bool(self.fs.exists(self.path))
+        return self._found(self.fs.exists(self.path))
 
     def is_dir(self) -> bool:
-        return bool(self.fs.isdir(self.path))
+        return self._found(self.fs.isdir(self.path))
 
     def is_file(self) -> bool:
-        return bool(self.fs.isfile(self.path))
+        return self._found(self.fs.isfile(self.path))
+
+    def _found(self, answer: bool) -> bool:
+        """``answer``, once a "no" is known to mean "nothing there": s3fs answers "no" for a
+        missing bucket and for an endpoint it cannot reach, and a store would then be
+        "not an image store". The bucket is looked up once per process."""
+        if answer or self.protocol not in BUCKET_PROTOCOLS or self._fs is not None:
+            return bool(answer)
+        bucket = self.path.split("/", 1)[0]
+        where = f"{self.protocol}://{bucket}"
+        if not bucket or where in _buckets_found:
+            return False
+        try:
+            self.fs.info(bucket)
+        except FileNotFoundError:
+            raise LocationError(f"no such bucket: {where}") from None
+        except Exception as exc:  # PermissionError (no HeadBucket right) and the like: no verdict
+            error = location_error(exc)
+            if error is not None:
+                raise error from None
+            return False
+        _buckets_found.add(where)
+        return False
 
     def read_bytes(self) -> bytes:
         data: bytes = self.fs.cat_file(self.path)
@@ -214,7 +276,7 @@ class Location:
     def list(self, prefix: str = "") -> list[str]:
         """Names (relative, ``/``-separated) of the files below this place whose names start
         with ``prefix``, sorted; hidden files (``.name``) are left out."""
-        if not self.fs.exists(self.path):
+        if not self.exists():
             return []
         found = []
         for full in self.fs.find(self.path):
@@ -235,7 +297,9 @@ class Location:
 
         if self.is_local:
             return zarr.storage.LocalStore(self.path, read_only=read_only)
-        return zarr.storage.FsspecStore.from_url(self.url, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(
+            self.url, storage_options=storage_options(self.protocol), read_only=read_only
+        )
 
     def get_to(self, local: Path) -> Path:
         """Copy this file or folder to ``local`` (a node-local cache)."""
@@ -258,3 +322,52 @@ def _place_local(target: Path, data: bytes, place: Callable[[Path, Path], None])
         place(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def location_error(exc: BaseException) -> LocationError | None:
+    """The :class:`LocationError` that ``exc`` (or an error it was raised from) amounts to:
+    a full disk, no such bucket, an endpoint that does not answer after the client's own
+    retries; None for anything else. The libraries' classes are matched by name, so that
+    neither botocore nor aiohttp need be installed."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        found = _cause_of(current)
+        if found is not None:
+            return found
+        current = current.__cause__ or current.__context__
+    return None
+
+
+# botocore's (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError under
+# ConnectionError; ConnectionClosedError, ReadTimeoutError) and aiohttp's (gcsfs).
+UNREACHABLE = frozenset(
+    {"ConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ClientConnectorError"}
+)
+
+
+def _cause_of(exc: BaseException) -> LocationError | None:
+    if isinstance(exc, LocationError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LocationError(f"disk full: {exc}")
+    error = getattr(exc, "response", None)
+    error = error.get("Error", {}) if isinstance(error, dict) else {}
+    if error.get("Code") == "NoSuchBucket":
+        return LocationError(f"no such bucket: {error.get('BucketName') or exc}")
+    module = type(exc).__module__.split(".", 1)[0]
+    names = {kind.__name__ for kind in type(exc).__mro__}
+    if module in ("botocore", "aiobotocore", "aiohttp") and names & UNREACHABLE:
+        return LocationError(f"endpoint unreachable: {_endpoint(exc)}")
+    return None
+
+
+def _endpoint(exc: BaseException) -> str:
+    """``scheme://host:port`` of the endpoint botocore names (its URL carries the request's
+    query), else the error's own text."""
+    url = getattr(exc, "kwargs", {}).get("endpoint_url")
+    if not isinstance(url, str):
+        return str(exc)
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc} ({type(exc).__name__})"
