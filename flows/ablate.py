@@ -47,6 +47,7 @@ from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer
 from flows.reports.files import RunFolder
 from flows.runtime.contrastive import BEST, train_contrastive
 from flows.runtime.notices import RUN_LOG_ONLY
+from flows.runtime.retry import worth_retrying
 from storage.store.heatmap_versions import DEFAULT_VERSION
 from storage.store.location import Location
 
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 @task(
     retries=1,
     retry_delay_seconds=5,
+    retry_condition_fn=worth_retrying,
     cache_policy=NO_CACHE,
     task_run_name="ablate-{variant.name}-seed-{seed}",
 )

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer, table_artifact
+from flows.runtime.retry import worth_retrying
 from storage.geometry import FitMode
 from storage.release.ingest_config import IngestConfig, ReaderConfig
 from storage.release.reader import ReleaseReader
@@ -27,12 +28,13 @@ from storage.store.ingest_shards import (
     summarise_store,
 )
 from storage.store.lease import StoreLease
-from storage.store.location import Location
+from storage.store.location import Location, location_error
 
 
 @task(
     retries=2,
     retry_delay_seconds=[1, 5],
+    retry_condition_fn=worth_retrying,
     cache_policy=NO_CACHE,
     task_run_name="ingest-shard-{work.shard}",
 )
@@ -126,6 +128,9 @@ def _in_processes(
                 try:
                     results.append(future.result())
                 except Exception as exc:
+                    if location_error(exc) is not None:  # a full disk: no shard can succeed
+                        pool.shutdown(cancel_futures=True)
+                        raise
                     if attempt < attempts:
                         pending[submit(work)] = (work, attempt + 1)
                         continue
@@ -174,6 +179,8 @@ def _ingest_locked(
                 try:
                     results.append(future.result())
                 except Exception as exc:  # the shard is retried by Prefect first; then reported
+                    if location_error(exc) is not None:  # not retried; no other shard can succeed
+                        raise
                     failed.append(f"{future.task_run_id}: {exc}")
                     logger.error("shard task %s failed after retries: %s", future.task_run_id, exc)
                 progress.advance(sizes[id(future)])

@@ -47,6 +47,7 @@ from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer
 from flows.reports.files import RunFolder, write_json
 from flows.runtime.notices import RUN_LOG_ONLY
 from flows.runtime.ray_train import ScalingSettings, run_data_parallel, worker_compute
+from flows.runtime.retry import worth_retrying
 from storage.datasets.batches import (
     Batch,
     Selection,
@@ -264,7 +265,12 @@ def _checkpoint_step(path: Path) -> int:
     return trainer_step(path) or 0
 
 
-@task(cache_policy=NO_CACHE, retries=1, task_run_name="train-{name}")
+@task(
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_condition_fn=worth_retrying,
+    task_run_name="train-{name}",
+)
 def train_model_task(
     name: str,
     store: str,
