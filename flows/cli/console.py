@@ -43,14 +43,33 @@ RUN_CHATTER: tuple[str, ...] = (
 
 
 class QuietRuns(logging.Filter):
-    """Drops Prefect's :data:`RUN_CHATTER` and the records a flow marks for its run's log only
+    """Drops Prefect's :data:`RUN_CHATTER`, the records a flow marks for its run's log only
     (:data:`~flows.runtime.notices.RUN_LOG_ONLY`: a stage heading the terminal draws as a
-    rule)."""
+    rule), Prefect's report of an error the command prints itself as one line
+    (:mod:`flows.cli.errors`) with its traceback, and the failed states that repeat a failure
+    already told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told_once = False  # a one-line error went by: the run ends with it
 
     def filter(self, record: logging.LogRecord) -> bool:
         if any(getattr(record, key, None) == value for key, value in RUN_LOG_ONLY.items()):
             return False
-        chatter = record.levelno <= logging.INFO and record.name.startswith("prefect")
+        if not record.name.startswith("prefect"):
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            from flows.cli.errors import one_line_error
+
+            if one_line_error(record.exc_info[1]) is not None:
+                self.told_once = True
+                return False
+        # A task's failed state repeats its failure record (with the traceback), the flow's own
+        # line about it, or the one-line error; a flow's, after a one-line error, repeats that.
+        failed = str(record.msg).startswith("Finished in state Failed")
+        if failed and (self.told_once or record.name.startswith("prefect.task_runs")):
+            return False
+        chatter = record.levelno <= logging.INFO
         return not (chatter and str(record.msg).startswith(RUN_CHATTER))
 
 

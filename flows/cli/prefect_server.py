@@ -8,6 +8,9 @@ process then uses), and records it in ``$PREFECT_HOME/cli-servers/<server pid>.j
 its owner's pid. Every CLI start stops the servers whose owner is gone: found by those records,
 never by process name, and each pid checked against its recorded start time so a reused pid is
 never signalled.
+
+With ``PREFECT_API_URL`` set, the server there is asked once, briefly, before the run: one that
+does not answer is one error naming the URL, not Prefect's retries and their tracebacks.
 """
 
 from __future__ import annotations
@@ -28,6 +31,27 @@ RECORDS = "cli-servers"
 # Prefect waits 20 s for its temporary server by default; the first start on a new
 # PREFECT_HOME creates and migrates the database, which takes longer on a loaded 2-core host.
 STARTUP_TIMEOUT_S = 120
+# A server that answers does so in milliseconds; a closed port refuses at once.
+HEALTH_TIMEOUT_S = 3.0
+
+
+class PrefectServerError(Exception):
+    """The Prefect server named by PREFECT_API_URL does not answer."""
+
+
+def require_answer(api_url: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """Ask ``api_url``/health once (what Prefect's client asks): no connection within
+    ``timeout`` seconds is a :class:`PrefectServerError`. Any HTTP answer will do: something
+    listens there, and Prefect's client says what it makes of it."""
+    import httpx
+
+    try:
+        httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout)
+    except httpx.TransportError as exc:
+        raise PrefectServerError(
+            f"the Prefect server at {api_url} (PREFECT_API_URL) does not answer ({exc}); "
+            "start it, or unset PREFECT_API_URL to run with a temporary one"
+        ) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,12 +130,16 @@ def _terminate(pid: int, started: int, timeout: float = 10.0) -> None:
 
 def ensure_temporary_server() -> None:
     """Start Prefect's temporary server for this process and record it, unless a server is
-    configured (PREFECT_API_URL) or already running. Stopped, and its record removed, at exit."""
+    configured (PREFECT_API_URL: it must answer, :func:`require_answer`) or already running.
+    Stopped, and its record removed, at exit."""
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled:
+    if settings.api.url:
+        require_answer(str(settings.api.url))
+        return
+    if not settings.server.ephemeral.enabled:
         return
     server = SubprocessASGIServer()
     if server.running:
