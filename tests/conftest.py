@@ -33,6 +33,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 RAY_MODULES = frozenset(
     {
         "test_cluster",
+        "test_local_ray",
         "test_data_parallel_flows",
         "test_heatmap_quality_flow",
         "test_object_storage",

@@ -7,6 +7,8 @@ the actors themselves live in :mod:`flows.runtime.actors`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from daug_core.diffusion.config import InferenceConfig
@@ -77,7 +79,8 @@ class PoolSettings:
 
 def connect_ray(address: str | None) -> bool:
     """Use the running Ray, connect to ``address`` / ``RAY_ADDRESS``, or start a local one
-    (2 CPUs, no dashboard, 256 MB object store). True when this call started Ray."""
+    (2 CPUs, no dashboard, 256 MB object store, listening on 127.0.0.1 only: a cluster is what
+    the address is for). True when this call started Ray."""
     import ray
 
     if ray.is_initialized():
@@ -88,13 +91,37 @@ def connect_ray(address: str | None) -> bool:
     else:
         # address="local": a new cluster of our own. Without it Ray joins any local cluster it
         # finds (another process's, e.g. a test run beside the demo) and then refuses num_cpus.
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            object_store_memory=256 * 1024**2,
-        )
+        with _loopback_node():
+            ray.init(
+                address="local",
+                num_cpus=2,
+                include_dashboard=False,
+                object_store_memory=256 * 1024**2,
+                _node_ip_address=LOOPBACK,
+            )
     return True
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While a local Ray starts, 127.0.0.1 is this node's address. ``ray.init`` turns a
+    loopback ``_node_ip_address`` into the machine's network address
+    (``ray._private.services.resolve_ip_for_localhost``), and the GCS, raylet and workers bind
+    to the node's address, unless Ray clusters are switched off
+    (``ray_constants.ENABLE_RAY_CLUSTER``, read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray
+    is imported, too late to set here). The switch is restored after the start: it only
+    chooses that address."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def actor_count(pool: PoolSettings) -> int:
