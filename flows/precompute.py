@@ -24,9 +24,10 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from daug_core.checkpoints.layout import checkpoint_sha256
-from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR, UNET_DIR
+from daug_core.checkpoints.names import CLASSIFIER_DIR, GENERATOR_DIR, MODEL_JSON, UNET_DIR
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
-from daug_core.settings import ConfigError
+from daug_core.diffusion.presets import preset
+from daug_core.settings import CheckpointError, ConfigError
 from flows.reports import precompute as report
 from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer
 from flows.reports.files import RunFolder
@@ -75,6 +76,47 @@ def checkpoint_digest(where: Location) -> str:
     return digest
 
 
+def student_provenance(student: str | os.PathLike[str]) -> HeatmapProvenance:
+    """The provenance of heatmaps made by the student at ``student``: its teacher version's,
+    with the student's weights' sha256 and the teacher version's name."""
+    where = Location.of(student)
+    header_file = where.child(MODEL_JSON)
+    if not header_file.exists():
+        raise CheckpointError(where.url, f"holds no {MODEL_JSON}: not a checkpoint")
+    header = json.loads(header_file.read_text())
+    if header.get("kind") != "student":
+        raise CheckpointError(where.url, f"holds a {header.get('kind')} checkpoint, not a student")
+    teacher = HeatmapProvenance.from_dict(header["teacher"])
+    size = int(header["config"]["image_size"])
+    if size != teacher.image_size:
+        raise CheckpointError(
+            where.url, f"a {size} px student of {teacher.image_size} px teacher heatmaps"
+        )
+    return dataclasses.replace(
+        teacher,
+        student_sha256=checkpoint_digest(where),
+        teacher_version=str(header["teacher_version"]),
+    )
+
+
+def student_spec(
+    provenance: HeatmapProvenance, student: str | os.PathLike[str], pool: PoolSettings
+) -> WorkerSpec:
+    """What each actor loads to make a student's heatmaps: the student (one forward pass per
+    image) at its teacher's image size."""
+    config = dataclasses.replace(preset(provenance.preset), translation=provenance.translation)
+    return WorkerSpec(
+        generator_dir="",
+        classifier_dir="",
+        config=dataclasses.replace(config, inference=pool.inference.over(config.inference)),
+        targets=provenance.targets,
+        torch_threads=pool.torch_threads,
+        device=pool.device,
+        student_dir=Location.of(student).url,
+        student_sha256=provenance.student_sha256,
+    )
+
+
 def check_sizes(
     settings: HeatmapSettings, checkpoints: str | os.PathLike[str], store: str | None = None
 ) -> None:
@@ -93,12 +135,17 @@ def check_sizes(
                 "the checkpoints were trained with"
             )
     if store is not None:
-        stored = ImageStore.open(store, read_only=True).size
-        if stored < size:
-            raise StoreFormatError(
-                f"store {store} holds {stored} px images; the {settings.preset} preset "
-                f"computes heatmaps at {size} px"
-            )
+        check_store_size(size, f"the {settings.preset} preset", store)
+
+
+def check_store_size(size: int, who: str, store: str) -> None:
+    """A store smaller than the heatmaps' ``size`` is refused (its images would be
+    upsampled)."""
+    stored = ImageStore.open(store, read_only=True).size
+    if stored < size:
+        raise StoreFormatError(
+            f"store {store} holds {stored} px images; {who} computes heatmaps at {size} px"
+        )
 
 
 def check_precision(settings: HeatmapSettings, pool: PoolSettings) -> None:
@@ -142,13 +189,14 @@ def worker_spec(
 )
 def precompute_flow(
     store: str,
-    checkpoints: str,
+    checkpoints: str | None = None,
     heatmaps: HeatmapSettings = HeatmapSettings(),
     pool: PoolSettings = PoolSettings(),
     splits: list[str] | None = None,
     heatmap_version: str = DEFAULT_VERSION,
     retry_failed: bool = False,
     examples: int = 6,
+    student: str | None = None,
 ) -> dict[str, Any]:
     """Compute DAug heatmaps for STORE's ingested images into STORE/heatmaps/HEATMAP_VERSION.
 
@@ -160,7 +208,8 @@ def precompute_flow(
 
     Args:
         store: image store directory (from the ingest flow).
-        checkpoints: train-generator output holding ``generator/`` and ``classifier/``.
+        checkpoints: train-generator output holding ``generator/`` and ``classifier/`` (the
+            teacher; not with ``student``).
         heatmaps: what the heatmaps are: preset, targets (default +c for every class,
             +No Finding first) and translation numbers (None: the preset's).
         pool: the Ray actor pool: images per call, actors (0: as many as the cluster fits),
@@ -169,17 +218,29 @@ def precompute_flow(
         heatmap_version: heatmap version name (a sub-group of STORE/heatmaps).
         retry_failed: compute items that failed in an earlier run again.
         examples: items shown in the example overlay grid.
+        student: a heatmap student's checkpoint (``daug train-student``'s ``OUT/student``):
+            its heatmaps, one forward pass per image, instead of the teacher's; the version
+            records the student and its teacher version.
     """
     started = time.perf_counter()
-    check_sizes(heatmaps, checkpoints, store)
-    provenance = heatmap_provenance(heatmaps, checkpoints)
+    if (checkpoints is None) == (student is None):
+        raise ConfigError("precompute takes the teacher's checkpoints or a student, one of them")
+    if student is not None:
+        provenance = student_provenance(student)
+        spec = student_spec(provenance, student, pool)
+        check_store_size(spec.config.image_size, f"the {provenance.preset} student", store)
+    else:
+        assert checkpoints is not None
+        check_sizes(heatmaps, checkpoints, store)
+        provenance = heatmap_provenance(heatmaps, checkpoints)
+        spec = worker_spec(heatmaps, provenance, checkpoints, pool)
     with StoreLease(store, owner=f"precompute:{heatmap_version}") as lease:
         new = heatmap_version not in HeatmapStore.versions(ImageStore.open(store))
         try:
             return _precompute_leased(
                 store,
                 heatmap_version,
-                worker_spec(heatmaps, provenance, checkpoints, pool),
+                spec,
                 provenance,
                 pool,
                 lease,

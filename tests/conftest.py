@@ -42,6 +42,7 @@ RAY_MODULES = frozenset(
         "test_precompute_kill",
         "test_reprocess_flow",
         "test_study_flow",
+        "test_student_flow",
     }
 )
 

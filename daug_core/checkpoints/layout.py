@@ -43,6 +43,7 @@ Kind = Literal[
     "classifier",
     "guided_diffusion_classifier",
     "clip",
+    "student",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 

@@ -15,6 +15,7 @@ from daug_core.diffusion.guided_diffusion_config import (
 )
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from daug_core.diffusion.presets import DiffusionTrainSettings
+from daug_core.student.config import StudentSettings
 from flows.cli.app import command
 from flows.cli.checks import (
     require_checkpoints,
@@ -24,7 +25,6 @@ from flows.cli.checks import (
 )
 from flows.cli.console import console
 from flows.cli.options import (
-    CheckpointsOption,
     Group,
     SplitsOption,
     StoreOption,
@@ -91,7 +91,6 @@ def train_generator(
 @command(PANEL, flow="flows.precompute:precompute_flow")
 def precompute(
     store: StoreOption,
-    checkpoints: CheckpointsOption,
     heatmaps: HeatmapSettings,
     pool: PoolSettings,
     splits: SplitsOption = None,
@@ -100,18 +99,57 @@ def precompute(
     ] = DEFAULT_VERSION,
     retry_failed: Annotated[bool, typer.Option(help="retry items that failed before")] = False,
     examples: Annotated[int, typer.Option(help="items in the example overlay grid")] = 6,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(help="train-generator output: generator/ and classifier/ (the teacher)"),
+    ] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(
+            help="a heatmap student (train-student's OUT/student): one forward pass per image "
+            "instead of the teacher"
+        ),
+    ] = None,
 ) -> None:
-    """Precompute DAug heatmaps for the ingested images of a store (resumable)."""
+    """Precompute DAug heatmaps for the ingested images of a store (resumable): the teacher's
+    (--checkpoints) or a student's (--student)."""
     try:  # before anything is created
         check_version_name(heatmap_version)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--heatmap-version") from None
     from flows.precompute import check_precision, check_sizes
 
-    check_precision(heatmaps, pool)
     require_store(store)
+    if (checkpoints is None) == (student is None):
+        raise typer.BadParameter("give one of them", param_hint="--checkpoints / --student")
+    if checkpoints is None:
+        from flows.precompute import student_provenance
+
+        student_provenance(str(student))
+        return
+    check_precision(heatmaps, pool)
     require_checkpoints(checkpoints)
     check_sizes(heatmaps, checkpoints, store)
+
+
+@command(PANEL, "train-student", flow="flows.train_student:train_student_flow")
+def train_student(
+    store: StoreOption,
+    out: Annotated[str, typer.Option(help="output folder; OUT/student is the checkpoint")],
+    student: StudentSettings,
+    compute: ComputeSettings,
+    teacher_version: Annotated[
+        str, typer.Option(help="the heatmap version the student learns")
+    ] = DEFAULT_VERSION,
+    splits: SplitsOption = None,
+    fraction: Annotated[
+        float, typer.Option(help="train on this label-stratified share of the teacher's items")
+    ] = 1.0,
+) -> None:
+    """Train a heatmap student on a teacher heatmap version (resumable): afterwards
+    `daug precompute --student OUT/student` makes heatmaps in one forward pass per image."""
+    require_store(store)
+    compute.resolve()
 
 
 @command(

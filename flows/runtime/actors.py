@@ -22,6 +22,7 @@ import torch
 
 from daug_core.checkpoints.diffusion import load_classifier, load_unet
 from daug_core.checkpoints.layout import checkpoint_sha256
+from daug_core.checkpoints.student import load_student
 from daug_core.diffusion.config import DiffusionConfig, Precision
 from daug_core.diffusion.heatmaps import HeatmapResult, compute_heatmaps, prepare_model
 from daug_core.diffusion.targets import Target
@@ -58,6 +59,9 @@ class WorkerSpec:
     # The weights' sha256 (the heatmap provenance's); given, a worker loads only those.
     generator_sha256: str | None = None
     classifier_sha256: str | None = None
+    # A heatmap student (daug train-student) instead of the generator and classifier.
+    student_dir: str | None = None
+    student_sha256: str | None = None
 
 
 class HeatmapWorker:
@@ -69,6 +73,14 @@ class HeatmapWorker:
         torch.set_num_threads(max(1, spec.torch_threads))
         self.spec = spec
         self.device = torch.device(spec.device)
+        self._stores: dict[tuple[str, str], tuple[ImageStore, HeatmapStore]] = {}
+        self.student: torch.nn.Module | None = None
+        if spec.student_dir is not None:
+            local = _local_checkpoint(spec.student_dir, spec.student_sha256)
+            self.student = load_student(local, self.device).student
+            names = spec.config.class_names
+            self.targets = tuple(Target.parse(t, names) for t in spec.targets)
+            return
         generator = _local_checkpoint(spec.generator_dir, spec.generator_sha256)
         classifier = _local_checkpoint(spec.classifier_dir, spec.classifier_sha256)
         use_ema = spec.config.translation.generator_ema
@@ -80,7 +92,6 @@ class HeatmapWorker:
         self.classifier = load_classifier(classifier, device="cpu")
         self._models: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
         self.models(spec.config.translation.precision)
-        self._stores: dict[tuple[str, str], tuple[ImageStore, HeatmapStore]] = {}
         names = tuple(self.classifier.class_names)
         if names != spec.config.class_names:
             raise ValueError(
@@ -142,6 +153,10 @@ class HeatmapWorker:
         return self._models[precision]
 
     def _compute(self, images: np.ndarray) -> np.ndarray:
+        if self.student is not None:  # one forward pass
+            x = to_model_space(images, self.spec.config.image_size, "signed").to(self.device)
+            with torch.inference_mode():
+                return torch.sigmoid(self.student(x).float()).cpu().numpy()
         return self.compute(images).heatmaps.detach().cpu().numpy()
 
     def __call__(self, batch: ImageBatch) -> BatchOutcome:

@@ -81,7 +81,9 @@ class HeatmapProvenance:
     """Everything that determines the heatmap values; two runs may share a version only if
     these are equal. ``targets`` are in channel order (``"+No Finding"``, ...); ``translation``
     is the whole :class:`~daug_core.diffusion.config.TranslationConfig` the heatmaps were computed
-    with."""
+    with. Heatmaps made by a heatmap student carry its teacher version's provenance plus
+    the student's weights' sha256 and the teacher version's name (None for the teacher's own),
+    so a version never mixes the two."""
 
     targets: tuple[str, ...]
     translation: TranslationConfig
@@ -89,6 +91,8 @@ class HeatmapProvenance:
     image_size: int
     generator_sha256: str
     classifier_sha256: str
+    student_sha256: str | None = None
+    teacher_version: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"targets": list(self.targets)}
@@ -115,6 +119,11 @@ class HeatmapProvenance:
             f"{tr.reference}, "
             f"blur {tr.smoothing_sigma:g} px, {self.image_size} px, "
             f"generator {self.generator_sha256[:12]}, classifier {self.classifier_sha256[:12]}"
+            + (
+                f"; by student {self.student_sha256[:12]} of version {self.teacher_version}"
+                if self.student_sha256
+                else ""
+            )
         )
 
     @classmethod
@@ -131,7 +140,7 @@ class HeatmapProvenance:
             data["translation"] = {
                 k: data.pop(k) if k in data else default for k, default in _FLAT_TRANSLATION.items()
             }
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         missing = [n for n in names if n not in data]
         if missing:
             raise StoreFormatError(f"heatmap provenance lacks {missing}")
@@ -146,6 +155,8 @@ class HeatmapProvenance:
             image_size=int(data["image_size"]),
             generator_sha256=str(data["generator_sha256"]),
             classifier_sha256=str(data["classifier_sha256"]),
+            student_sha256=data.get("student_sha256"),
+            teacher_version=data.get("teacher_version"),
         )
 
     def differences(self, other: HeatmapProvenance) -> list[str]:

@@ -235,6 +235,7 @@ def test_every_flow_parameter_is_reachable_from_its_command_with_the_same_name_a
         "ingest",
         "train-generator",
         "precompute",
+        "train-student",
         "heatmap-quality",
         "train",
         "evaluate",
