@@ -291,13 +291,16 @@ def train_contrastive(
             "compute": compute.record(),
             "workers": ranks.world_size,
         }
-        save_clip_checkpoint(out / LAST, model, config, info, optimizer, scheduler)
+        # last/ is written after the others: it is what a rerun resumes from, so a run killed
+        # between two of these writes redoes the epoch (the same weights, the same selection)
+        # instead of resuming past a best/ or kept epoch it never wrote.
         if epoch in training.keep_epochs:
             kept = info | {"selected_by": f"epoch {epoch} (keep_epochs)"}
             save_clip_checkpoint(out / epoch_dir(epoch), model, config, kept)
         if best is row:
             selected = _rule(row, training.model_selection)
             save_clip_checkpoint(out / BEST, model, config, info | {"selected_by": selected})
+        save_clip_checkpoint(out / LAST, model, config, info, optimizer, scheduler)
         _write_history(out, history)
         log.info("%s", report.epoch_line(row))
         log.debug("epoch %d: %s", epoch, row)
