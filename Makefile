@@ -15,7 +15,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export no_proxy := 127.0.0.1,localhost
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install test lint demo bench clean serve browser
+.PHONY: install test lint demo bench clean serve browser gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -72,6 +72,10 @@ serve: install
 
 bench: install
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python "$$script"; done
+
+# The wheels benchmarks/gpu_check.sh installs on a GPU machine that has torch but no registry.
+gpu-wheels: install
+	$(BIN)/python -m pip download --no-deps --dest benchmarks/wheels diffusers open_clip_torch ftfy wcwidth
 
 clean:
 	rm -rf $(DEMO_OUT) .prefect .pytest_cache .mypy_cache .ruff_cache

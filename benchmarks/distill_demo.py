@@ -2,7 +2,7 @@
 ground-truth lesion masks on held-out images (test + validate), with paired intervals, and the
 cost of each source, in one run.
 
-    .venv/bin/python benchmarks/distill_demo.py --work /tmp/distill [--fractions 0.25 1.0]
+    .venv/bin/python benchmarks/distill_demo.py [--work /tmp/daug-distill] [--fractions 0.25 1.0]
         [--steps 800] [--out benchmarks/results/distill]
 
 The demo's pieces: its 300-study synthetic release at 64 px, the shipped tiny generator and
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def timed(seconds: dict[str, float], name: str, fn):  # type: ignore[no-untyped-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "daug-distill")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/distill"))
