@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd
+from prefect import flow
 
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
 from daug_core.diffusion.presets import DiffusionTrainSettings
@@ -63,7 +64,12 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/distill"))
-    args = parser.parse_args()
+    run(parser.parse_args())
+
+
+@flow(name="distill-benchmark")
+def run(args: argparse.Namespace) -> None:
+    """The whole comparison (a flow: the demo's stages log to their run)."""
     root = args.work
     seconds: dict[str, float] = {}
     release, truth_dir = synthesise(root, SynthConfig(studies=300, size=128), 0, "distill")

@@ -66,7 +66,7 @@ def student_preset(name: str) -> StudentConfig:
         return StudentConfig(
             name="tiny",
             image_size=64,
-            block_out_channels=(32, 64, 128),
+            block_out_channels=(16, 32, 64),
             layers_per_block=1,
             spatial_weight=1.0,
             training=_training(batch_size=16, num_steps=1500, learning_rate=1e-3),
