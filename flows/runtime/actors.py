@@ -27,6 +27,7 @@ from daug_core.diffusion.config import DiffusionConfig, Precision
 from daug_core.diffusion.heatmaps import HeatmapResult, compute_heatmaps, prepare_model
 from daug_core.diffusion.targets import Target
 from daug_core.model_input import to_model_space
+from daug_core.student.model import HeatmapStudent
 from flows.runtime.notices import quiet_notices
 from storage.store.checkpoint_cache import cached_checkpoint
 from storage.store.heatmap_shards import (
@@ -74,7 +75,7 @@ class HeatmapWorker:
         self.spec = spec
         self.device = torch.device(spec.device)
         self._stores: dict[tuple[str, str], tuple[ImageStore, HeatmapStore]] = {}
-        self.student: torch.nn.Module | None = None
+        self.student: HeatmapStudent | None = None
         if spec.student_dir is not None:
             local = _local_checkpoint(spec.student_dir, spec.student_sha256)
             self.student = load_student(local, self.device).student
@@ -156,7 +157,7 @@ class HeatmapWorker:
         if self.student is not None:  # one forward pass
             x = to_model_space(images, self.spec.config.image_size, "signed").to(self.device)
             with torch.inference_mode():
-                return torch.sigmoid(self.student(x).float()).cpu().numpy()
+                return self.student.heatmaps(x).cpu().numpy()
         return self.compute(images).heatmaps.detach().cpu().numpy()
 
     def __call__(self, batch: ImageBatch) -> BatchOutcome:
