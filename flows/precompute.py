@@ -34,6 +34,7 @@ from flows.reports.files import RunFolder
 from flows.runtime.actors import WorkerSpec, start_actors
 from flows.runtime.dispatch import DispatchReport, dispatch
 from flows.runtime.pool import PoolSettings, actor_count, connect_ray
+from storage.datasets.teacher import stratified_selection
 from storage.errors import StoreFormatError
 from storage.provenance import code_version
 from storage.store.checkpoint_cache import cached_checkpoint
@@ -148,6 +149,12 @@ def check_store_size(size: int, who: str, store: str) -> None:
         )
 
 
+def check_fraction(fraction: float) -> None:
+    """A share of the items is in (0, 1]: a ConfigError before any work."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
+
+
 def check_precision(settings: HeatmapSettings, pool: PoolSettings) -> None:
     """fp16 heatmaps need GPU actors (float16 convolutions on a CPU are neither fast nor
     supported everywhere): a ConfigError before any actor starts."""
@@ -197,6 +204,7 @@ def precompute_flow(
     retry_failed: bool = False,
     examples: int = 6,
     student: str | None = None,
+    fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Compute DAug heatmaps for STORE's ingested images into STORE/heatmaps/HEATMAP_VERSION.
 
@@ -221,10 +229,14 @@ def precompute_flow(
         student: a heatmap student's checkpoint (``daug train-student``'s ``OUT/student``):
             its heatmaps, one forward pass per image, instead of the teacher's; the version
             records the student and its teacher version.
+        fraction: only this deterministic, label-stratified share of the selected items
+            (:func:`~storage.datasets.teacher.stratified_selection`; ``daug distill``'s teacher
+            heatmaps); 1: all of them.
     """
     started = time.perf_counter()
     if (checkpoints is None) == (student is None):
         raise ConfigError("precompute takes the teacher's checkpoints or a student, one of them")
+    check_fraction(fraction)
     if student is not None:
         provenance = student_provenance(student)
         spec = student_spec(provenance, student, pool)
@@ -245,6 +257,7 @@ def precompute_flow(
                 pool,
                 lease,
                 splits=splits,
+                fraction=fraction,
                 retry_failed=retry_failed,
                 examples=examples,
                 started=started,
@@ -265,6 +278,7 @@ def _precompute_leased(
     lease: StoreLease,
     *,
     splits: list[str] | None,
+    fraction: float,
     retry_failed: bool,
     examples: int,
     started: float,
@@ -273,7 +287,8 @@ def _precompute_leased(
     logger = get_run_logger()
     image_store = ImageStore.open(store)
     heatmap_store = HeatmapStore.open_or_create(image_store, provenance, version)
-    plan = plan_heatmaps(heatmap_store, image_store, splits, retry_failed)
+    items = stratified_selection(image_store, splits, fraction) if fraction < 1.0 else None
+    plan = plan_heatmaps(heatmap_store, image_store, splits, retry_failed, items)
     logger.info(
         "heatmaps %s: %d selected, %d already done, %d failed before, %d to compute in %d shards",
         version,
@@ -365,6 +380,7 @@ def _precompute_leased(
         "batch_size": pool.batch_size,
         **dataclasses.asdict(spec.config.inference),  # max_batch, channels_last, compile
         "splits": splits,
+        "fraction": fraction,
     }
     heatmap_store.record_run(run)
     report.publish(key, store, version, provenance, summary, failures, run, grid, run_dir.url)

@@ -35,6 +35,7 @@ RAY_MODULES = frozenset(
         "test_cluster",
         "test_local_ray",
         "test_data_parallel_flows",
+        "test_distill_flow",
         "test_heatmap_quality_flow",
         "test_object_storage",
         "test_operations_server",

@@ -110,6 +110,9 @@ def precompute(
             "instead of the teacher"
         ),
     ] = None,
+    fraction: Annotated[
+        float, typer.Option(help="only this label-stratified share of the selected items")
+    ] = 1.0,
 ) -> None:
     """Precompute DAug heatmaps for the ingested images of a store (resumable): the teacher's
     (--checkpoints) or a student's (--student)."""
@@ -117,8 +120,12 @@ def precompute(
         check_version_name(heatmap_version)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--heatmap-version") from None
-    from flows.precompute import check_precision, check_sizes
+    from flows.precompute import check_fraction, check_precision, check_sizes
 
+    try:
+        check_fraction(fraction)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fraction") from None
     require_store(store)
     if (checkpoints is None) == (student is None):
         raise typer.BadParameter("give one of them", param_hint="--checkpoints / --student")
@@ -149,6 +156,50 @@ def train_student(
     """Train a heatmap student on a teacher heatmap version (resumable): afterwards
     `daug precompute --student OUT/student` makes heatmaps in one forward pass per image."""
     require_store(store)
+    compute.resolve()
+
+
+@command(PANEL, flow="flows.distill:distill_flow")
+def distill(
+    store: StoreOption,
+    checkpoints: Annotated[
+        str, typer.Option(help="train-generator output: generator/ and classifier/ (the teacher)")
+    ],
+    out: Annotated[str, typer.Option(help="output folder; OUT/student is the student")],
+    heatmaps: HeatmapSettings,
+    student: Annotated[StudentSettings, Group(prefix="student")],
+    pool: PoolSettings,
+    compute: Annotated[ComputeSettings, Group(prefix="train")],
+    fraction: Annotated[
+        float, typer.Option(help="label-stratified share of the train split the teacher computes")
+    ] = 0.1,
+    teacher_version: Annotated[
+        str, typer.Option(help="heatmap version of the teacher's heatmaps")
+    ] = "teacher",
+    heatmap_version: Annotated[
+        str, typer.Option(help="heatmap version of the student's heatmaps (every item)")
+    ] = "student",
+) -> None:
+    """Teacher heatmaps for a fraction of the train split, a student trained on them, the
+    student's heatmaps for every item: three resumable stages (a rerun skips what is done)."""
+    from flows.precompute import check_fraction, check_precision, check_sizes
+
+    for value, hint in (
+        (teacher_version, "--teacher-version"),
+        (heatmap_version, "--heatmap-version"),
+    ):
+        try:
+            check_version_name(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
+    try:
+        check_fraction(fraction)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fraction") from None
+    require_store(store)
+    check_precision(heatmaps, pool)
+    require_checkpoints(checkpoints)
+    check_sizes(heatmaps, checkpoints, store)
     compute.resolve()
 
 

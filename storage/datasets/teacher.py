@@ -42,7 +42,7 @@ def stratified_fraction(images: ImageStore, indices: np.ndarray, fraction: float
     (the same items on every run and machine; a larger fraction keeps the smaller one's)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
+    if fraction == 1.0 or not len(indices):
         return np.asarray(indices, dtype=np.int64)
     items = images.items().set_index("index").loc[np.asarray(indices, dtype=np.int64)]
     order = items["dicom_id"].map(lambda d: hashlib.sha256(str(d).encode()).hexdigest())
@@ -50,6 +50,15 @@ def stratified_fraction(images: ImageStore, indices: np.ndarray, fraction: float
     groups = items.groupby(list(SUPER_CLASS_COLUMNS), dropna=False, sort=False)
     keep = [part.index[: math.ceil(fraction * len(part))] for _, part in groups]
     return np.sort(np.concatenate([np.asarray(k, dtype=np.int64) for k in keep]))
+
+
+def stratified_selection(
+    images: ImageStore, splits: Sequence[str] | None, fraction: float
+) -> np.ndarray:
+    """:func:`stratified_fraction` of the usable items of ``splits`` (None: all): the items
+    ``daug precompute --fraction`` computes and ``daug distill``'s teacher learns from."""
+    usable = images.usable(None if splits is None else list(splits))
+    return stratified_fraction(images, usable["index"].to_numpy(dtype=np.int64), fraction)
 
 
 class TeacherPairs:

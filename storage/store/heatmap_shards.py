@@ -120,12 +120,16 @@ def plan_heatmaps(
     images: ImageStore,
     splits: Sequence[str] | None = None,
     retry_failed: bool = False,
+    items: np.ndarray | None = None,
 ) -> HeatmapPlan:
-    """Ingested items (image ``done`` and status ok) of ``splits`` (None: all) whose
-    heatmaps are not done, grouped by shard. Leftover parts of a crashed run are folded in
-    first; items that failed before are skipped unless ``retry_failed``."""
+    """Ingested items (image ``done`` and status ok) of ``splits`` (None: all), and of
+    ``items`` (store indices; None: all), whose heatmaps are not done, grouped by shard.
+    Leftover parts of a crashed run are folded in first; items that failed before are skipped
+    unless ``retry_failed``."""
     heatmaps.consolidate()
     chosen = images.usable(splits)
+    if items is not None:
+        chosen = chosen[chosen["index"].isin(np.asarray(items, dtype=np.int64))]
     already = heatmaps.done_for(chosen["index"].to_numpy())
     todo = chosen[~already]
     failed = set(heatmaps.failures()["index"].tolist())

@@ -236,6 +236,7 @@ def test_every_flow_parameter_is_reachable_from_its_command_with_the_same_name_a
         "train-generator",
         "precompute",
         "train-student",
+        "distill",
         "heatmap-quality",
         "train",
         "evaluate",
