@@ -384,3 +384,21 @@ def write_random_checkpoints(root: Path, generator_seed: int = 0, classifier_see
     )
     save_classifier_checkpoint(classifier, root / "classifier")
     return root
+
+
+def write_random_student(
+    root: Path,
+    targets: Sequence[str],
+    teacher_targets: Sequence[str] | None = None,
+    image_size: int = 64,
+) -> Path:
+    """``root``: an untrained tiny-preset heatmap student of ``targets`` (step 0) recorded as
+    the student of a ``image_size`` px teacher version ``v1`` of ``teacher_targets`` (default:
+    the same targets)."""
+    from daug_core.checkpoints.student import save_student_checkpoint
+    from daug_core.student.config import student_preset
+    from daug_core.student.training import init_student_state
+
+    state = init_student_state(student_preset("tiny"), tuple(targets), seed=0)
+    teacher = fake_heatmap_provenance(teacher_targets or targets, image_size)
+    return save_student_checkpoint(state, root, "v1", teacher.as_dict())
