@@ -88,6 +88,15 @@ def student_provenance(student: str | os.PathLike[str]) -> HeatmapProvenance:
     if header.get("kind") != "student":
         raise CheckpointError(where.url, f"holds a {header.get('kind')} checkpoint, not a student")
     teacher = HeatmapProvenance.from_dict(header["teacher"])
+    targets = tuple(header.get("targets", ()))
+    if targets != teacher.targets:
+        # Channel k of the student's output is heat for targets[k]: the version would label
+        # its channels with the teacher's targets.
+        raise CheckpointError(
+            where.url,
+            f"a student of targets {list(targets)} with the provenance of teacher targets "
+            f"{list(teacher.targets)}",
+        )
     size = int(header["config"]["image_size"])
     if size != teacher.image_size:
         raise CheckpointError(

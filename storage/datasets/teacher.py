@@ -14,7 +14,7 @@ import torch
 from daug_core.labels import SUPER_CLASS_COLUMNS
 from daug_core.model_input import to_model_space
 from daug_core.student.training import TeacherBatch
-from storage.errors import EmptySelectionError
+from storage.errors import EmptySelectionError, StoreFormatError
 from storage.store.heatmaps import HeatmapStore
 from storage.store.image import ImageStore
 
@@ -69,7 +69,7 @@ class TeacherPairs:
         self, images: ImageStore, teacher: HeatmapStore, indices: np.ndarray, image_size: int
     ) -> None:
         if teacher.size != image_size:
-            raise EmptySelectionError(
+            raise StoreFormatError(
                 f"heatmap version {teacher.version!r} is {teacher.size} px; the student "
                 f"computes {image_size} px heatmaps"
             )

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from daug_core.checkpoints.layout import checkpoint_sha256
+from daug_core.settings import CheckpointError
 from daug_core.student.config import StudentSettings
 from flows.precompute import precompute_flow
 from flows.runtime.pool import PoolSettings
@@ -19,7 +20,11 @@ from flows.train_student import train_student_flow
 from storage.errors import EmptySelectionError, StoreFormatError
 from storage.store.heatmaps import HeatmapStore, ProvenanceMismatchError
 from storage.store.image import ImageStore
-from tests.factories import fake_heatmap_provenance, write_random_checkpoints
+from tests.factories import (
+    fake_heatmap_provenance,
+    write_random_checkpoints,
+    write_random_student,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 POOL = PoolSettings(batch_size=8, actors=1)
@@ -75,6 +80,11 @@ def test_student_heatmaps_go_into_their_own_version_and_never_mix(trained, ray_s
         precompute_flow(
             store=str(store), checkpoints=str(checkpoints), pool=POOL, heatmap_version="student"
         )
+    # Nor does a student of other targets write into it.
+    other = write_random_student(out.parent / "other", ("+Edema",))
+    with pytest.raises(ProvenanceMismatchError, match="targets"):
+        precompute_flow(store=str(store), student=str(other), pool=POOL, heatmap_version="student")
+    assert version.done_for(usable).all()
 
 
 def test_a_teacher_version_without_done_items_is_one_error_before_any_work(trained, tmp_path):
@@ -84,6 +94,32 @@ def test_a_teacher_version_without_done_items_is_one_error_before_any_work(train
     with pytest.raises(EmptySelectionError, match="'empty' has no done items"):
         train_student_flow(store=str(store), out=str(tmp_path / "run"), teacher_version="empty")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_student_preset_of_another_size_than_the_teacher_version_is_refused(trained, tmp_path):
+    store, _, _ = trained
+    with pytest.raises(StoreFormatError, match="'v1' is 64 px; the student computes 512 px"):
+        train_student_flow(
+            store=str(store), out=str(tmp_path / "run"), student=StudentSettings(preset="paper")
+        )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("student", "message"),
+    [
+        ({"targets": ("+Edema",), "teacher_targets": ("+No Finding",)}, "a student of targets"),
+        ({"targets": ("+Edema",), "image_size": 32}, "a 64 px student of 32 px teacher heatmaps"),
+    ],
+    ids=["targets", "image-size"],
+)
+def test_a_student_checkpoint_unlike_its_teacher_is_refused(trained, tmp_path, student, message):
+    store, _, _ = trained
+    checkpoint = write_random_student(tmp_path / "student", **student)
+    versions = HeatmapStore.versions(ImageStore.open(store))
+    with pytest.raises(CheckpointError, match=message):
+        precompute_flow(store=str(store), student=str(checkpoint), pool=POOL, heatmap_version="x")
+    assert HeatmapStore.versions(ImageStore.open(store)) == versions
 
 
 def test_a_student_for_larger_images_than_the_store_is_refused(trained, tmp_path):
