@@ -10,9 +10,11 @@ Phases (each timed; the report lists them):
 3. **ingest** (the ``ingest`` flow as a subflow): registers and ingests new items and
    re-ingests the pixel-changed ones; everything else is finished and skipped.
 4. **precompute** (the ``precompute`` flow as a subflow) with the current heatmap version's
-   settings: only items without heatmaps are computed, i.e. new and pixel-changed ones. When
-   the checkpoints (or anything else in the provenance) differ from the current version's,
-   the heatmaps go to a new version (``v2``, ...) instead of mixing, and the report says why.
+   settings: only items without heatmaps are computed, i.e. new and pixel-changed ones. They
+   come from the teacher's checkpoints, or from a heatmap student (``student``: a version the
+   student made continues with it, in milliseconds per item). When the checkpoints, the
+   student (or anything else in the provenance) differ from the current version's, the
+   heatmaps go to a new version (``v2``, ...) instead of mixing, and the report says why.
 5. optional **train** (``train_contrastive``) and **evaluate** (``evaluate_checkpoint``),
    with the headline metrics' deltas against the store's last evaluation.
 
@@ -27,6 +29,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -39,9 +42,10 @@ from daug_core.contrastive.config import ContrastiveConfig, contrastive_config_f
 from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.diffusion.config import PresetName
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.settings import ConfigError
 from flows.evaluate import evaluate_checkpoint
 from flows.ingest import ingest_flow
-from flows.precompute import heatmap_provenance
+from flows.precompute import heatmap_provenance, student_provenance
 from flows.precompute import precompute_flow as precompute_subflow
 from flows.reports import reprocess as report
 from flows.reports.artifacts import artifact_key, run_namer
@@ -53,7 +57,7 @@ from storage.release.reader import ReleaseReader
 from storage.release.update import apply_release_diff, record_release
 from storage.store.checkpoint_cache import clip_header
 from storage.store.heatmap_versions import DEFAULT_VERSION
-from storage.store.heatmaps import HeatmapStore
+from storage.store.heatmaps import HeatmapProvenance, HeatmapStore
 from storage.store.image import ImageStore
 from storage.store.lease import StoreLease
 from storage.store.location import Location
@@ -88,11 +92,15 @@ class HeatmapPlanChoice:
 
 
 def choose_heatmap_version(
-    store: ImageStore, checkpoints: str, requested: str | None, settings: HeatmapSettings
+    store: ImageStore,
+    made_by: Callable[[HeatmapSettings], HeatmapProvenance],
+    requested: str | None,
+    settings: HeatmapSettings,
 ) -> HeatmapPlanChoice:
-    """Keep the current (or ``requested``) version when the checkpoints and its own settings
-    give its provenance again; otherwise the next free version, with the differences as
-    reason. A store without heatmaps gets ``requested`` or ``v1`` with ``settings``."""
+    """Keep the current (or ``requested``) version when this run's models with its own
+    settings give its provenance again (``made_by``: the provenance of heatmaps this run makes
+    with some settings); otherwise the next free version, with the differences as reason. A
+    store without heatmaps gets ``requested`` or ``v1`` with ``settings``."""
     versions = HeatmapStore.versions(store)
     current = requested if requested in versions else current_heatmap_version(store)
     if current is None:
@@ -104,7 +112,7 @@ def choose_heatmap_version(
         targets=tuple(stored.targets),
         translation=stored.translation,
     )
-    differences = stored.differences(heatmap_provenance(kept, checkpoints))
+    differences = stored.differences(made_by(kept))
     if requested is not None and requested not in versions:
         reason = f"version {requested!r} requested" + (
             f" ({'; '.join(differences)})" if differences else ""
@@ -166,6 +174,7 @@ def reprocess_flow(
     training: ClipTrainSettings = ClipTrainSettings(),
     evaluate: bool = False,
     hash_workers: int | None = None,
+    student: str | None = None,
 ) -> dict[str, Any]:
     """Update STORE for a new RELEASE: only new and changed items are ingested and get
     heatmaps; label and report changes are applied in place; removed items are retired.
@@ -187,7 +196,14 @@ def reprocess_flow(
         evaluate: evaluate the retrained model (or, without ``retrain``, the last evaluated
             one) and report the metric deltas against the store's last evaluation.
         hash_workers: threads hashing the release's files (default: a few per core).
+        student: a heatmap student (``daug train-student``'s ``OUT/student``) makes the
+            heatmaps instead of the teacher's checkpoints (not with ``checkpoints``): a
+            version it made gets the new items from it; any other version, a new one.
     """
+    if checkpoints is not None and student is not None:
+        raise ConfigError("reprocess takes the teacher's checkpoints or a student, not both")
+    if student is not None:
+        student_provenance(student)  # a checkpoint that is no student fails before any work
     logger = get_run_logger()
     started = datetime.now(UTC)
     seconds: dict[str, float] = {}
@@ -219,8 +235,8 @@ def reprocess_flow(
     tick = time.perf_counter()
     version = current_heatmap_version(ImageStore.open(store))
     heat: dict[str, Any] | None = None
-    if checkpoints is not None:
-        heat = _heatmap_phase(store, checkpoints, heatmap_version, heatmaps, pool)
+    if checkpoints is not None or student is not None:
+        heat = _heatmap_phase(store, checkpoints, student, heatmap_version, heatmaps, pool)
         version = heat["version"]
     seconds["precompute"] = time.perf_counter() - tick
 
@@ -271,17 +287,38 @@ def reprocess_flow(
     return summary | {"ingest": ingested, "precompute": computed}
 
 
+def heatmaps_made_by(
+    checkpoints: str | None, student: str | None
+) -> Callable[[HeatmapSettings], HeatmapProvenance]:
+    """The provenance of the heatmaps a run makes with some settings: the teacher's
+    checkpoints with those settings, or a student's (which fixes them all itself)."""
+    if student is not None:
+        made = student_provenance(student)
+        return lambda settings: made
+    if checkpoints is None:
+        raise ConfigError("heatmaps need the teacher's checkpoints or a student")
+    return lambda settings: heatmap_provenance(settings, checkpoints)
+
+
 def _heatmap_phase(
     store: str,
-    checkpoints: str,
+    checkpoints: str | None,
+    student: str | None,
     requested: str | None,
     settings: HeatmapSettings,
     pool: PoolSettings,
 ) -> dict[str, Any]:
-    """Heatmaps for what has none, in the current version or, with other checkpoints or
-    settings, a new one; the version becomes the store's current one."""
+    """Heatmaps for what has none, in the current version or, with other checkpoints, another
+    student or other settings, a new one; the version becomes the store's current one."""
     image_store = ImageStore.open(store)
-    choice = choose_heatmap_version(image_store, checkpoints, requested, settings)
+    choice = choose_heatmap_version(
+        image_store, heatmaps_made_by(checkpoints, student), requested, settings
+    )
+    source: dict[str, Any] = (
+        {"student": student}
+        if student is not None
+        else {"checkpoints": checkpoints, "heatmaps": choice.settings}
+    )
     outcome: dict[str, Any] = {
         "version": choice.version,
         "new_version": choice.new_version,
@@ -291,11 +328,7 @@ def _heatmap_phase(
         log.warning("heatmaps go to the new version %s: %s", choice.version, choice.reason)
     if choice.new_version or heatmaps_pending(image_store, choice.version):
         outcome["result"] = precompute_subflow(
-            store=store,
-            checkpoints=checkpoints,
-            heatmaps=choice.settings,
-            pool=pool,
-            heatmap_version=choice.version,
+            store=store, pool=pool, heatmap_version=choice.version, **source
         )
     with StoreLease(store, owner="reprocess"):
         ImageStore.open(store).group.attrs.update({CURRENT_HEATMAPS_ATTR: choice.version})

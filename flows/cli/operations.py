@@ -134,6 +134,12 @@ def reprocess(
     hash_workers: Annotated[
         int | None, typer.Option(help="threads hashing the release's files (default: a few)")
     ] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(
+            help="a heatmap student (train-student's OUT/student) instead of --checkpoints"
+        ),
+    ] = None,
 ) -> None:
     """Update a store for a new release: only new and changed items are (re)done.
 
@@ -147,6 +153,12 @@ def reprocess(
     require_release(release, ingested.reader)
     if checkpoints is not None:
         require_checkpoints(checkpoints)
+    if student is not None:
+        if checkpoints is not None:
+            raise typer.BadParameter("give one of them", param_hint="--checkpoints / --student")
+        from flows.precompute import student_provenance
+
+        student_provenance(student)
 
 
 @command(PANEL)

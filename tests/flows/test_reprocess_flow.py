@@ -15,11 +15,18 @@ import pandas as pd
 import pytest
 import yaml
 
+from daug_core.checkpoints.layout import checkpoint_sha256
 from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.diffusion.heatmap_settings import HeatmapSettings
+from daug_core.settings import ConfigError
 from flows.ingest import ingest_flow
 from flows.precompute import precompute_flow
-from flows.reprocess import next_version_name, reprocess_flow
+from flows.reprocess import (
+    choose_heatmap_version,
+    heatmaps_made_by,
+    next_version_name,
+    reprocess_flow,
+)
 from flows.runtime.pool import PoolSettings
 from storage.release.diff import file_sha256
 from storage.release.ingest_config import IngestConfig, ReaderConfig
@@ -31,7 +38,7 @@ from storage.store.status import format_status, record_evaluation, store_status
 from storage.synthetic import SynthConfig, write_synthetic_release
 from storage.synthetic.next_release import ReleaseChangeConfig, write_next_release
 from tests.factories import run_daug as daug
-from tests.factories import write_random_checkpoints
+from tests.factories import write_random_checkpoints, write_random_student
 
 pytestmark = pytest.mark.slow
 
@@ -244,6 +251,42 @@ def test_other_checkpoints_write_a_new_heatmap_version_and_retraining_reports_de
     report = (Path(result["run_dir"]) / "report.md").read_text()
     assert "new version v2" in report and "| auc_macro | 0.5000 |" in report
     assert "| train |" in report and "| evaluate |" in report
+
+
+def test_a_student_made_version_gets_the_new_items_from_the_same_student(setup, tmp_path):
+    store = tmp_path / "store"
+    ingest_flow(
+        release=str(setup["root"] / "base" / "release"),
+        store=str(store),
+        ingest=IngestConfig(size=64, shard_items=16, reader=ReaderConfig(views=())),
+    )
+    student = write_random_student(tmp_path / "student", HEAT.targets)
+    precompute_flow(store=str(store), student=str(student), **POOL)
+    with pytest.raises(ConfigError, match="checkpoints or a student, not both"):
+        reprocess_flow(
+            release=str(setup["release"]),
+            store=str(store),
+            checkpoints=str(setup["ckpt"]),
+            student=str(student),
+        )
+
+    result = reprocess_flow(
+        release=str(setup["release"]), store=str(store), student=str(student), **POOL
+    )
+    expected = kind_count(setup["truth"], "new", "pixels_changed")
+    assert result["heatmap_version"] == "v1" and not result["new_heatmap_version"]
+    assert result["heatmaps_computed"] == expected == result["precompute"]["done"]
+    images = ImageStore.open(store, read_only=True)
+    made = HeatmapStore(images, "v1")
+    assert made.provenance.student_sha256 == checkpoint_sha256(student)
+    assert made.done_for(images.usable()["index"].to_numpy()).all()
+    # The teacher, or a student of other targets, would write a new version, naming why.
+    teacher = choose_heatmap_version(images, heatmaps_made_by(str(setup["ckpt"]), None), None, HEAT)
+    assert (teacher.version, teacher.new_version) == ("v2", True)
+    assert "student_sha256" in teacher.reason
+    other = write_random_student(tmp_path / "other", ("+Pleural",))
+    another = choose_heatmap_version(images, heatmaps_made_by(None, str(other)), None, HEAT)
+    assert another.new_version and "targets" in another.reason
 
 
 def test_next_version_name():
