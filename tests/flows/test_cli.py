@@ -240,6 +240,7 @@ def test_every_flow_parameter_is_reachable_from_its_command_with_the_same_name_a
         "heatmap-quality",
         "train",
         "evaluate",
+        "index",
         "ablate",
         "reprocess",
         "demo",
