@@ -32,6 +32,7 @@ from torch import nn
 from daug_core.compute import Compute, cpu_fp32
 from daug_core.contrastive.config import (
     ContrastiveTrainingConfig,
+    HybridLossConfig,
     OptimizerRecipe,
 )
 from daug_core.contrastive.losses import HybridContrastiveLoss, HybridLossParts, class_probabilities
@@ -297,13 +298,7 @@ def embed(
         with amp.autocast():
             parts, image, text = _batch_loss(model, loss_fn, batch.to(amp.device), prompt_emb)
         image, text = image.float(), text.float()
-        probabilities = class_probabilities(
-            image,
-            *prompt_emb,
-            model.logit_scale,
-            loss_fn.config.class_logit_bias,
-            loss_fn.config.class_loss,
-        )
+        probabilities = _probabilities(model, loss_fn.config, image, prompt_emb)
         if batch.image.shape[0] >= 2:
             means.add(parts, batch.image.shape[0])
         images.append(image.cpu().numpy())
@@ -319,6 +314,50 @@ def embed(
         labels=np.concatenate(labels),
         stats=means.stats(time.perf_counter() - start),
     )
+
+
+def _probabilities(
+    model: HeatmapClip,
+    loss: HybridLossConfig,
+    image: torch.Tensor,
+    prompt_emb: tuple[torch.Tensor, torch.Tensor | None],
+) -> torch.Tensor:
+    return class_probabilities(
+        image, *prompt_emb, model.logit_scale, loss.class_logit_bias, loss.class_loss
+    )
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """What the model says of images without reports: L2-normalised image embeddings (N, D)
+    and class probabilities (N, C), float32."""
+
+    image: np.ndarray
+    probabilities: np.ndarray
+
+
+@torch.no_grad()
+def score_images(
+    model: HeatmapClip,
+    loss: HybridLossConfig,
+    prompts: PromptTokens,
+    image: torch.Tensor,
+    heatmaps: torch.Tensor,
+    compute: Compute | None = None,
+) -> ImageScores:
+    """Embeddings and class probabilities of images (B, 1, S, S) with their heatmaps, exactly
+    as :func:`embed` scores a split (same resampling, prompts and probability rule), for
+    images that come with no report (a new study)."""
+    model.eval()
+    amp = compute or cpu_fp32()
+    with amp.autocast():
+        positive, negative = encode_prompts(model, prompts.to(amp.device))
+        empty = image.new_zeros((image.shape[0], 0))
+        batch = fit_batch(ClipBatch(image, heatmaps, empty, empty), model.image_size)
+        embedding = model.encode_image(batch.image.to(amp.device), batch.heatmaps.to(amp.device))
+    prompt_emb = (positive.float(), None if negative is None else negative.float())
+    probabilities = _probabilities(model, loss, embedding.float(), prompt_emb)
+    return ImageScores(embedding.float().cpu().numpy(), probabilities.cpu().numpy())
 
 
 def steps_per_epoch(items: int, batch_size: int) -> int:

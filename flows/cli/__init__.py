@@ -17,7 +17,7 @@ from flows.cli.console import console
 __all__ = ["app", "run"]
 logger = logging.getLogger(__name__)
 # Importing a command module registers its commands; this order is the order of --help.
-COMMAND_MODULES = ("data", "diffusion", "contrastive", "operations", "search", "demo")
+COMMAND_MODULES = ("data", "diffusion", "contrastive", "operations", "explain", "search", "demo")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"flows.cli.{_name}")
 

@@ -287,6 +287,7 @@ def train_contrastive(
             "history": history,
             "starts": starts,
             "heatmap_version": heatmap_version,
+            "heatmap_provenance": train_set.heatmap_provenance if targets else None,
             "store": str(store),
             "compute": compute.record(),
             "workers": ranks.world_size,

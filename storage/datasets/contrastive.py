@@ -196,10 +196,13 @@ class ContrastiveDataset(Dataset[ContrastiveItem]):
         not_done = in_splits & ~quarantined & ~image_ok
 
         self.heatmap_targets: tuple[str, ...] = ()
+        # What made the heatmaps read (a model records it: daug explain makes the same).
+        self.heatmap_provenance: dict[str, Any] | None = None
         self._channels: np.ndarray | None = None
         no_heatmap = np.zeros(len(items), dtype=bool)
         if heatmap_version is not None:
             heatmaps = HeatmapStore(store, heatmap_version)
+            self.heatmap_provenance = heatmaps.provenance.as_dict()
             self._channels, self.heatmap_targets = _channel_selection(heatmaps, heatmap_targets)
             if heatmaps.size != store.size:
                 raise StoreFormatError(

@@ -76,8 +76,10 @@ def find_inputs(paths: list[str | Path]) -> list[Path]:
             )
         else:
             found.append(given)
-    seen: set[Path] = set()
-    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def is_dicom(data: bytes, path: Path) -> bool:

@@ -245,6 +245,7 @@ def test_every_flow_parameter_is_reachable_from_its_command_with_the_same_name_a
         "reprocess",
         "demo",
         "study",
+        "explain",
     }
     for name, command in flows.items():
         flow = load_flow(command.__flow__)
@@ -336,6 +337,6 @@ def test_options_are_spelled_one_way_across_commands():
                 used_by.setdefault(option, set()).add(name)
     assert spelled["heatmap_version"] == {"--heatmap-version"}
     assert "--version" not in used_by
-    assert used_by["--mode"] == {"precompute", "heatmap-quality", "reprocess"}
+    assert used_by["--mode"] == {"precompute", "heatmap-quality", "reprocess", "distill"}
     assert "train" in used_by["--heatmap-mode"]
     assert spelled["splits"] == {"--split"} and spelled["targets"] == {"--target"}
