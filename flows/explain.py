@@ -64,7 +64,6 @@ from storage.store.location import Location
 log = logging.getLogger(__name__)
 EXPLAIN_JSON = "explain.json"
 FAILURES_CSV = "failures.csv"
-THUMBNAIL_SIZE = 128  # neighbours on the page
 ARTIFACT_INPUTS = 4  # overlays shown in the Prefect artifact (index.html has them all)
 
 
@@ -238,9 +237,7 @@ def write_explanation(
             captures[target] = f"dicom/{name}.dcm"
     indices = [n["index"] for n in answer.neighbours]
     hits: np.ndarray | list[np.ndarray] = explainer.store.read_images(indices) if indices else []
-    for rank, (hit, pixels) in enumerate(zip(answer.neighbours, hits, strict=True), start=1):
-        thumb = pages.render_overlay(pixels, np.zeros_like(pixels), THUMBNAIL_SIZE)
-        hit["image"] = pages.write_png(thumb, folder / f"neighbour-{rank}.png").name
+    pages.write_hit_images(answer.neighbours, hits, folder, "neighbour")
     probabilities = answer.scores.probabilities[0]
     record = {
         "input": image.path,

@@ -34,6 +34,7 @@ from daug_core.compute import Compute, ComputeSettings, cpu_fp32
 from daug_core.contrastive.losses import HybridContrastiveLoss
 from daug_core.contrastive.model import build_tokenizer
 from daug_core.contrastive.training import Embedded, PromptTokens, embed
+from flows.reports import explain as pages
 from flows.reports.artifacts import ProgressReporter, artifact_key, run_namer
 from flows.reports.files import RunFolder, write_json
 from flows.runtime.contrastive import clip_batches, prompt_tokens
@@ -276,7 +277,12 @@ def search(
     }
     if out is not None:
         folder = RunFolder(Location.of(out))
+        hits = result["hits"]
+        pixels = image_store.read_images([hit["index"] for hit in hits]) if hits else []
+        pages.write_hit_images(hits, pixels, folder.local, "hit")
         write_json(result, folder.local / SEARCH_JSON)
+        pages.search_page(query, hits, folder.local, f"daug search: {query}")
         folder.sync()
         result["out"] = folder.location.child(SEARCH_JSON).url
+        result["page"] = folder.location.child("index.html").url
     return result

@@ -6,17 +6,19 @@ import dataclasses
 import io
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import pydicom
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -402,3 +404,31 @@ def write_random_student(
     state = init_student_state(student_preset("tiny"), tuple(targets), seed=0)
     teacher = fake_heatmap_provenance(teacher_targets or targets, image_size)
     return save_student_checkpoint(state, root, "v1", teacher.as_dict())
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def open_in_chromium(page_path: Path) -> dict[str, Any]:
+    """A page in headless Chromium once its images have loaded: each image's alt and natural
+    width (0: it did not render), ``window.pwned`` (set by injected script), every
+    ``table[data-name]``'s body cells and the h2 headings."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(page_path.as_uri(), wait_until="load")
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+            return page.evaluate(
+                """({
+                  widths: Array.from(document.images).map(i => [i.alt, i.naturalWidth]),
+                  pwned: window.pwned === undefined ? null : window.pwned,
+                  tables: Object.fromEntries(Array.from(document.querySelectorAll(
+                    'table[data-name]')).map(t => [t.dataset.name, Array.from(t.tBodies[0].rows)
+                      .map(r => Array.from(r.cells).map(c => c.textContent))])),
+                  headings: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
+                })"""
+            )
+        finally:
+            browser.close()

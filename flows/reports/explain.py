@@ -37,6 +37,9 @@ td.thumb img { width: 96px; height: auto; }
 </style>"""
 
 
+THUMBNAIL_SIZE = 128  # side of the neighbours' images on the pages
+
+
 def render_overlay(image: np.ndarray, heat: np.ndarray, size: int = 512) -> np.ndarray:
     """The ``(S, S)`` image in [0, 1] with the ``(S, S)`` heatmap in [0, 1] blended over it in
     :data:`COLORMAP`, both upsampled (bilinear) to ``(size, size, 3)`` uint8. A pixel's opacity
@@ -69,6 +72,16 @@ def write_png(rgb: np.ndarray, path: Path) -> Path:
         raise ValueError(f"{path}: a PNG needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     picture = Image.fromarray(rgb, mode="RGB")
     return replace_atomically(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def write_hit_images(
+    hits: Sequence[dict[str, Any]], pixels: Sequence[np.ndarray], folder: Path, prefix: str
+) -> None:
+    """Each hit's image (its store pixels, (S, S) in [0, 1]) as a small PNG in ``folder``,
+    ``<prefix>-<rank>.png``; the hit records the file's name under ``"image"``."""
+    for rank, (hit, image) in enumerate(zip(hits, pixels, strict=True), start=1):
+        thumb = render_overlay(image, np.zeros_like(image), THUMBNAIL_SIZE)
+        hit["image"] = write_png(thumb, folder / f"{prefix}-{rank}.png").name
 
 
 def explain_page(

@@ -33,6 +33,7 @@ from storage.store.heatmap_shards import plan_heatmaps, precompute_shard
 from storage.store.heatmaps import HeatmapStore
 from storage.store.image import ImageStore
 from storage.synthetic import SynthConfig, write_synthetic_release
+from tests.factories import CHROMIUM, open_in_chromium, run_daug
 from tests.flows.conftest import write_heatmaps
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -157,3 +158,36 @@ def test_a_model_the_store_has_no_index_of_is_one_error(explained_setup, tmp_pat
     file = str(next(release.rglob("*.dcm")))
     with pytest.raises(StoreFormatError, match="daug index"):
         explain_inputs([file], str(other), str(store), str(tmp_path / "o"), str(student))
+
+
+def test_the_command_explains_a_folder_exits_1_for_its_failures_and_the_page_renders(
+    explained_setup, tmp_path
+):
+    release, store, model, student = explained_setup
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    frontal = [
+        p
+        for p in sorted(release.rglob("*.dcm"))
+        if pydicom.dcmread(p, stop_before_pixels=True).ViewPosition in ("PA", "AP")
+    ]
+    for path in frontal[:2]:
+        shutil.copy(path, inbox / path.name)
+    (inbox / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    done = run_daug(
+        "explain", str(inbox), "--model", str(model), "--index", str(store),
+        "--out", str(out), "--heatmap-models", str(student), "--neighbours", "3",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert (summary["explained"], summary["failed"]) == (2, 1)
+    assert summary["failures"][0]["reason"] == "unknown_format"
+    assert "not explained" in done.stderr and "notes.txt" in done.stderr
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (make test installs it)")
+    shown = open_in_chromium(out / "index.html")
+    # Per input: the image, one overlay per target and three neighbours.
+    targets = len(load_clip_checkpoint(model).heatmap_targets)
+    assert len(shown["widths"]) == 2 * (1 + targets + 3)
+    assert all(width > 0 for _, width in shown["widths"]), shown["widths"]

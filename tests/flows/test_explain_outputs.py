@@ -4,7 +4,6 @@ batch's self-contained index.html (every image renders in a browser; report text
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ import pytest
 from PIL import Image
 
 from flows.reports.explain import explain_page, render_overlay, search_page, write_png
+from tests.factories import CHROMIUM, open_in_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HOSTILE = 'FINDINGS: <script>window.pwned = 1</script> effusion & "quotes"\nIMPRESSION: none'
 
 
@@ -133,32 +132,10 @@ def test_an_image_outside_the_output_folder_is_refused(batch):
         explain_page(results, failures, out, "daug explain")
 
 
-def _open(page_path: Path) -> dict[str, Any]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(page_path.as_uri(), wait_until="load")
-            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
-            return page.evaluate(
-                """({
-                  widths: Array.from(document.images).map(i => [i.alt, i.naturalWidth]),
-                  pwned: window.pwned === undefined ? null : window.pwned,
-                  tables: Object.fromEntries(Array.from(document.querySelectorAll(
-                    'table[data-name]')).map(t => [t.dataset.name, Array.from(t.tBodies[0].rows)
-                      .map(r => Array.from(r.cells).map(c => c.textContent))])),
-                  headings: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
-                })"""
-            )
-        finally:
-            browser.close()
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)")
 def test_the_pages_render_in_a_browser_with_every_image(batch, tmp_path):
     out, results, failures = batch
-    shown = _open(explain_page(results, failures, out, "daug explain"))
+    shown = open_in_chromium(explain_page(results, failures, out, "daug explain"))
     assert len(shown["widths"]) == 10
     assert all(width > 0 for _, width in shown["widths"]), shown["widths"]
     assert {alt for alt, _ in shown["widths"]} >= {"Pleural Effusion", "Cardiomegaly"}
@@ -176,7 +153,7 @@ def test_the_pages_render_in_a_browser_with_every_image(batch, tmp_path):
     assert second[5] == "none" and second[6] == HOSTILE
 
     found = tmp_path / "search"
-    shown = _open(search_page(HOSTILE, _neighbours(found, 7), found, "daug search"))
+    shown = open_in_chromium(search_page(HOSTILE, _neighbours(found, 7), found, "daug search"))
     assert len(shown["widths"]) == 2 and all(w > 0 for _, w in shown["widths"])
     assert shown["pwned"] is None
     assert [row[2] for row in shown["tables"]["neighbours"]] == ["d70", "d71"]
