@@ -58,6 +58,17 @@ def teacher_seconds(cfg: DiffusionConfig, images: torch.Tensor) -> float:
     return (time.perf_counter() - start) / images.shape[0]
 
 
+def paper_teacher_flops(size: int) -> float:
+    """The paper teacher's FLOPs per image (K = 7), counted at ``size`` px with 2 and 4 DDIM
+    steps and extrapolated (see the module docstring)."""
+    paper = preset("paper")
+    xs = torch.rand(1, 1, size, size) * 2 - 1
+    two, four = (teacher_flops(at_size(paper, size, steps), xs) for steps in (2, 4))
+    per_step, fixed = (four - two) / 2, two - 2 * (four - two) / 2
+    scale = (paper.image_size / size) ** 2
+    return (fixed + per_step * paper.translation.steps) * scale
+
+
 def student_cost(name: str, k: int, images: int) -> tuple[float, float]:
     """(FLOPs, seconds) per image of the ``name`` student's forward pass."""
     config = student_preset(name)
@@ -90,12 +101,7 @@ def main() -> None:
     rows.append(("tiny", t_flops, t_seconds, s_flops, s_seconds))
 
     paper = preset("paper")
-    size = args.paper_size
-    xs = torch.rand(1, 1, size, size) * 2 - 1
-    two, four = (teacher_flops(at_size(paper, size, steps), xs) for steps in (2, 4))
-    per_step, fixed = (four - two) / 2, two - 2 * (four - two) / 2
-    scale = (paper.image_size / size) ** 2
-    t_paper = (fixed + per_step * paper.translation.steps) * scale
+    t_paper = paper_teacher_flops(args.paper_size)
     s_flops, s_seconds = student_cost("paper", len(paper.class_names), 1)
     rows.append(("paper", t_paper, float("nan"), s_flops, s_seconds))
 

@@ -57,7 +57,14 @@ def version_worker(
         )
     where = Location.of(models)
     config = dataclasses.replace(preset(provenance.preset), translation=provenance.translation)
-    threads = torch_threads or os.cpu_count() or 1
+    spec = WorkerSpec(
+        generator_dir="",
+        classifier_dir="",
+        config=config,
+        targets=provenance.targets,
+        torch_threads=torch_threads or os.cpu_count() or 1,
+        device=device,
+    )
     if provenance.student_sha256:
         found = student_provenance(where.url)
         if found.student_sha256 != provenance.student_sha256:
@@ -66,39 +73,29 @@ def version_worker(
                 f"holds student {found.student_sha256}; heatmap version {version!r} was made "
                 f"by {describe_source(provenance)}",
             )
-        spec = WorkerSpec(
-            generator_dir="",
-            classifier_dir="",
-            config=config,
-            targets=provenance.targets,
-            torch_threads=threads,
-            device=device,
-            student_dir=where.url,
-            student_sha256=provenance.student_sha256,
+        return HeatmapWorker(
+            dataclasses.replace(
+                spec, student_dir=where.url, student_sha256=provenance.student_sha256
+            )
         )
-        return HeatmapWorker(spec)
-    digests = {
-        GENERATOR_DIR: (checkpoint_digest(where.child(GENERATOR_DIR)), provenance.generator_sha256),
-        CLASSIFIER_DIR: (
-            checkpoint_digest(where.child(CLASSIFIER_DIR)),
-            provenance.classifier_sha256,
-        ),
+    wanted = {
+        GENERATOR_DIR: provenance.generator_sha256,
+        CLASSIFIER_DIR: provenance.classifier_sha256,
     }
-    for name, (found_digest, wanted) in digests.items():
-        if found_digest != wanted:
+    for name, digest in wanted.items():
+        found_digest = checkpoint_digest(where.child(name))
+        if found_digest != digest:
             raise CheckpointError(
                 where.child(name).url,
                 f"weights {found_digest[:12]}; heatmap version {version!r} was made by "
                 f"{describe_source(provenance)}",
             )
-    spec = WorkerSpec(
-        generator_dir=where.child(GENERATOR_DIR).url,
-        classifier_dir=where.child(CLASSIFIER_DIR).url,
-        config=config,
-        targets=provenance.targets,
-        torch_threads=threads,
-        device=device,
-        generator_sha256=provenance.generator_sha256,
-        classifier_sha256=provenance.classifier_sha256,
+    return HeatmapWorker(
+        dataclasses.replace(
+            spec,
+            generator_dir=where.child(GENERATOR_DIR).url,
+            classifier_dir=where.child(CLASSIFIER_DIR).url,
+            generator_sha256=provenance.generator_sha256,
+            classifier_sha256=provenance.classifier_sha256,
+        )
     )
-    return HeatmapWorker(spec)

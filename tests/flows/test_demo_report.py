@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,7 @@ from flows.reports.demo import DemoReport, write_report
 from flows.reports.evaluation import PLOTS
 from flows.reports.files import save_figure
 from flows.reports.quality import plot_sweep
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.factories import CHROMIUM, open_in_chromium
 
 
 def _png(path: Path, seed: int) -> Path:
@@ -156,22 +154,8 @@ def test_the_page_is_self_contained(report, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)")
 def test_the_report_renders_in_a_browser_with_the_run_numbers(report, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    page_path = write_report(report, tmp_path / "report.html")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(page_path.as_uri(), wait_until="load")
-            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
-            widths = page.evaluate("Array.from(document.images).map(i => [i.alt, i.naturalWidth])")
-            tables = page.evaluate(
-                """Object.fromEntries(Array.from(document.querySelectorAll('table[data-name]'))
-                  .map(t => [t.dataset.name, Array.from(t.tBodies[0].rows)
-                    .map(r => Array.from(r.cells).map(c => c.textContent))]))"""
-            )
-        finally:
-            browser.close()
+    shown = open_in_chromium(write_report(report, tmp_path / "report.html"))
+    widths, tables = shown["widths"], shown["tables"]
     assert len(widths) == 9
     assert all(width > 0 for _, width in widths), widths
 
