@@ -201,7 +201,13 @@ def precompute_run(server, tmp_path_factory) -> dict[str, Any]:
             "pool": {"actors": 1, "cpus_per_actor": 1.0, "gpus_per_actor": 0.0, "batch_size": 4},
         },
     )
-    return {"ingest": ingested, "precompute": heatmaps, "store": store}
+    return {
+        "ingest": ingested,
+        "precompute": heatmaps,
+        "store": store,
+        "release": release.release_dir,
+        "checkpoints": ckpt,
+    }
 
 
 def test_deployment_runs_complete_on_a_worker_and_write_their_outputs(precompute_run):
@@ -288,3 +294,61 @@ def _markdown_images(server: Server, page: Any, run_id: Any, shots: Path) -> dic
         if (artifact.key or "").endswith("examples"):
             page.screenshot(path=str(shots / "precompute-examples-artifact.png"))
     return widths
+
+
+@pytest.fixture(scope="module")
+def explain_run(server, precompute_run, tmp_path_factory) -> dict[str, Any]:
+    """The index and explain-inbox deployments on the precompute run's store: a contrastive
+    model reading its heatmap version (untrained: the answers' plumbing is what is tested),
+    indexed, then an inbox of two release files and one that is not an image explained with
+    the teacher checkpoints that made the version."""
+    from daug_core.checkpoints.contrastive import save_clip_checkpoint
+    from daug_core.contrastive.model import build_model
+    from daug_core.contrastive.presets import ClipTrainSettings
+
+    root = tmp_path_factory.mktemp("explained")
+    store = precompute_run["store"]
+    version = HeatmapStore(ImageStore.open(store, read_only=True))
+    config = ClipTrainSettings(heatmap_mode="channel").config()
+    model = save_clip_checkpoint(
+        root / "run" / "best",
+        build_model(config, version.targets, seed=0),
+        config,
+        {"heatmap_version": version.version, "heatmap_provenance": version.provenance.as_dict()},
+    )
+    indexed = _run_deployment(server, "index/index", {"model": str(model), "store": str(store)})
+    inbox = root / "inbox"
+    inbox.mkdir()
+    items = ImageStore.open(store, read_only=True).items()
+    release = precompute_run["release"]
+    for dicom_id in items["dicom_id"].iloc[:2]:
+        shutil.copy(next(release.rglob(f"{dicom_id}.dcm")), inbox)
+    (inbox / "notes.txt").write_text("not an image")
+    parameters = {
+        "inputs": [str(inbox)],
+        "model": str(model),
+        "index": str(store),
+        "out": str(root / "out"),
+        "heatmap_models": str(precompute_run["checkpoints"]),
+        "explain": {"neighbours": 3, "overlay_size": 128, "dicom": True},
+    }
+    explained = _run_deployment(server, "explain/explain-inbox", parameters)
+    return {"index": indexed, "explain": explained, "out": root / "out"}
+
+
+def test_the_explain_deployment_explains_an_inbox_and_shows_its_answers(server, explain_run):
+    assert explain_run["index"].state.is_completed(), explain_run["index"].state
+    run = explain_run["explain"]
+    assert run.state.is_completed(), run.state
+    out = explain_run["out"]
+    answers = sorted(out.glob("*/explain.json"))
+    assert len(answers) == 2 and (out / "index.html").exists()
+    assert "unknown_format" in (out / "failures.csv").read_text()
+    with server.client() as client:
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+    kinds = {(a.type, (a.key or "").rsplit("-", 1)[-1]) for a in artifacts}
+    assert {("table", "answers"), ("table", "failures"), ("progress", "progress")} <= kinds
+    markdown = next(a for a in artifacts if a.type == "markdown")
+    assert "data:image/jpeg;base64," in str(markdown.data)
