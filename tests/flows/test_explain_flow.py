@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from daug_core.checkpoints.contrastive import load_clip_checkpoint, save_clip_checkpoint
+from daug_core.contrastive.model import build_model
 from daug_core.contrastive.presets import ClipTrainSettings
 from daug_core.settings import CheckpointError, ConfigError
 from daug_core.student.config import StudentSettings
@@ -74,6 +75,15 @@ def release_file(release: Path, dicom_id: str) -> Path:
     return next(release.rglob(f"{dicom_id}.dcm"))
 
 
+def frontal_files(release: Path) -> list[Path]:
+    """The release's PA and AP files (the store keeps those views)."""
+    return [
+        p
+        for p in sorted(release.rglob("*.dcm"))
+        if pydicom.dcmread(p, stop_before_pixels=True).ViewPosition in ("PA", "AP")
+    ]
+
+
 def test_a_stored_item_is_explained_as_the_store_and_evaluation_have_it(explained_setup, tmp_path):
     release, store, model, student = explained_setup
     loaded = load_clip_checkpoint(model)
@@ -112,8 +122,7 @@ def test_bad_inputs_are_failures_with_reasons_and_the_rest_is_explained(explaine
     release, store, model, student = explained_setup
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    good = sorted(release.rglob("*.dcm"))
-    frontal = [p for p in good if pydicom.dcmread(p, stop_before_pixels=True).ViewPosition == "PA"]
+    frontal = frontal_files(release)
     shutil.copy(frontal[0], inbox / "good.dcm")
     (inbox / "notes.txt").write_text("not an image")
     (inbox / "broken.dcm").write_bytes(b"\0" * 300)
@@ -166,12 +175,7 @@ def test_the_command_explains_a_folder_exits_1_for_its_failures_and_the_page_ren
     release, store, model, student = explained_setup
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    frontal = [
-        p
-        for p in sorted(release.rglob("*.dcm"))
-        if pydicom.dcmread(p, stop_before_pixels=True).ViewPosition in ("PA", "AP")
-    ]
-    for path in frontal[:2]:
+    for path in frontal_files(release)[:2]:
         shutil.copy(path, inbox / path.name)
     (inbox / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
@@ -191,3 +195,41 @@ def test_the_command_explains_a_folder_exits_1_for_its_failures_and_the_page_ren
     targets = len(load_clip_checkpoint(model).heatmap_targets)
     assert len(shown["widths"]) == 2 * (1 + targets + 3)
     assert all(width > 0 for _, width in shown["widths"]), shown["widths"]
+
+
+def test_a_model_trained_on_another_making_of_its_heatmap_version_is_one_error(
+    explained_setup, tmp_path
+):
+    """The store's version of the model's name was made otherwise than the one the model
+    trained on (deleted and made again by other models): refused before any work."""
+    release, store, model, student = explained_setup
+    loaded = load_clip_checkpoint(model)
+    recorded = dict(loaded.info["heatmap_provenance"])
+    recorded["student_sha256"] = "0" * 64
+    other = save_clip_checkpoint(
+        tmp_path / "model",
+        loaded.model,
+        loaded.config,
+        {**loaded.info, "heatmap_provenance": recorded},
+    )
+    file = str(next(release.rglob("*.dcm")))
+    with pytest.raises(
+        ConfigError, match=r"was trained on heatmap version 'student'.*student_sha256"
+    ):
+        explain_inputs([file], str(other), str(store), str(tmp_path / "o"), str(student))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_model_without_heatmap_channels_is_explained_without_heatmap_models(
+    explained_setup, tmp_path
+):
+    release, store, _, _ = explained_setup
+    config = ClipTrainSettings(heatmap_mode="none").config()
+    plain = save_clip_checkpoint(tmp_path / "plain", build_model(config, (), seed=3), config, {})
+    index_flow(model=str(plain), store=str(store))
+    file = str(frontal_files(release)[0])
+    summary = explain_inputs([file], str(plain), str(store), str(tmp_path / "o"), None)
+    assert (summary["explained"], summary["failed"]) == (1, 0)
+    record = json.loads(next((tmp_path / "o").glob("*/explain.json")).read_text())
+    assert record["overlays"] == {} and record["provenance"]["heatmap_version"] is None
+    assert len(record["neighbours"]) == 5
