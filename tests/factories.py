@@ -26,6 +26,7 @@ from daug_core.diffusion.config import TranslationConfig
 from daug_core.labels import CHEXPERT_LABELS
 from storage.store.heatmaps import HeatmapProvenance
 from storage.store.image import ImageStore
+from storage.synthetic.dicom_writer import DicomStudyInfo
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
@@ -432,3 +433,23 @@ def open_in_chromium(page_path: Path) -> dict[str, Any]:
             )
         finally:
             browser.close()
+
+
+def synthetic_study(rng: np.random.Generator) -> DicomStudyInfo:
+    """The study of a synthetic chest X-ray (the DICOM writer's and derived objects' tests):
+    a fixed patient, date, time, ids and description, a drawn Study Instance UID."""
+    from storage.synthetic.cohort import FakeIdentity
+    from storage.synthetic.ids import draw_uid
+
+    return DicomStudyInfo(
+        identity=FakeIdentity(
+            patient_name="Doe^Jane", patient_id="123456789", birth_date="20900101", sex="F"
+        ),
+        study_uid=draw_uid(rng),
+        study_date=21800506,
+        study_time=84712.546,
+        study_id="12345",
+        accession="87654321",
+        description="CHEST (PA AND LAT)",
+        procedure_code="CXR2V",
+    )

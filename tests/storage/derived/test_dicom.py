@@ -15,15 +15,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from storage.derived.dicom import write_heatmap_capture
-from storage.synthetic.cohort import FakeIdentity
 from storage.synthetic.dicom_writer import (
-    DicomStudyInfo,
     ImageUids,
     build_dataset,
     draw_encoding,
     write_dicom,
 )
 from storage.synthetic.ids import draw_uid
+from tests.factories import synthetic_study
 
 TARGETS = ("Pleural Effusion", "Cardiomegaly", "+No Finding")
 # What the derived object may carry over from the source: the Patient and General Study
@@ -62,16 +61,7 @@ def source(tmp_path: Path) -> Dataset:
     """A synthetic PA radiograph with what real headers carry beyond the copied modules:
     institution, operator, station, a private creator block; read back from its file."""
     rng = np.random.default_rng(5)
-    study = DicomStudyInfo(
-        identity=FakeIdentity("Doe^Jane", "123456789", "20900101", "F"),
-        study_uid=draw_uid(rng),
-        study_date=21800506,
-        study_time=84712.546,
-        study_id="12345",
-        accession="87654321",
-        description="CHEST (PA AND LAT)",
-        procedure_code="CXR2V",
-    )
+    study = synthetic_study(rng)
     encoding = draw_encoding(rng, 0.5, 0.5, 0.5)
     uids = ImageUids(sop_instance=draw_uid(rng), series=draw_uid(rng))
     pixels = rng.random((32, 32))

@@ -8,12 +8,10 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from storage.synthetic.cohort import FakeIdentity
 from storage.synthetic.dicom_writer import (
     CR_IMAGE_STORAGE,
     DX_IMAGE_STORAGE,
     DicomEncoding,
-    DicomStudyInfo,
     ImageUids,
     Photometric,
     build_dataset,
@@ -22,24 +20,8 @@ from storage.synthetic.dicom_writer import (
 )
 from storage.synthetic.ids import draw_uid
 from storage.synthetic.render import render_image, sample_case
+from tests.factories import synthetic_study
 from tests.storage.synthetic.dicom_decoding import decode_for_display
-
-IDENTITY = FakeIdentity(
-    patient_name="Doe^Jane", patient_id="123456789", birth_date="20900101", sex="F"
-)
-
-
-def _study(rng: np.random.Generator) -> DicomStudyInfo:
-    return DicomStudyInfo(
-        identity=IDENTITY,
-        study_uid=draw_uid(rng),
-        study_date=21800506,
-        study_time=84712.546,
-        study_id="12345",
-        accession="87654321",
-        description="CHEST (PA AND LAT)",
-        procedure_code="CXR2V",
-    )
 
 
 def _phantom() -> np.ndarray:
@@ -75,7 +57,7 @@ def test_round_trip_recovers_the_phantom(
     )
     rng = np.random.default_rng(0)
     uids = ImageUids(sop_instance=draw_uid(rng), series=draw_uid(rng))
-    ds = build_dataset(pixels, encoding, _study(rng), "PA", "Erect", 1, uids)
+    ds = build_dataset(pixels, encoding, synthetic_study(rng), "PA", "Erect", 1, uids)
     path = tmp_path / "x.dcm"
     write_dicom(path, ds)
     back = pydicom.dcmread(path)
@@ -96,7 +78,7 @@ def test_headers_are_valid_and_carry_fake_identity() -> None:
     rng = np.random.default_rng(1)
     encoding = draw_encoding(rng, monochrome1_rate=0.0, window_rate=1.0, rescale_rate=1.0)
     uids = ImageUids(sop_instance=draw_uid(rng), series=draw_uid(rng))
-    ds = build_dataset(_phantom(), encoding, _study(rng), "LATERAL", "Erect", 2, uids)
+    ds = build_dataset(_phantom(), encoding, synthetic_study(rng), "LATERAL", "Erect", 2, uids)
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     back = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
