@@ -161,6 +161,63 @@ def run(args: argparse.Namespace) -> None:
     print(summaries.to_string(index=False))
     print(paired.to_string(index=False))
     print(json.dumps(seconds, indent=2))
+    plot_fraction_curve(args.out)
+
+
+def plot_fraction_curve(out: Path) -> Path:
+    """Quality against the teacher fraction (student - teacher, paired 95 % intervals, per
+    metric) and the plan's cost against teacher-on-everything, from a finished run's
+    ``paired.csv`` and ``run.json``: ``OUT/fraction_curve.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paired = pd.read_csv(out / "paired.csv")
+    run_info = json.loads((out / "run.json").read_text())
+    seconds = run_info["seconds"]
+    teacher_all = seconds["teacher heatmaps, every item"]
+    per_image = teacher_all / run_info["teacher_items"]
+    figure, (quality, cost) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for metric, margin in (("pixel_auroc", -0.02), ("pointing_game", -0.05)):
+        rows = paired[paired["metric"] == metric].copy()
+        rows["fraction"] = rows["first"].str.removeprefix("student-").astype(float)
+        rows = rows.sort_values("fraction")
+        quality.errorbar(
+            rows["fraction"],
+            rows["difference"],
+            yerr=[rows["difference"] - rows["low"], rows["high"] - rows["difference"]],
+            marker="o",
+            capsize=3,
+            label=f"{metric} (margin {margin})",
+        )
+        quality.axhline(margin, linestyle=":", linewidth=1, color=quality.lines[-1].get_color())
+    quality.axhline(0.0, color="black", linewidth=0.8)
+    quality.set_xscale("log")
+    quality.set_xlabel("teacher fraction of the train split")
+    quality.set_ylabel("student - teacher (95 % CI)")
+    quality.legend(fontsize=8)
+    fractions, ratios = [], []
+    for student in run_info["students"]:
+        name = student["source"]
+        plan = (
+            student["teacher_items"] * per_image
+            + seconds[f"{name}: training"]
+            + seconds[f"{name}: heatmaps, every item"]
+        )
+        fractions.append(float(name.removeprefix("student-")))
+        ratios.append(plan / teacher_all)
+    cost.plot(fractions, ratios, marker="o")
+    cost.set_xscale("log")
+    cost.set_xlabel("teacher fraction of the train split")
+    cost.set_ylabel("plan cost / teacher on every item")
+    cost.set_ylim(0, max(1.05, max(ratios) * 1.1))
+    figure.suptitle(f"heatmap student, {run_info['teacher_items']} images", fontsize=10)
+    figure.tight_layout()
+    path = out / "fraction_curve.png"
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
 
 
 if __name__ == "__main__":
