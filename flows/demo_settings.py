@@ -21,4 +21,6 @@ class DemoSettings:
         "(--no-pretrained trains from scratch, ~20 min)",
     )
     heatmap_steps: int | None = described(None, "DDIM steps per direction (default: the preset's)")
-    ablation_seeds: int = described(2, "seeds of the ablation grid")
+    ablation_seeds: int = described(
+        1, "seeds of the ablation grid (daug study runs the grids over seeds, with intervals)"
+    )

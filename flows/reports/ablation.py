@@ -26,16 +26,22 @@ METRIC_LABELS = {
 
 
 def results_markdown(summary: pd.DataFrame, seeds: list[int]) -> str:
+    """The table of means (± the sample std over seeds; one seed has none to show)."""
     labels = METRIC_LABELS
+    what = f"Mean ± std over seeds {seeds}" if len(seeds) > 1 else f"One seed ({seeds[0]})"
     lines = [
-        f"Mean ± std over seeds {seeds} (test split; mAP@5 is the official convention: "
+        f"{what} (test split; mAP@5 is the official convention: "
         "classes without a query count as 0).",
         "",
         "| variant | " + " | ".join(labels[m] for m in HEADLINE) + " |",
         "|---|" + "---|" * len(HEADLINE),
     ]
     for variant, row in summary.iterrows():
-        cells = [f"{row[('mean', m)]:.3f} ± {_fmt_std(row[('std', m)])}" for m in HEADLINE]
+        cells = [
+            f"{row[('mean', m)]:.3f}"
+            + (f" ± {_fmt_std(row[('std', m)])}" if len(seeds) > 1 else "")
+            for m in HEADLINE
+        ]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -350,3 +350,22 @@ def test_quiet_loggers_pass_warnings_only_inside_the_block_unless_verbose(monkey
             logging.getLogger(name).info("epoch 3")
     assert [r.getMessage() for r in caplog.records] == ["a warning", "epoch 2", "epoch 3"]
     assert logging.getLogger(name).level == before
+
+
+def test_the_ablation_table_shows_std_only_over_several_seeds():
+    from flows.reports.ablation import results_markdown
+
+    rng = np.random.default_rng(4)
+    runs = pd.DataFrame(
+        [
+            {"variant": v, "seed": s, **{m: float(rng.random()) for m in HEADLINE}}
+            for v in ("baseline", "daug")
+            for s in (0, 1)
+        ]
+    )
+    two = results_markdown(summarise(runs), [0, 1])
+    one = results_markdown(summarise(runs[runs["seed"] == 0]), [0])
+    assert two.startswith("Mean ± std over seeds [0, 1]") and two.count("±") > 2 * len(HEADLINE)
+    assert one.startswith("One seed (0)") and "±" not in one and "n/a" not in one
+    baseline = runs[(runs["variant"] == "baseline") & (runs["seed"] == 0)].iloc[0]
+    assert f"| baseline | {baseline[HEADLINE[0]]:.3f} |" in one
