@@ -236,8 +236,9 @@ def write_explanation(
             )
             captures[target] = f"dicom/{name}.dcm"
     indices = [n["index"] for n in answer.neighbours]
-    hits: np.ndarray | list[np.ndarray] = explainer.store.read_images(indices) if indices else []
-    pages.write_hit_images(answer.neighbours, hits, folder, "neighbour")
+    pages.write_hit_images(
+        answer.neighbours, explainer.store.read_images(indices), folder, "neighbour"
+    )
     probabilities = answer.scores.probabilities[0]
     record = {
         "input": image.path,

@@ -262,7 +262,8 @@ def search(
         )
     query_embedding = encode_texts(indexed, [query], compute)
     found = embeddings.top_k(query_embedding, k, space="image")
-    result = {
+    hits = neighbours(embeddings, image_store, found.similarity[0], found.rows[0])
+    result: dict[str, Any] = {
         "query": query,
         "model": indexed.url,
         "model_sha256": indexed.sha256,
@@ -272,14 +273,14 @@ def search(
         "index_complete": embeddings.is_complete(),
         "k": k,
         "direction": "report_to_image",
-        "hits": neighbours(embeddings, image_store, found.similarity[0], found.rows[0]),
+        "hits": hits,
         "seconds": round(time.perf_counter() - started, 3),
     }
     if out is not None:
         folder = RunFolder(Location.of(out))
-        hits = result["hits"]
-        pixels = image_store.read_images([hit["index"] for hit in hits]) if hits else []
-        pages.write_hit_images(hits, pixels, folder.local, "hit")
+        pages.write_hit_images(
+            hits, image_store.read_images([h["index"] for h in hits]), folder.local, "hit"
+        )
         write_json(result, folder.local / SEARCH_JSON)
         pages.search_page(query, hits, folder.local, f"daug search: {query}")
         folder.sync()

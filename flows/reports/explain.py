@@ -75,10 +75,11 @@ def write_png(rgb: np.ndarray, path: Path) -> Path:
 
 
 def write_hit_images(
-    hits: Sequence[dict[str, Any]], pixels: Sequence[np.ndarray], folder: Path, prefix: str
+    hits: Sequence[dict[str, Any]], pixels: np.ndarray, folder: Path, prefix: str
 ) -> None:
-    """Each hit's image (its store pixels, (S, S) in [0, 1]) as a small PNG in ``folder``,
-    ``<prefix>-<rank>.png``; the hit records the file's name under ``"image"``."""
+    """Each hit's image (its store pixels: ``pixels`` is (N, S, S) in [0, 1], a row per hit)
+    as a small PNG in ``folder``, ``<prefix>-<rank>.png``; the hit records the file's name
+    under ``"image"``."""
     for rank, (hit, image) in enumerate(zip(hits, pixels, strict=True), start=1):
         thumb = render_overlay(image, np.zeros_like(image), THUMBNAIL_SIZE)
         hit["image"] = write_png(thumb, folder / f"{prefix}-{rank}.png").name
