@@ -212,6 +212,11 @@ def good(n: int) -> MiniItem:
     )
 
 
+# High-Throughput JPEG 2000 (lossless): a compressed syntax pydicom has no installed decoder
+# for, with or without the dicom-codecs extra (JPEG-LS was one until highdicom brought
+# pyjpegls).
+UNDECODABLE_SYNTAX = "1.2.840.10008.1.2.4.201"
+
 # The bad-input matrix of ingest: each bad file's quarantine reason and content.
 BAD = {
     "truncated": dicom_bytes(gradient())[:-300],
@@ -219,7 +224,7 @@ BAD = {
     "no_pixel_data": dicom_bytes(gradient(), with_pixels=False),
     "unsupported_transfer_syntax": dicom_bytes(
         gradient(),
-        transfer_syntax="1.2.840.10008.1.2.4.80",
+        transfer_syntax=UNDECODABLE_SYNTAX,
         pixel_data=b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0\x04\x00\x00\x00abcd",
     ),
     "degenerate_size": dicom_bytes(np.full((1, 1), 5, np.uint16)),

@@ -9,7 +9,7 @@ from pydicom.uid import RLELossless
 
 from storage.errors import ItemError, QuarantineReason
 from storage.release.decode import DicomReader, JpegReader
-from tests.factories import dicom_bytes, gradient, retag
+from tests.factories import UNDECODABLE_SYNTAX, dicom_bytes, gradient, retag
 
 READER = DicomReader()
 
@@ -67,7 +67,7 @@ def test_window_clips_in_closed_form():
         (
             dicom_bytes(
                 gradient(),
-                transfer_syntax="1.2.840.10008.1.2.4.80",  # JPEG-LS: no plugin installed here
+                transfer_syntax=UNDECODABLE_SYNTAX,
                 pixel_data=b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0\x04\x00\x00\x00abcd",
             ),
             QuarantineReason.UNSUPPORTED_TRANSFER_SYNTAX,
@@ -83,7 +83,7 @@ def test_window_clips_in_closed_form():
         "not-dicom",
         "truncated",
         "no-pixels",
-        "jpeg-ls",
+        "htj2k",
         "1px",
         "1-row",
         "constant",
@@ -202,7 +202,7 @@ def test_non_finite_values_after_the_modality_lut_are_named(slope):
 def test_unsupported_syntax_names_the_extra():
     data = dicom_bytes(
         gradient(),
-        transfer_syntax="1.2.840.10008.1.2.4.80",
+        transfer_syntax=UNDECODABLE_SYNTAX,
         pixel_data=b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0\x04\x00\x00\x00abcd",
     )
     with pytest.raises(ItemError, match=r"daug\[dicom-codecs\]"):
